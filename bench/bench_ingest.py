@@ -1,0 +1,212 @@
+"""Throughput benchmark: durable single-event and batch ingest against the
+no-op ceiling of the same HTTP stack, in one run.
+
+    python bench/bench_ingest.py                      # all scenarios, 15 s each
+    python bench/bench_ingest.py --duration 30 --connections 256 --json out.json
+
+The server under test is pinned to CPU 0 and wrk to CPU 1 (taskset), on
+loopback, over keep-alive connections. Every request of the single-event
+scenario is a new valid binding (bench/wrk_bindings.lua), so each 201 is a
+fresh event synced to disk. Needs wrk: `apt-get install wrk`.
+Prints events/s, p50/p99 latency, the server's CPU use and the ratio of
+durable single-event throughput to the no-op ceiling.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LUA = HERE / "wrk_bindings.lua"
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+
+def wait_ready(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not come up")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(out: str) -> dict:
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": requests,
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1).strip() if errors else "",
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+    }
+
+
+def answered(port: int) -> float:
+    """Requests the server has answered on its write routes (from /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ingest_http_request_duration_seconds_count")
+        and ('route="noop"' in line or 'route="post_' in line)
+    )
+
+
+def run_wrk(port: int, path: str, duration: int, connections: int, threads: int, env: dict, server_pid: int) -> dict:
+    cmd = [
+        "taskset", "-c", LOAD_CPU, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+        "-s", str(LUA), f"http://127.0.0.1:{port}{path}",
+    ]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wrk builds its request pool before its clock starts; the steady-state
+    # window is found from the server's own answer count, and both processes'
+    # CPU is sampled in it. wrk at 100% means the generator set the figure.
+    window = {}
+    while proc.poll() is None and answered(port) == 0:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        time.sleep(duration * 0.2)
+        c0, t0 = answered(port), time.monotonic()
+        s0, w0 = cpu_seconds(server_pid), cpu_seconds(proc.pid)
+        time.sleep(duration * 0.5)
+        c1, t1 = answered(port), time.monotonic()
+        s1, w1 = cpu_seconds(server_pid), cpu_seconds(proc.pid)
+        dt = t1 - t0
+        window = {"window_requests_per_s": (c1 - c0) / dt, "server_cpu": (s1 - s0) / dt, "wrk_cpu": (w1 - w0) / dt}
+    out, err = proc.communicate(timeout=duration + 120)
+    if proc.returncode != 0 or not window:
+        raise RuntimeError(f"wrk failed: {err or out}")
+    return {**parse_wrk(out), **window}
+
+
+def start(cmd: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ready(port)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"{' '.join(cmd)} did not start: {proc.stderr.read().decode()[-2000:]}") from None
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int = 0, real: bool = True) -> dict:
+    # Build enough distinct requests that no thread wraps around within the run.
+    per_s = args.expect_per_s if not batch else max(args.expect_per_s // batch, 100)
+    count = int(per_s * args.duration * 1.3 / args.threads) + 1000
+    env = {"COUNT": str(count), "BATCH": str(batch), "RUN_ID": str(int(time.time()) % 90000 + 1)}
+    proc = start(cmd, port)
+    try:
+        res = run_wrk(port, path, args.duration, args.connections, args.threads, env, proc.pid)
+        res["events_per_s"] = res["window_requests_per_s"] * (batch or 1)
+        if real:
+            res["bound"] = metric(port, 'ingest_events_total{code="",outcome="bound"}')
+            res["commits"] = metric(port, "ingest_commit_batch_events_count")
+            res["events_per_commit"] = res["bound"] / res["commits"] if res["commits"] else 0.0
+    finally:
+        stop(proc)
+    res["name"] = name
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=256)
+    # One wrk thread: wrk starts sending on thread 1 while later threads still
+    # build their request pools, which inflates its rate; one thread on its
+    # own core is also what that core can drive.
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1000, help="events per batch request")
+    parser.add_argument("--batch-connections", type=int, default=16)
+    parser.add_argument("--expect-per-s", type=int, default=90_000, help="sizes the pre-built request pool")
+    parser.add_argument("--port", type=int, default=18900)
+    parser.add_argument("--only", choices=["noop", "single", "batch"], action="append")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("bench_ingest: wrk is not installed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+        return 2
+    only = set(args.only or ["noop", "single", "batch"])
+    py = sys.executable
+    results = []
+    data = tempfile.mkdtemp(prefix="ingest-bench-")
+    try:
+        if "noop" in only:
+            results.append(scenario("noop ceiling", [py, str(HERE / "noop_server.py"), "--port", str(args.port)],
+                                    args.port, "/v1/bindings", args, real=False))
+        serve = [py, "-m", "ingest", "serve", "--port", str(args.port + 1), "--log-level", "WARNING"]
+        if "single" in only:
+            results.append(scenario("durable single-event", serve + ["--data", f"{data}/single"],
+                                    args.port + 1, "/v1/bindings", args))
+        if "batch" in only:
+            b_args = argparse.Namespace(**{**vars(args), "connections": args.batch_connections})
+            results.append(scenario(f"durable batch of {args.batch}", serve + ["--data", f"{data}/batch"],
+                                    args.port + 1, "/v1/bindings/batch", b_args, batch=args.batch))
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+    print("events/s and CPU are measured by the server's own counters in the middle half of the run;")
+    print("req/s is wrk's figure over its whole run.")
+    print(f"{'scenario':28s} {'events/s':>10s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'srv CPU':>8s} {'wrk CPU':>8s} {'ev/commit':>9s} {'non-2xx':>8s}")
+    for r in results:
+        print(f"{r['name']:28s} {r['events_per_s']:10.0f} {r['requests_per_s']:10.0f} {r['p50_ms']:8.2f} "
+              f"{r['p99_ms']:8.2f} {r['server_cpu']:8.0%} {r['wrk_cpu']:8.0%} "
+              f"{r.get('events_per_commit', 0):9.1f} {r['non_2xx']:8d}")
+    by = {r["name"]: r for r in results}
+    if "noop ceiling" in by and "durable single-event" in by:
+        ratio = by["durable single-event"]["events_per_s"] / by["noop ceiling"]["events_per_s"]
+        print(f"durable single-event / noop ceiling = {ratio:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

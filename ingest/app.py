@@ -1,0 +1,253 @@
+"""Request handlers: from a parsed request to an answer.
+
+Writes go: decode (msgspec) -> stateless checks (rules.check_stateless) ->
+the committer queue -> rules.apply_binding in a group commit -> answer.
+Reads run synchronously on the loop thread against committed state.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+
+from ingest import codes, errors, routes
+from ingest.committer import Committer, Work
+from ingest.config import Config
+from ingest.errors import ErrorCode, error_body, error_json
+from ingest.events import JSON, MSGPACK, BindingEvent, Malformed, decode_batch, decode_event
+from ingest.http import Request
+from ingest.metrics import Metrics
+from ingest.records import STATE_NAMES
+from ingest.rules import Bound, Duplicate, Rejected, apply_binding, check_stateless
+from ingest.store import Store
+
+log = logging.getLogger("ingest.app")
+
+_MEDIA = {b"application/json": JSON, b"application/msgpack": MSGPACK, b"application/x-msgpack": MSGPACK}
+_ENCODERS = {JSON: msgspec.json.Encoder().encode, MSGPACK: msgspec.msgpack.Encoder().encode}
+_CONTENT_TYPE = {JSON: b"application/json", MSGPACK: b"application/msgpack"}
+_encode_json = _ENCODERS[JSON]
+_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def outcome_body(outcome: Bound | Duplicate | Rejected) -> tuple[int, dict]:
+    kind = type(outcome)
+    if kind is Bound:
+        return 201, {
+            "result": "bound", "event_id": outcome.event_id, "tube": outcome.tube, "lab": outcome.lab,
+            "count": outcome.count, "pool_size": outcome.pool_size, "seq": outcome.seq,
+        }
+    if kind is Duplicate:
+        return 200, {
+            "result": "duplicate", "event_id": outcome.event_id,
+            "original": {
+                "result": "bound", "event_id": outcome.original_event_id, "tube": outcome.tube,
+                "count": outcome.count, "seq": outcome.seq,
+            },
+        }
+    return outcome.error.status, error_body(outcome.error, outcome.message, outcome.field, outcome.extra)
+
+
+def _outcome_key(outcome: Bound | Duplicate | Rejected) -> tuple[str, str]:
+    kind = type(outcome)
+    if kind is Bound:
+        return ("bound", "")
+    if kind is Duplicate:
+        return ("duplicate", "")
+    return ("rejected", outcome.error.code)
+
+
+class App:
+    def __init__(self, config: Config, store: Store, committer: Committer | None, metrics: Metrics):
+        self.config = config
+        self.store = store
+        self.committer = committer
+        self.metrics = metrics
+        self.schemes = codes.TubeSchemes(
+            [codes.TubeScheme(lab.id, lab.prefix, lab.length, lab.charset, lab.check) for lab in config.labs]
+        )
+        self.draining = False
+        self._future_ms = config.future_ms_max
+        self._age_ms = config.age_ms_max
+        self._window_ms = config.person_window_ms
+        self._today = 0
+        self._today_until_ms = 0
+
+    # -- the shared pieces ------------------------------------------------
+
+    def apply(self, tx, item: tuple[BindingEvent, str]):
+        """What the committer runs per event: the one rule function."""
+        return apply_binding(tx, item[0], item[1], self._window_ms)
+
+    def _today_yyyymmdd(self, now_ms: int) -> int:
+        # Birth dates are checked against the local date; recomputed once a day
+        # boundary passes, not per event.
+        if now_ms >= self._today_until_ms:
+            now = time.localtime(now_ms / 1000)
+            self._today = now.tm_year * 10000 + now.tm_mon * 100 + now.tm_mday
+            self._today_until_ms = now_ms + (86400 - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec)) * 1000 - 1000
+        return self._today
+
+    def _count(self, outcome) -> None:
+        self.metrics.events[_outcome_key(outcome)] += 1
+
+    def _media(self, req: Request, slot) -> str | None:
+        media = _MEDIA.get(req.content_type) if req.content_type else None
+        if media is None:
+            self._error(slot, errors.UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json or application/msgpack")
+        return media
+
+    def _error(self, slot, code: ErrorCode, message: str, field: str | None = None, extra: bytes = b"") -> None:
+        slot.respond(code.status, error_json(code, message, field), extra=extra)
+
+    def _stateless(self, ev: BindingEvent) -> Rejected | str:
+        now_ms = time.time_ns() // 1_000_000
+        return check_stateless(ev, self.schemes, now_ms, self._today_yyyymmdd(now_ms), self._future_ms, self._age_ms)
+
+    # -- dispatch ----------------------------------------------------------
+
+    def handle(self, req: Request, slot) -> None:
+        target = routes.resolve(req.method, req.path)
+        if type(target) is ErrorCode:
+            slot.route = "unknown"
+            extra = b""
+            if target is errors.METHOD_NOT_ALLOWED:
+                extra = f"Allow: {routes.allowed(req.path)}\r\n".encode()
+            self._error(slot, target, f"{req.method.decode(errors='replace')} {req.path}: {target.doc}", extra=extra)
+            return
+        name, param = target
+        slot.route = name
+        if param is None:
+            getattr(self, name)(req, slot)
+        else:
+            getattr(self, name)(req, slot, param)
+
+    # -- writes ------------------------------------------------------------
+
+    def post_binding(self, req: Request, slot) -> None:
+        media = self._media(req, slot)
+        if media is None:
+            return
+        try:
+            ev = decode_event(req.body, media)
+        except Malformed as m:
+            self.metrics.events[("rejected", "malformed")] += 1
+            self._error(slot, errors.MALFORMED, m.message, m.field)
+            return
+        lab = self._stateless(ev)
+        if type(lab) is Rejected:
+            self._answer_one(slot, media, [lab])
+            return
+        if self.draining:
+            self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")
+            return
+        self.committer.submit(Work(((ev, lab),), lambda outs: self._answer_one(slot, media, outs)))
+
+    def _answer_one(self, slot, media: str, outcomes: list) -> None:
+        outcome = outcomes[0]
+        self._count(outcome)
+        status, body = outcome_body(outcome)
+        slot.respond(status, _ENCODERS[media](body), _CONTENT_TYPE[media])
+
+    def post_batch(self, req: Request, slot) -> None:
+        media = self._media(req, slot)
+        if media is None:
+            return
+        try:
+            items = decode_batch(req.body, media)
+        except Malformed as m:
+            self.metrics.events[("rejected", "malformed")] += 1
+            self._error(slot, errors.MALFORMED, m.message, m.field)
+            return
+        # Outcomes decided before the store keep their place; the rest are
+        # committed together and slotted back in order.
+        outcomes: list = [None] * len(items)
+        queued: list[tuple[BindingEvent, str]] = []
+        places: list[int] = []
+        for i, item in enumerate(items):
+            if type(item) is Malformed:
+                outcomes[i] = Rejected(errors.MALFORMED, item.message, item.field)
+                continue
+            lab = self._stateless(item)
+            if type(lab) is Rejected:
+                outcomes[i] = lab
+            else:
+                queued.append((item, lab))
+                places.append(i)
+        if not queued:
+            self._answer_batch(slot, media, outcomes)
+            return
+        if self.draining:
+            self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")
+            return
+
+        def done(committed: list) -> None:
+            for i, outcome in zip(places, committed):
+                outcomes[i] = outcome
+            self._answer_batch(slot, media, outcomes)
+
+        self.committer.submit(Work(queued, done))
+
+    def _answer_batch(self, slot, media: str, outcomes: list) -> None:
+        results = []
+        events = self.metrics.events
+        for outcome in outcomes:
+            events[_outcome_key(outcome)] += 1
+            status, body = outcome_body(outcome)
+            body["status"] = status
+            results.append(body)
+        slot.respond(200, _ENCODERS[media]({"results": results}), _CONTENT_TYPE[media])
+
+    # -- reads -------------------------------------------------------------
+
+    def get_tube(self, req: Request, slot, code: str) -> None:
+        tube = self.store.tube(code)
+        if tube is None:
+            self._error(slot, errors.NOT_FOUND, "no binding names this tube", "tube")
+            return
+        body = {
+            "tube": code, "lab": tube.lab, "site_id": tube.site_id, "pool_size": tube.pool_size,
+            "state": STATE_NAMES[tube.state], "opened_seq": tube.opened_seq, "count": len(tube.members),
+            "persons": [
+                {"person": m.person, "event_id": m.event_id, "scanned_at": m.scanned_at, "seq": m.seq}
+                for m in tube.members
+            ],
+        }
+        slot.respond(200, _encode_json(body))
+
+    def get_person(self, req: Request, slot, code: str) -> None:
+        history = self.store.person(code)
+        if not history:
+            self._error(slot, errors.NOT_FOUND, "no binding names this person", "person")
+            return
+        body = {
+            "person": code,
+            "tubes": [
+                {"tube": b.tube, "site_id": b.site_id, "scanned_at": b.scanned_at, "seq": b.seq, "event_id": b.event_id}
+                for b in history
+            ],
+        }
+        slot.respond(200, _encode_json(body))
+
+    def get_status(self, req: Request, slot) -> None:
+        body = {
+            "role": "primary",
+            "implementation": codes.IMPLEMENTATION,
+            "last_seq": self.store.last_seq,
+            "draining": self.draining,
+            "in_flight": self.committer.in_flight if self.committer else 0,
+        }
+        slot.respond(200, _encode_json(body))
+
+    def get_metrics(self, req: Request, slot) -> None:
+        slot.respond(200, self.metrics.render(), _PROMETHEUS)
+
+    def get_livez(self, req: Request, slot) -> None:
+        slot.respond(200, b'{"status":"live"}')
+
+    def get_readyz(self, req: Request, slot) -> None:
+        if self.draining:
+            self._error(slot, errors.SHUTTING_DOWN, "draining for shutdown")
+        else:
+            slot.respond(200, b'{"status":"ready"}')

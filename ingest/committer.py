@@ -1,0 +1,124 @@
+"""Group commit: many requests, one durable LMDB transaction.
+
+The event loop queues work; one committer thread drains the queue, applies
+every queued event in one write transaction, commits it (LMDB fsyncs with the
+GIL released, so the loop keeps parsing the next requests meanwhile) and
+hands all the outcomes back to the loop in one callback. Under load the
+queue fills while a commit runs, so batches grow exactly when fsyncs would
+otherwise be the bottleneck; idle, a lone event commits at once.
+
+An answer is only ever produced after the commit that holds its event
+returned, so every 2xx is on disk. The thread is the store's only writer,
+which also serializes racing events: of two events for the last place in a
+tube, the one applied first wins, the other sees the full tube.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ingest import errors
+from ingest.metrics import Metrics
+from ingest.rules import Rejected
+from ingest.store import Store, StoreFull, WriteTx
+
+log = logging.getLogger("ingest.committer")
+
+_STOP = object()
+
+
+class Work:
+    """One request's share of a commit: its items, and whom to tell."""
+
+    __slots__ = ("items", "done")
+
+    def __init__(self, items: Sequence[Any], done: Callable[[list], None]):
+        self.items = items
+        self.done = done
+
+
+class Committer:
+    def __init__(
+        self,
+        store: Store,
+        apply: Callable[[WriteTx, Any], Any],
+        loop: asyncio.AbstractEventLoop,
+        events_max: int,
+        metrics: Metrics | None = None,
+    ):
+        self._store = store
+        self._apply = apply
+        self._loop = loop
+        self._events_max = events_max
+        self._metrics = metrics
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ingest-committer", daemon=True)
+        self.in_flight = 0  # items queued or being committed (loop thread's view)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, work: Work) -> None:
+        self.in_flight += len(work.items)
+        self._queue.put(work)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Commit what is queued, then end the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        q = self._queue
+        events_max = self._events_max
+        stopping = False
+        while not stopping:
+            work = q.get()
+            if work is _STOP:
+                break
+            batch = [work]
+            n = len(work.items)
+            while n < events_max:
+                try:
+                    work = q.get_nowait()
+                except queue.Empty:
+                    break
+                if work is _STOP:
+                    stopping = True
+                    break
+                batch.append(work)
+                n += len(work.items)
+            self._commit(batch, n)
+
+    def _commit(self, batch: list[Work], n: int) -> None:
+        apply = self._apply
+
+        def apply_all(tx: WriteTx) -> list[list]:
+            return [[apply(tx, item) for item in work.items] for work in batch]
+
+        started = time.perf_counter()
+        try:
+            outcomes = self._store.write(apply_all)
+        except StoreFull as exc:
+            log.error("store full, %d events refused: %s", n, exc)
+            outcomes = self._fail(batch, Rejected(errors.INSUFFICIENT_STORAGE, f"store is full: {exc}"))
+        except Exception:
+            log.exception("write transaction failed, %d events refused", n)
+            outcomes = self._fail(batch, Rejected(errors.STORE_ERROR, "the store failed; nothing was written"))
+        if self._metrics is not None:
+            self._metrics.commit_events.observe(n)
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, n)
+
+    @staticmethod
+    def _fail(batch: list[Work], outcome: Rejected) -> list[list]:
+        return [[outcome] * len(work.items) for work in batch]
+
+    def _deliver(self, batch: list[Work], outcomes: list[list], n: int) -> None:
+        self.in_flight -= n
+        for work, out in zip(batch, outcomes):
+            work.done(out)

@@ -1,0 +1,63 @@
+"""Every error the API can answer: one stable code, one HTTP status.
+
+Clients branch on `code`, never on `message`. A duplicate is an outcome
+(`200`, `"result": "duplicate"`), not an error, so it is not here.
+The error body is always `{"error": {"code", "message", "field"?, ...}}`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+
+class ErrorCode(NamedTuple):
+    code: str
+    status: int
+    doc: str
+
+
+# The binding rules, in the order they are checked (see rules.py).
+MALFORMED = ErrorCode("malformed", 400, "body is not valid JSON/msgpack, or a field is missing or of the wrong type")
+INVALID_TUBE = ErrorCode("invalid_tube", 422, "tube barcode fails its lab's length, character set or check character")
+UNKNOWN_LAB = ErrorCode("unknown_lab", 422, "no configured lab owns the tube barcode's prefix")
+INVALID_PERSON = ErrorCode("invalid_person", 422, "person code is neither a valid resident id number nor a valid HC token")
+INVALID_TIME = ErrorCode("invalid_time", 422, "scanned_at is too far in the future or too old")
+EVENT_ID_CONFLICT = ErrorCode("event_id_conflict", 409, "event_id was used before with a different payload")
+TUBE_CLOSED = ErrorCode("tube_closed", 409, "tube is sealed (or later) and takes no more people")
+SITE_MISMATCH = ErrorCode("site_mismatch", 409, "tube was opened at another site")
+POOL_SIZE_MISMATCH = ErrorCode("pool_size_mismatch", 409, "tube was opened with another pool size")
+TUBE_FULL = ErrorCode("tube_full", 409, "tube already holds pool_size people")
+PERSON_IN_OTHER_TUBE = ErrorCode("person_in_other_tube", 409, "person was bound to another tube recently and resample is not set")
+
+# Protocol and service errors.
+NOT_FOUND = ErrorCode("not_found", 404, "no such resource")
+METHOD_NOT_ALLOWED = ErrorCode("method_not_allowed", 405, "the path exists but not for this method")
+REQUEST_TIMEOUT = ErrorCode("request_timeout", 408, "the request was not completed in time")
+BODY_TOO_LARGE = ErrorCode("body_too_large", 413, "body exceeds limits.body_bytes_max")
+HEADERS_TOO_LARGE = ErrorCode("headers_too_large", 431, "request line and headers exceed limits.header_bytes_max")
+UNSUPPORTED_MEDIA_TYPE = ErrorCode("unsupported_media_type", 415, "use application/json or application/msgpack")
+BAD_REQUEST = ErrorCode("bad_request", 400, "the HTTP request itself could not be parsed")
+INSUFFICIENT_STORAGE = ErrorCode("insufficient_storage", 507, "the store is full; nothing was written")
+STORE_ERROR = ErrorCode("store_error", 500, "the store failed; nothing was written")
+SHUTTING_DOWN = ErrorCode("shutting_down", 503, "the server is draining for shutdown; retry on another server")
+
+ALL = tuple(v for v in globals().values() if isinstance(v, ErrorCode))
+BY_CODE = {e.code: e for e in ALL}
+
+
+def error_body(code: ErrorCode, message: str, field: str | None = None, extra: dict | None = None) -> dict:
+    """The one error body shape: {"error": {"code", "message", "field"?, ...}}."""
+    err: dict = {"code": code.code, "message": message}
+    if field is not None:
+        err["field"] = field
+    if extra:
+        err.update(extra)
+    return {"error": err}
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def error_json(code: ErrorCode, message: str, field: str | None = None) -> bytes:
+    return _encode(error_body(code, message, field))

@@ -1,0 +1,108 @@
+"""The binding event as clients send it, and its decoding.
+
+msgspec checks types, lengths and patterns while decoding, so a body that
+reaches the rules is well-formed. A decoding failure becomes `Malformed`
+naming the field, for the `400 malformed` answer.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+BATCH_EVENTS_MAX = 1000
+
+EventId = Annotated[str, Meta(min_length=1, max_length=64, pattern=EVENT_ID_PATTERN)]
+# Site, device and operator ids are opaque to us; bound them so that a record
+# cannot be blown up by a client.
+Ident = Annotated[str, Meta(min_length=1, max_length=64)]
+# A code of the right type but wrong content is a 422 from the code checks,
+# not a 400; only absurd lengths are malformed.
+Code = Annotated[str, Meta(max_length=64)]
+# Unix milliseconds; 2**53 keeps it exact in every JSON client.
+Millis = Annotated[int, Meta(ge=0, le=2**53)]
+PoolSize = Literal[1, 5, 10, 20]
+
+
+class BindingEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One scan: this person's swab goes into this tube.
+
+    Field order is the stored order (records.py): append new fields at the
+    end, with defaults, never reorder.
+    """
+
+    event_id: EventId
+    site_id: Ident
+    device_id: Ident
+    tube: Code
+    person: Code
+    pool_size: PoolSize
+    scanned_at: Millis
+    operator_id: Ident | None = None
+    resample: bool = False
+
+
+class BindingBatch(Struct, forbid_unknown_fields=True):
+    # Items stay raw so that one bad item gets its own error in its own place
+    # instead of failing the whole batch.
+    events: Annotated[list[Raw], Meta(min_length=1, max_length=BATCH_EVENTS_MAX)]
+
+
+class Malformed(Exception):
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+_AT_PATH = re.compile(r" - at `\$(.*)`$")
+_NAMED_FIELD = re.compile(r"field `([^`]*)`")
+
+
+def _malformed(exc: Exception) -> Malformed:
+    """Turn msgspec's message into (message, field path without `$.`)."""
+    text = str(exc)
+    field = None
+    at = _AT_PATH.search(text)
+    if at:
+        field = at.group(1).lstrip(".") or None
+        text = text[: at.start()]
+    named = _NAMED_FIELD.search(text)
+    if named:
+        field = f"{field}.{named.group(1)}" if field else named.group(1)
+    return Malformed(f"{field}: {text}" if field else text, field)
+
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+
+_decoders = {
+    JSON: (msgspec.json.Decoder(BindingEvent), msgspec.json.Decoder(BindingBatch)),
+    MSGPACK: (msgspec.msgpack.Decoder(BindingEvent), msgspec.msgpack.Decoder(BindingBatch)),
+}
+
+
+def decode_event(body: bytes, media: str = JSON) -> BindingEvent:
+    try:
+        return _decoders[media][0].decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _malformed(exc) from None
+
+
+def decode_batch(body: bytes, media: str = JSON) -> list[BindingEvent | Malformed]:
+    """Decode a batch; each item is an event or the Malformed saying why not."""
+    item_decoder, batch_decoder = _decoders[media]
+    try:
+        batch = batch_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _malformed(exc) from None
+    items: list[BindingEvent | Malformed] = []
+    for raw in batch.events:
+        try:
+            items.append(item_decoder.decode(raw))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            items.append(_malformed(exc))
+    return items

@@ -1,0 +1,72 @@
+"""What the store keeps: the value formats of every LMDB table.
+
+Values are msgpack arrays (msgspec `array_like` structs): compact, fast, and
+field order is the format, so fields are only ever appended, with defaults.
+The key layout lives in store.py; both are described in docs/storage.md.
+"""
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+# Tube states. Bindings enter only OPEN tubes; everything after sealing is the
+# tube lifecycle (docs/storage.md), so "closed" means state > OPEN.
+OPEN, SEALED, BOXED, IN_TRANSIT, RECEIVED, RESULTED = range(6)
+STATE_NAMES = ("open", "sealed", "boxed", "in_transit", "received", "resulted")
+
+
+class Member(Struct, array_like=True, gc=False):
+    """One person in a tube, in scan order."""
+
+    person: str
+    event_id: str
+    scanned_at: int
+    seq: int
+
+
+class Tube(Struct, array_like=True):
+    site_id: str
+    lab: str
+    pool_size: int
+    state: int
+    opened_seq: int
+    members: list[Member]
+
+
+class PersonBinding(Struct, array_like=True, gc=False):
+    """One tube a person was bound to; a person's record is a list of these."""
+
+    tube: str
+    scanned_at: int
+    seq: int
+    event_id: str
+    site_id: str
+
+
+class EventRecord(Struct, array_like=True, gc=False):
+    """Dedup memory: the accepted event's payload and its original outcome.
+
+    `payload` is the event's fields in BindingEvent order, so a retry is
+    compared field by field without another table lookup.
+    """
+
+    seq: int
+    count: int
+    payload: list
+
+
+class LogEntry(Struct, array_like=True, gc=False):
+    """One change-log entry: the input that produced the change, not the
+    change itself. Applying it with rules.apply_entry to the state before it
+    gives the state after it, on the primary and on a standby alike."""
+
+    kind: str  # "binding"
+    lab: str
+    payload: list
+
+
+encode = msgspec.msgpack.Encoder().encode
+decode_tube = msgspec.msgpack.Decoder(Tube).decode
+decode_person = msgspec.msgpack.Decoder(list[PersonBinding]).decode
+decode_event_record = msgspec.msgpack.Decoder(EventRecord).decode
+decode_log_entry = msgspec.msgpack.Decoder(LogEntry).decode

@@ -1,0 +1,143 @@
+"""The binding rules: every check an event passes, in one place.
+
+Two halves, in the order the API documents them:
+
+1. `check_stateless(event, ...)`: what needs no store, on the event loop
+   before anything is queued: codes and the device clock (400/422).
+2. `apply_binding(tx, event, lab, window_ms)`: what needs the store, inside
+   the write transaction: dedup, tube state, capacity, the person window.
+   It is a pure function of (store, event): the primary runs it on new
+   events and a standby runs it, through `apply_entry`, on the change log;
+   the same log always gives the same state. A rejected event leaves the
+   transaction exactly as it found it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+from ingest import errors
+from ingest.codes import INVALID_TUBE, TubeSchemes, person_check, person_reason
+from ingest.errors import ErrorCode
+from ingest.events import BindingEvent
+from ingest.records import OPEN, EventRecord, LogEntry, Member, PersonBinding, Tube
+from ingest.store import WriteTx
+
+_astuple = msgspec.structs.astuple
+
+
+class Bound(NamedTuple):
+    event_id: str
+    tube: str
+    lab: str
+    count: int
+    pool_size: int
+    seq: int
+
+
+class Duplicate(NamedTuple):
+    """Already done: `original_*` is the event that did it, and its outcome."""
+
+    event_id: str
+    original_event_id: str
+    tube: str
+    count: int
+    seq: int
+
+
+class Rejected(NamedTuple):
+    error: ErrorCode
+    message: str
+    field: str | None = None
+    # Extra members of the error body, e.g. the other tube a person is in.
+    extra: dict | None = None
+
+
+Outcome = Bound | Duplicate | Rejected
+
+
+def check_stateless(
+    ev: BindingEvent, schemes: TubeSchemes, now_ms: int, today: int, future_ms_max: int, age_ms_max: int
+) -> Rejected | str:
+    """Return the tube's lab id, or why the event is refused without a lookup."""
+    idx = schemes.classify(ev.tube)
+    if idx < 0:
+        if idx == INVALID_TUBE:
+            return Rejected(errors.INVALID_TUBE, "tube barcode fails its lab's format or check character", "tube")
+        return Rejected(errors.UNKNOWN_LAB, "no lab owns this tube barcode's prefix", "tube")
+    if person_check(ev.person, today):
+        return Rejected(errors.INVALID_PERSON, f"person code invalid: {person_reason(ev.person, today)}", "person")
+    if ev.scanned_at > now_ms + future_ms_max:
+        return Rejected(errors.INVALID_TIME, "scanned_at is ahead of the server clock", "scanned_at")
+    if ev.scanned_at < now_ms - age_ms_max:
+        return Rejected(errors.INVALID_TIME, "scanned_at is older than the accepted age", "scanned_at")
+    return schemes.labs[idx]
+
+
+def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Outcome:
+    tube = tx.tube(ev.tube)
+    members = [] if tube is None else tube.members
+    seq = tx.seq + 1
+    count = len(members) + 1
+    payload = list(_astuple(ev))
+
+    # Same event id: a retry (same payload) or a client bug (different one).
+    seen = tx.claim_event(ev.event_id, EventRecord(seq, count, payload))
+    if seen is not None:
+        if seen.payload != payload:
+            return Rejected(errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
+        return Duplicate(ev.event_id, ev.event_id, ev.tube, seen.count, seen.seq)
+
+    # From here on the event id is claimed; every refusal must release it.
+    history = tx.person(ev.person)
+    refusal = _refusal(ev, tube, members, history, window_ms)
+    if refusal is not None:
+        tx.release_event(ev.event_id)
+        return refusal
+
+    if tube is None:
+        tube = Tube(ev.site_id, lab, ev.pool_size, OPEN, seq, members)
+    members.append(Member(ev.person, ev.event_id, ev.scanned_at, seq))
+    tx.put_tube(ev.tube, tube)
+    history.append(PersonBinding(ev.tube, ev.scanned_at, seq, ev.event_id, ev.site_id))
+    tx.put_person(ev.person, history)
+    tx.append(LogEntry("binding", lab, payload))
+    return Bound(ev.event_id, ev.tube, lab, count, ev.pool_size, seq)
+
+
+def _refusal(
+    ev: BindingEvent, tube: Tube | None, members: list[Member], history: list[PersonBinding], window_ms: int
+) -> Outcome | None:
+    """The rules after the event-id check, in the documented order."""
+    for position, m in enumerate(members, 1):
+        if m.person == ev.person:
+            return Duplicate(ev.event_id, m.event_id, ev.tube, position, m.seq)
+    if tube is not None:
+        if tube.state != OPEN:
+            return Rejected(errors.TUBE_CLOSED, "tube is sealed and takes no more people", "tube")
+        if tube.site_id != ev.site_id:
+            return Rejected(errors.SITE_MISMATCH, "tube was opened at another site", "site_id")
+        if tube.pool_size != ev.pool_size:
+            return Rejected(
+                errors.POOL_SIZE_MISMATCH, f"tube was opened with pool_size {tube.pool_size}", "pool_size"
+            )
+        if len(members) >= tube.pool_size:
+            return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
+    if not ev.resample:
+        for b in history:
+            if b.tube != ev.tube and abs(b.scanned_at - ev.scanned_at) < window_ms:
+                return Rejected(
+                    errors.PERSON_IN_OTHER_TUBE,
+                    f"person was bound to tube {b.tube} within the window; send resample=true to bind again",
+                    "person",
+                    {"other_tube": b.tube},
+                )
+    return None
+
+
+def apply_entry(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:
+    """Replay one change-log entry (a standby, or a rebuild from the log)."""
+    if entry.kind == "binding":
+        return apply_binding(tx, BindingEvent(*entry.payload), entry.lab, window_ms)
+    raise ValueError(f"unknown log entry kind {entry.kind!r}")

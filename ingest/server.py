@@ -1,0 +1,123 @@
+"""Server life: start, a tick loop, graceful shutdown.
+
+start:    open the store, start the committer, listen.
+tick:     twice a second refresh the clock and the Date header, close
+          connections whose request or keep-alive time ran out.
+shutdown: on SIGTERM/SIGINT stop listening, answer what is in flight after
+          its commit (new requests get 503 shutting_down), close every
+          connection, stop the committer, close the store, exit 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from email.utils import formatdate
+
+from ingest import codes
+from ingest.app import App
+from ingest.committer import Committer
+from ingest.config import Config
+from ingest.metrics import Metrics
+from ingest.protocol import HttpProtocol
+from ingest.store import Store
+
+log = logging.getLogger("ingest.server")
+
+TICK_S = 0.5
+
+
+class Server:
+    def __init__(self, config: Config, data_dir: str, host: str = "127.0.0.1", port: int = 8080):
+        self.config = config
+        self.data_dir = data_dir
+        self.host = host
+        self.port = port
+        self.connections: set[HttpProtocol] = set()
+        self.now = time.monotonic()
+        self.date = formatdate(usegmt=True).encode()
+        self.draining = False
+        self._stop = None
+        self.store: Store | None = None
+        self.committer: Committer | None = None
+        self.metrics: Metrics | None = None
+        self.app: App | None = None
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        st = self.config.store
+        self.store = Store(self.data_dir, st.map_bytes_initial, st.map_bytes_max)
+        self.metrics = Metrics(
+            codes.IMPLEMENTATION,
+            connections=lambda: len(self.connections),
+            store_sizes=self.store.sizes,
+            last_seq=lambda: self.store.last_seq,
+        )
+        self.app = App(self.config, self.store, None, self.metrics)
+        self.committer = Committer(self.store, self.app.apply, loop, self.config.limits.commit_events_max, self.metrics)
+        self.app.committer = self.committer
+        self.committer.start()
+        listener = await loop.create_server(
+            lambda: HttpProtocol(self), self.host, self.port, backlog=4096, reuse_address=True
+        )
+        self.port = listener.sockets[0].getsockname()[1]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info(
+            "serving on http://%s:%d data=%s kernels=%s last_seq=%d",
+            self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq,
+        )
+        tick = loop.create_task(self._tick())
+        try:
+            sig = await self._stop
+            log.info("%s: draining", signal.Signals(sig).name)
+        finally:
+            listener.close()
+            await self._drain()
+            tick.cancel()
+            self.committer.stop()
+            self.store.close()
+            log.info("stopped; last_seq=%d", self.store.last_seq)
+
+    def _on_signal(self, sig: int) -> None:
+        if not self._stop.done():
+            self._stop.set_result(sig)
+
+    async def _tick(self) -> None:
+        limits = self.config.limits
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.now = time.monotonic()
+            self.date = formatdate(usegmt=True).encode()
+            for conn in list(self.connections):
+                conn.idle_check(self.now, limits.request_seconds_max, limits.keepalive_seconds_max)
+
+    async def _drain(self) -> None:
+        self.draining = True
+        self.app.draining = True
+        deadline = time.monotonic() + self.config.limits.drain_seconds_max
+        # Idle connections go now; busy ones close after their last answer
+        # (answers written while draining carry Connection: close).
+        while time.monotonic() < deadline:
+            for conn in list(self.connections):
+                if not conn.pending:
+                    conn.close()
+            if not self.connections and self.committer.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            log.warning(
+                "drain timed out with %d connections and %d events in flight",
+                len(self.connections), self.committer.in_flight,
+            )
+        for conn in list(self.connections):
+            conn.close()
+
+
+def run(config: Config, data_dir: str, host: str, port: int) -> None:
+    import uvloop
+
+    server = Server(config, data_dir, host, port)
+    uvloop.run(server.serve())

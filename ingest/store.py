@@ -1,0 +1,249 @@
+"""The LMDB store: its key layout, the write transaction the rules run in,
+and the reads the HTTP API serves.
+
+Tables (LMDB named databases), described in docs/storage.md:
+
+  meta     b"last_seq"      -> u64 big-endian, last change-log sequence
+           b"format"        -> u32, store format version
+  events   event_id (ascii) -> EventRecord   dedup memory of accepted events
+  tubes    tube (ascii)     -> Tube          site, lab, pool size, state, members
+  persons  person (ascii)   -> [PersonBinding]  every tube a person was bound to
+  log      seq (u64 BE)     -> LogEntry      the ordered change log
+
+Every change goes into `log` in the same transaction as the change itself, so
+the log and the tables can never disagree. Only one thread writes (the
+committer); readers may run on any thread.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import lmdb
+
+from ingest import records
+from ingest.records import EventRecord, LogEntry, PersonBinding, Tube
+
+FORMAT_VERSION = 1
+TABLES = (b"meta", b"events", b"tubes", b"persons", b"log")
+_LAST_SEQ = b"last_seq"
+_FORMAT = b"format"
+
+T = TypeVar("T")
+
+
+def seq_key(seq: int) -> bytes:
+    return seq.to_bytes(8, "big")
+
+
+class StoreFull(Exception):
+    """The map reached store.map_bytes_max, or the disk is full."""
+
+
+class StoreError(Exception):
+    """Any other failure of a write transaction; nothing was written."""
+
+
+class WriteTx:
+    """The store as the rules see it inside one write transaction.
+
+    `seq` is the last sequence number used, including by entries appended in
+    this transaction.
+    """
+
+    __slots__ = ("txn", "seq", "_events", "_tubes", "_persons", "_log")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, object], seq: int):
+        self.txn = txn
+        self.seq = seq
+        self._events = dbs[b"events"]
+        self._tubes = dbs[b"tubes"]
+        self._persons = dbs[b"persons"]
+        self._log = dbs[b"log"]
+
+    def tube(self, code: str) -> Tube | None:
+        raw = self.txn.get(code.encode(), db=self._tubes)
+        return None if raw is None else records.decode_tube(raw)
+
+    def put_tube(self, code: str, tube: Tube) -> None:
+        self.txn.put(code.encode(), records.encode(tube), db=self._tubes)
+
+    def person(self, code: str) -> list[PersonBinding]:
+        raw = self.txn.get(code.encode(), db=self._persons)
+        return [] if raw is None else records.decode_person(raw)
+
+    def put_person(self, code: str, bindings: list[PersonBinding]) -> None:
+        self.txn.put(code.encode(), records.encode(bindings), db=self._persons)
+
+    def claim_event(self, event_id: str, record: EventRecord) -> EventRecord | None:
+        """Store `record` under `event_id` unless one is there: then return it.
+
+        One B-tree descent instead of a get and a put on the common path.
+        """
+        key = event_id.encode()
+        if self.txn.put(key, records.encode(record), overwrite=False, db=self._events):
+            return None
+        return records.decode_event_record(self.txn.get(key, db=self._events))
+
+    def release_event(self, event_id: str) -> None:
+        self.txn.delete(event_id.encode(), db=self._events)
+
+    def append(self, entry: LogEntry) -> int:
+        self.seq += 1
+        self.txn.put(seq_key(self.seq), records.encode(entry), append=True, db=self._log)
+        return self.seq
+
+
+class Store:
+    def __init__(self, path: str, map_bytes_initial: int = 1 << 30, map_bytes_max: int = 1 << 40):
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.map_bytes_max = map_bytes_max
+        # writemap stays off: with it a full disk surfaces as SIGBUS on a
+        # sparse page instead of ENOSPC from write(), which we answer with 507.
+        # readahead off: access is random and the store outgrows RAM.
+        self.env = lmdb.open(
+            path,
+            map_size=map_bytes_initial,
+            max_dbs=len(TABLES) + 4,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            readahead=False,
+            max_readers=512,
+        )
+        if self.env.info()["map_size"] < map_bytes_initial:
+            self.env.set_mapsize(map_bytes_initial)
+        self.dbs = {name: self.env.open_db(name) for name in TABLES}
+        # LMDB may only change the map size while this process has no open
+        # transaction; every transaction passes this gate.
+        self._gate = threading.Lock()
+        with self.env.begin(write=True, db=self.dbs[b"meta"]) as txn:
+            fmt = txn.get(_FORMAT)
+            if fmt is None:
+                txn.put(_FORMAT, FORMAT_VERSION.to_bytes(4, "big"))
+            elif int.from_bytes(fmt, "big") != FORMAT_VERSION:
+                raise StoreError(f"{path}: store format {int.from_bytes(fmt, 'big')}, this build reads {FORMAT_VERSION}")
+        self.last_seq = self._read_last_seq()
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- writing ------------------------------------------------------------
+
+    def write(self, fn: Callable[[WriteTx], T]) -> T:
+        """Run `fn` in one write transaction and commit it durably.
+
+        `fn` must be a pure function of the store it is given (it may be run
+        again after the map grows). Raises StoreFull or StoreError, in which
+        case nothing was written.
+        """
+        while True:
+            with self._gate:
+                txn = self.env.begin(write=True)
+            tx = WriteTx(txn, self.dbs, self.last_seq)
+            try:
+                result = fn(tx)
+                if tx.seq != self.last_seq:
+                    txn.put(_LAST_SEQ, seq_key(tx.seq), db=self.dbs[b"meta"])
+                txn.commit()  # fsync here; py-lmdb releases the GIL meanwhile
+            except lmdb.MapFullError:
+                txn.abort()
+                self._grow()
+                continue
+            except lmdb.DiskError as exc:
+                txn.abort()
+                raise StoreFull(f"disk: {exc}") from None
+            except lmdb.Error as exc:
+                txn.abort()
+                raise StoreError(str(exc)) from None
+            except BaseException:
+                txn.abort()
+                raise
+            self.last_seq = tx.seq
+            return result
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"]
+        if size >= self.map_bytes_max:
+            raise StoreFull(f"map is at store.map_bytes_max ({self.map_bytes_max} bytes)")
+        with self._gate:
+            self.env.set_mapsize(min(size * 2, self.map_bytes_max))
+
+    # -- reading ------------------------------------------------------------
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        with self._gate:
+            with self.env.begin(buffers=False) as txn:
+                return fn(txn)
+
+    def _read_last_seq(self) -> int:
+        raw = self._read(lambda txn: txn.get(_LAST_SEQ, db=self.dbs[b"meta"]))
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def tube(self, code: str) -> Tube | None:
+        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"tubes"]))
+        return None if raw is None else records.decode_tube(raw)
+
+    def person(self, code: str) -> list[PersonBinding]:
+        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"persons"]))
+        return [] if raw is None else records.decode_person(raw)
+
+    def event(self, event_id: str) -> EventRecord | None:
+        raw = self._read(lambda txn: txn.get(event_id.encode(), db=self.dbs[b"events"]))
+        return None if raw is None else records.decode_event_record(raw)
+
+    def log(self, after: int = 0, limit: int = 1000) -> list[tuple[int, LogEntry]]:
+        def scan(txn: lmdb.Transaction) -> list[tuple[int, LogEntry]]:
+            out = []
+            cur = txn.cursor(db=self.dbs[b"log"])
+            if cur.set_range(seq_key(after + 1)):
+                for key, value in cur:
+                    out.append((int.from_bytes(key, "big"), records.decode_log_entry(value)))
+                    if len(out) >= limit:
+                        break
+            return out
+
+        return self._read(scan)
+
+    def digest(self) -> str:
+        """SHA-256 over every table's keys and values, in key order.
+
+        Two stores with the same digest hold the same state (used to prove a
+        replay or a standby equals the primary).
+        """
+        def scan(txn: lmdb.Transaction) -> str:
+            h = hashlib.sha256()
+            for name in TABLES:
+                h.update(b"\x00table\x00" + name)
+                for key, value in txn.cursor(db=self.dbs[name]):
+                    h.update(len(key).to_bytes(4, "big") + key)
+                    h.update(len(value).to_bytes(4, "big") + value)
+            return h.hexdigest()
+
+        return self._read(scan)
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes in use, bytes mapped, and entries per table (for /metrics)."""
+        info = self.env.info()
+        stat = self.env.stat()
+        out = {
+            "used_bytes": (info["last_pgno"] + 1) * stat["psize"],
+            "map_bytes": info["map_size"],
+        }
+        def counts(txn: lmdb.Transaction) -> None:
+            for name in TABLES:
+                out[f"entries_{name.decode()}"] = txn.stat(self.dbs[name])["entries"]
+        self._read(counts)
+        return out
+
+    def iter_log(self, after: int = 0) -> Iterator[tuple[int, LogEntry]]:
+        while True:
+            chunk = self.log(after, 1000)
+            if not chunk:
+                return
+            yield from chunk
+            after = chunk[-1][0]
