@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import time
 from email.utils import formatdate
 
@@ -52,7 +53,9 @@ class NoopServer:
         loop = asyncio.get_running_loop()
         await loop.create_server(lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True)
         print(f"noop serving on http://{host}:{port}", flush=True)
-        while True:
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.cancel)
+        while not stop.done():
             await asyncio.sleep(0.5)
             self.now = time.monotonic()
             self.date = formatdate(usegmt=True).encode()

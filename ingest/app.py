@@ -31,22 +31,46 @@ _encode_json = _ENCODERS[JSON]
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-def outcome_body(outcome: Bound | Duplicate | Rejected) -> tuple[int, dict]:
+class BoundBody(msgspec.Struct):
+    event_id: str
+    tube: str
+    lab: str
+    count: int
+    pool_size: int
+    seq: int
+    result: str = "bound"
+
+
+class OriginalBody(msgspec.Struct):
+    event_id: str
+    tube: str
+    count: int
+    seq: int
+    result: str = "bound"
+
+
+class DuplicateBody(msgspec.Struct):
+    event_id: str
+    original: OriginalBody
+    result: str = "duplicate"
+
+
+def outcome_body(outcome: Bound | Duplicate | Rejected) -> tuple[int, object]:
+    """(HTTP status, body) of one outcome; bodies are structs because msgspec
+    encodes those faster than dicts, and a batch encodes a thousand."""
     kind = type(outcome)
     if kind is Bound:
-        return 201, {
-            "result": "bound", "event_id": outcome.event_id, "tube": outcome.tube, "lab": outcome.lab,
-            "count": outcome.count, "pool_size": outcome.pool_size, "seq": outcome.seq,
-        }
+        return 201, BoundBody(outcome.event_id, outcome.tube, outcome.lab, outcome.count, outcome.pool_size, outcome.seq)
     if kind is Duplicate:
-        return 200, {
-            "result": "duplicate", "event_id": outcome.event_id,
-            "original": {
-                "result": "bound", "event_id": outcome.original_event_id, "tube": outcome.tube,
-                "count": outcome.count, "seq": outcome.seq,
-            },
-        }
+        original = OriginalBody(outcome.original_event_id, outcome.tube, outcome.count, outcome.seq)
+        return 200, DuplicateBody(outcome.event_id, original)
     return outcome.error.status, error_body(outcome.error, outcome.message, outcome.field, outcome.extra)
+
+
+class BoundItem(BoundBody):
+    """A bound result inside a batch answer: the same body plus its status."""
+
+    status: int = 201
 
 
 def _outcome_key(outcome: Bound | Duplicate | Rejected) -> tuple[str, str]:
@@ -194,24 +218,33 @@ class App:
         events = self.metrics.events
         for outcome in outcomes:
             events[_outcome_key(outcome)] += 1
-            status, body = outcome_body(outcome)
-            body["status"] = status
-            results.append(body)
+            kind = type(outcome)
+            if kind is Bound:
+                results.append(BoundItem(
+                    outcome.event_id, outcome.tube, outcome.lab, outcome.count, outcome.pool_size, outcome.seq
+                ))
+            else:
+                status, body = outcome_body(outcome)
+                if kind is Duplicate:
+                    body = msgspec.structs.asdict(body)
+                body["status"] = status
+                results.append(body)
         slot.respond(200, _ENCODERS[media]({"results": results}), _CONTENT_TYPE[media])
 
     # -- reads -------------------------------------------------------------
 
     def get_tube(self, req: Request, slot, code: str) -> None:
-        tube = self.store.tube(code)
-        if tube is None:
+        found = self.store.tube(code)
+        if found is None:
             self._error(slot, errors.NOT_FOUND, "no binding names this tube", "tube")
             return
+        tube, members = found
         body = {
             "tube": code, "lab": tube.lab, "site_id": tube.site_id, "pool_size": tube.pool_size,
-            "state": STATE_NAMES[tube.state], "opened_seq": tube.opened_seq, "count": len(tube.members),
+            "state": STATE_NAMES[tube.state], "opened_seq": tube.opened_seq, "count": tube.count,
             "persons": [
                 {"person": m.person, "event_id": m.event_id, "scanned_at": m.scanned_at, "seq": m.seq}
-                for m in tube.members
+                for m in members
             ],
         }
         slot.respond(200, _encode_json(body))

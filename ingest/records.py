@@ -16,7 +16,7 @@ STATE_NAMES = ("open", "sealed", "boxed", "in_transit", "received", "resulted")
 
 
 class Member(Struct, array_like=True, gc=False):
-    """One person in a tube, in scan order."""
+    """One person in a tube, stored under (tube, position)."""
 
     person: str
     event_id: str
@@ -24,23 +24,31 @@ class Member(Struct, array_like=True, gc=False):
     seq: int
 
 
-class Tube(Struct, array_like=True):
+class Tube(Struct, array_like=True, gc=False):
+    """A tube's head. Its members are separate records, so adding the tenth
+    person does not decode and rewrite the other nine."""
+
     site_id: str
     lab: str
     pool_size: int
     state: int
     opened_seq: int
-    members: list[Member]
+    count: int
 
 
 class PersonBinding(Struct, array_like=True, gc=False):
-    """One tube a person was bound to; a person's record is a list of these."""
+    """One tube a person was bound to; a person's record is a list of these.
+
+    It doubles as the (tube, person) index: a person has few tubes, so the
+    pair check reads this short list instead of the tube's members.
+    """
 
     tube: str
     scanned_at: int
     seq: int
     event_id: str
     site_id: str
+    position: int
 
 
 class EventRecord(Struct, array_like=True, gc=False):
@@ -67,6 +75,7 @@ class LogEntry(Struct, array_like=True, gc=False):
 
 encode = msgspec.msgpack.Encoder().encode
 decode_tube = msgspec.msgpack.Decoder(Tube).decode
+decode_member = msgspec.msgpack.Decoder(Member).decode
 decode_person = msgspec.msgpack.Decoder(list[PersonBinding]).decode
 decode_event_record = msgspec.msgpack.Decoder(EventRecord).decode
 decode_log_entry = msgspec.msgpack.Decoder(LogEntry).decode

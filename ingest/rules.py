@@ -77,9 +77,9 @@ def check_stateless(
 
 def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Outcome:
     tube = tx.tube(ev.tube)
-    members = [] if tube is None else tube.members
+    history = tx.person(ev.person)
     seq = tx.seq + 1
-    count = len(members) + 1
+    count = 1 if tube is None else tube.count + 1
     payload = list(_astuple(ev))
 
     # Same event id: a retry (same payload) or a client bug (different one).
@@ -90,29 +90,28 @@ def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Ou
         return Duplicate(ev.event_id, ev.event_id, ev.tube, seen.count, seen.seq)
 
     # From here on the event id is claimed; every refusal must release it.
-    history = tx.person(ev.person)
-    refusal = _refusal(ev, tube, members, history, window_ms)
+    refusal = _refusal(ev, tube, history, window_ms)
     if refusal is not None:
         tx.release_event(ev.event_id)
         return refusal
 
     if tube is None:
-        tube = Tube(ev.site_id, lab, ev.pool_size, OPEN, seq, members)
-    members.append(Member(ev.person, ev.event_id, ev.scanned_at, seq))
+        tube = Tube(ev.site_id, lab, ev.pool_size, OPEN, seq, count)
+    else:
+        tube.count = count
     tx.put_tube(ev.tube, tube)
-    history.append(PersonBinding(ev.tube, ev.scanned_at, seq, ev.event_id, ev.site_id))
+    tx.put_member(ev.tube, count, Member(ev.person, ev.event_id, ev.scanned_at, seq))
+    history.append(PersonBinding(ev.tube, ev.scanned_at, seq, ev.event_id, ev.site_id, count))
     tx.put_person(ev.person, history)
     tx.append(LogEntry("binding", lab, payload))
     return Bound(ev.event_id, ev.tube, lab, count, ev.pool_size, seq)
 
 
-def _refusal(
-    ev: BindingEvent, tube: Tube | None, members: list[Member], history: list[PersonBinding], window_ms: int
-) -> Outcome | None:
+def _refusal(ev: BindingEvent, tube: Tube | None, history: list[PersonBinding], window_ms: int) -> Outcome | None:
     """The rules after the event-id check, in the documented order."""
-    for position, m in enumerate(members, 1):
-        if m.person == ev.person:
-            return Duplicate(ev.event_id, m.event_id, ev.tube, position, m.seq)
+    for b in history:
+        if b.tube == ev.tube:
+            return Duplicate(ev.event_id, b.event_id, ev.tube, b.position, b.seq)
     if tube is not None:
         if tube.state != OPEN:
             return Rejected(errors.TUBE_CLOSED, "tube is sealed and takes no more people", "tube")
@@ -122,11 +121,11 @@ def _refusal(
             return Rejected(
                 errors.POOL_SIZE_MISMATCH, f"tube was opened with pool_size {tube.pool_size}", "pool_size"
             )
-        if len(members) >= tube.pool_size:
+        if tube.count >= tube.pool_size:
             return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
     if not ev.resample:
         for b in history:
-            if b.tube != ev.tube and abs(b.scanned_at - ev.scanned_at) < window_ms:
+            if abs(b.scanned_at - ev.scanned_at) < window_ms:
                 return Rejected(
                     errors.PERSON_IN_OTHER_TUBE,
                     f"person was bound to tube {b.tube} within the window; send resample=true to bind again",

@@ -6,7 +6,8 @@ Tables (LMDB named databases), described in docs/storage.md:
   meta     b"last_seq"      -> u64 big-endian, last change-log sequence
            b"format"        -> u32, store format version
   events   event_id (ascii) -> EventRecord   dedup memory of accepted events
-  tubes    tube (ascii)     -> Tube          site, lab, pool size, state, members
+  tubes    tube (ascii)     -> Tube          site, lab, pool size, state, count
+  members  tube \0 u16 BE   -> Member        the tube's people, by position 1..
   persons  person (ascii)   -> [PersonBinding]  every tube a person was bound to
   log      seq (u64 BE)     -> LogEntry      the ordered change log
 
@@ -25,10 +26,10 @@ from typing import TypeVar
 import lmdb
 
 from ingest import records
-from ingest.records import EventRecord, LogEntry, PersonBinding, Tube
+from ingest.records import EventRecord, LogEntry, Member, PersonBinding, Tube
 
 FORMAT_VERSION = 1
-TABLES = (b"meta", b"events", b"tubes", b"persons", b"log")
+TABLES = (b"meta", b"events", b"tubes", b"members", b"persons", b"log")
 _LAST_SEQ = b"last_seq"
 _FORMAT = b"format"
 
@@ -37,6 +38,12 @@ T = TypeVar("T")
 
 def seq_key(seq: int) -> bytes:
     return seq.to_bytes(8, "big")
+
+
+def member_key(tube: str, position: int) -> bytes:
+    # Codes are [0-9A-Z], so the NUL separator keeps tube "10" from
+    # sharing a key range with tube "101".
+    return tube.encode() + b"\x00" + position.to_bytes(2, "big")
 
 
 class StoreFull(Exception):
@@ -54,13 +61,14 @@ class WriteTx:
     this transaction.
     """
 
-    __slots__ = ("txn", "seq", "_events", "_tubes", "_persons", "_log")
+    __slots__ = ("txn", "seq", "_events", "_tubes", "_members", "_persons", "_log")
 
     def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, object], seq: int):
         self.txn = txn
         self.seq = seq
         self._events = dbs[b"events"]
         self._tubes = dbs[b"tubes"]
+        self._members = dbs[b"members"]
         self._persons = dbs[b"persons"]
         self._log = dbs[b"log"]
 
@@ -70,6 +78,9 @@ class WriteTx:
 
     def put_tube(self, code: str, tube: Tube) -> None:
         self.txn.put(code.encode(), records.encode(tube), db=self._tubes)
+
+    def put_member(self, tube: str, position: int, member: Member) -> None:
+        self.txn.put(member_key(tube, position), records.encode(member), db=self._members)
 
     def person(self, code: str) -> list[PersonBinding]:
         raw = self.txn.get(code.encode(), db=self._persons)
@@ -184,9 +195,23 @@ class Store:
         raw = self._read(lambda txn: txn.get(_LAST_SEQ, db=self.dbs[b"meta"]))
         return 0 if raw is None else int.from_bytes(raw, "big")
 
-    def tube(self, code: str) -> Tube | None:
-        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"tubes"]))
-        return None if raw is None else records.decode_tube(raw)
+    def tube(self, code: str) -> tuple[Tube, list[Member]] | None:
+        """The tube's head and its members in position order."""
+        def read(txn: lmdb.Transaction):
+            raw = txn.get(code.encode(), db=self.dbs[b"tubes"])
+            if raw is None:
+                return None
+            prefix = code.encode() + b"\x00"
+            members = []
+            cur = txn.cursor(db=self.dbs[b"members"])
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    members.append(records.decode_member(value))
+            return records.decode_tube(raw), members
+
+        return self._read(read)
 
     def person(self, code: str) -> list[PersonBinding]:
         raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"persons"]))
