@@ -1,0 +1,60 @@
+"""Store limits: the map grows when full, and past its maximum a write fails
+cleanly (StoreFull, nothing written) instead of crashing."""
+import pytest
+
+from ingest import rules
+from ingest.events import BindingEvent
+from ingest.store import Store, StoreFull
+
+NOW = 1_700_000_000_000
+
+
+def many(n, start=0):
+    return [BindingEvent(f"e{i}", "S1", "D1", f"T{i // 10:08d}", f"P{i:016d}", 10, NOW) for i in range(start, start + n)]
+
+
+def write(store, events):
+    return store.write(lambda tx: [rules.apply_binding(tx, e, "LAB", 0) for e in events])
+
+
+def test_map_grows_when_full(tmp_path):
+    s = Store(str(tmp_path / "d"), map_bytes_initial=64 * 1024, map_bytes_max=64 << 20)
+    try:
+        write(s, many(2000))
+        assert s.env.info()["map_size"] > 64 * 1024
+        assert s.last_seq == 2000
+    finally:
+        s.close()
+
+
+def test_full_store_refuses_and_keeps_what_it_had(tmp_path):
+    s = Store(str(tmp_path / "d"), map_bytes_initial=256 * 1024, map_bytes_max=256 * 1024)
+    try:
+        digest, seq = s.digest(), s.last_seq
+        with pytest.raises(StoreFull):
+            for i in range(100):  # far more than 256 KiB holds
+                write(s, many(200, start=i * 200))
+                digest, seq = s.digest(), s.last_seq
+        assert seq > 0
+        # the refused write left nothing behind, and the store still serves
+        assert s.digest() == digest
+        assert s.last_seq == seq
+        assert s.event("e0").seq == 1
+    finally:
+        s.close()
+
+
+def test_reopen_keeps_last_seq_and_state(tmp_path):
+    path = str(tmp_path / "d")
+    s = Store(path)
+    write(s, many(25))
+    digest = s.digest()
+    s.close()
+    s = Store(path)
+    try:
+        assert s.last_seq == 25
+        assert s.digest() == digest
+        head, members = s.tube("T00000001")
+        assert head.count == 10 and [m.seq for m in members] == list(range(11, 21))
+    finally:
+        s.close()
