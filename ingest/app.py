@@ -125,9 +125,17 @@ class App:
     def _error(self, slot, code: ErrorCode, message: str, field: str | None = None, extra: bytes = b"") -> None:
         slot.respond(code.status, error_json(code, message, field), extra=extra)
 
-    def _stateless(self, ev: BindingEvent) -> Rejected | str:
+    def _stateless(self, ev: BindingEvent) -> Rejected | Duplicate | str:
         now_ms = time.time_ns() // 1_000_000
-        return check_stateless(ev, self.schemes, now_ms, self._today_yyyymmdd(now_ms), self._future_ms, self._age_ms)
+        lab = check_stateless(ev, self.schemes, now_ms, self._today_yyyymmdd(now_ms), self._future_ms, self._age_ms)
+        if type(lab) is Rejected:
+            # A phone replaying a scan the server already took, after the
+            # scan aged past the window (or the lab table changed), must hear
+            # "duplicate", not a refusal of what is stored. Rare path: one read.
+            seen = self.store.event(ev.event_id)
+            if seen is not None and seen.payload == list(msgspec.structs.astuple(ev)):
+                return Duplicate(ev.event_id, ev.event_id, ev.tube, seen.count, seen.seq)
+        return lab
 
     # -- dispatch ----------------------------------------------------------
 
@@ -142,10 +150,15 @@ class App:
             return
         name, param = target
         slot.route = name
-        if param is None:
-            getattr(self, name)(req, slot)
-        else:
-            getattr(self, name)(req, slot, param)
+        try:
+            if param is None:
+                getattr(self, name)(req, slot)
+            else:
+                getattr(self, name)(req, slot, param)
+        except Exception:
+            log.exception("handler %s failed", name)
+            if slot.data is None:
+                self._error(slot, errors.INTERNAL_ERROR, "the server failed to handle the request")
 
     # -- writes ------------------------------------------------------------
 
@@ -160,7 +173,7 @@ class App:
             self._error(slot, errors.MALFORMED, m.message, m.field)
             return
         lab = self._stateless(ev)
-        if type(lab) is Rejected:
+        if type(lab) is not str:
             self._answer_one(slot, media, [lab])
             return
         if self.draining:
@@ -194,7 +207,7 @@ class App:
                 outcomes[i] = Rejected(errors.MALFORMED, item.message, item.field)
                 continue
             lab = self._stateless(item)
-            if type(lab) is Rejected:
+            if type(lab) is not str:
                 outcomes[i] = lab
             else:
                 queued.append((item, lab))

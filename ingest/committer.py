@@ -121,4 +121,8 @@ class Committer:
     def _deliver(self, batch: list[Work], outcomes: list[list], n: int) -> None:
         self.in_flight -= n
         for work, out in zip(batch, outcomes):
-            work.done(out)
+            try:
+                work.done(out)
+            except Exception:
+                # One broken answer must not leave the rest of the group unanswered.
+                log.exception("answering a committed request failed")

@@ -37,7 +37,7 @@ class Limits(Struct, forbid_unknown_fields=True):
 
 
 class StoreSettings(Struct, forbid_unknown_fields=True):
-    map_bytes_initial: PositiveInt = 1 << 30
+    map_bytes_initial: PositiveInt = 64 << 20
     map_bytes_max: PositiveInt = 1 << 40
 
 

@@ -62,12 +62,20 @@ class Malformed(Exception):
         self.field = field
 
 
+# What msgspec raises on bad input: besides its own errors, invalid UTF-8 in a
+# string is a UnicodeDecodeError and absurd nesting a RecursionError.
+_BAD_INPUT = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
 _AT_PATH = re.compile(r" - at `\$(.*)`$")
 _NAMED_FIELD = re.compile(r"field `([^`]*)`")
 
 
 def _malformed(exc: Exception) -> Malformed:
     """Turn msgspec's message into (message, field path without `$.`)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return Malformed("a string is not valid UTF-8")
+    if isinstance(exc, RecursionError):
+        return Malformed("the body is nested too deeply")
     text = str(exc)
     field = None
     at = _AT_PATH.search(text)
@@ -98,7 +106,7 @@ _decoders = {
 def decode_event(body: bytes, media: str = JSON) -> BindingEvent:
     try:
         return _decoders[media][0].decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except _BAD_INPUT as exc:
         raise _malformed(exc) from None
 
 
@@ -109,18 +117,16 @@ def decode_batch(body: bytes, media: str = JSON) -> list[BindingEvent | Malforme
         # The common case in one pass; only a batch with a bad item pays for
         # decoding item by item.
         return batch_decoder.decode(body).events
-    except msgspec.ValidationError:
+    except _BAD_INPUT:
         pass
-    except msgspec.DecodeError as exc:
-        raise _malformed(exc) from None
     try:
         batch = raw_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except _BAD_INPUT as exc:
         raise _malformed(exc) from None
     items: list[BindingEvent | Malformed] = []
     for raw in batch.events:
         try:
             items.append(item_decoder.decode(raw))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except _BAD_INPUT as exc:
             items.append(_malformed(exc))
     return items

@@ -1,9 +1,11 @@
 """The asyncio side of HTTP: moves bytes between a socket and
-ingest.http.RequestParser, and keeps answers in request order.
+ingest.http.RequestParser, one request at a time per connection.
 
-Answers may complete out of order (a GET is answered at once, a POST after
-its group commit), but HTTP/1.1 pipelining needs them in order, so each
-request gets a `Slot` in a queue and only the head of the queue is written.
+A pipelined request is handled only once the one before it is answered:
+a GET after a POST on the same connection must see the POST's commit, and
+HTTP allows concurrent handling only of safe methods. Throughput comes from
+many connections and from the batch endpoint, not from pipelining. Each
+request's answer goes through a `Slot`, which also times it.
 """
 from __future__ import annotations
 
@@ -25,14 +27,15 @@ _perf = time.perf_counter
 class Slot:
     """The place of one request's answer on its connection."""
 
-    __slots__ = ("conn", "keep_alive", "data", "route", "started")
+    __slots__ = ("conn", "keep_alive", "data", "route", "started", "head")
 
-    def __init__(self, conn: "HttpProtocol", keep_alive: bool):
+    def __init__(self, conn: "HttpProtocol", keep_alive: bool, head: bool = False):
         self.conn = conn
         self.keep_alive = keep_alive
         self.data: bytes | None = None
         self.route = ""
         self.started = _perf()
+        self.head = head
 
     def respond(self, status: int, body: bytes, content_type: bytes = b"application/json", extra: bytes = b"") -> None:
         conn = self.conn
@@ -42,13 +45,13 @@ class Slot:
             return  # the client left; a committed event stays committed
         keep = self.keep_alive and not server.draining
         self.keep_alive = keep
-        self.data = http.response(status, body, server.date, content_type, keep, extra)
+        self.data = http.response(status, body, server.date, content_type, keep, extra, self.head)
         conn.flush()
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("server", "app", "transport", "parser", "pending", "last_active", "closing", "_reading_paused",
-                 "_writing_paused", "_depth_max")
+    __slots__ = ("server", "app", "transport", "parser", "pending", "waiting", "last_active", "closing",
+                 "_failed", "_reading_paused", "_writing_paused", "_depth_max")
 
     def __init__(self, server: "Server"):
         self.server = server
@@ -56,9 +59,12 @@ class HttpProtocol(asyncio.Protocol):
         limits = server.config.limits
         self.parser = http.RequestParser(limits.header_bytes_max, limits.body_bytes_max)
         self.transport: asyncio.Transport | None = None
-        self.pending: deque[Slot] = deque()
+        self.pending: deque[Slot] = deque()  # handed to the app, not yet written
+        self.waiting: deque[http.Request] = deque()  # parsed, not yet handed over
         self.last_active = server.now
         self.closing = False
+        # Why the byte stream broke; answered after every request before it.
+        self._failed: HttpError | None = None
         self._reading_paused = False
         self._writing_paused = False
         self._depth_max = limits.pipeline_depth_max
@@ -78,26 +84,50 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self._failed is not None:
             return
         self.last_active = self.server.now
+        parser = self.parser
         try:
-            requests = self.parser.feed(data, self.server.now)
+            requests = parser.feed(data, self.server.now)
         except HttpError as exc:
-            self.fail(exc.error, exc.message)
+            self.waiting.extend(exc.requests)
+            self._failed = exc
+            self._dispatch()
             return
-        if self.parser.interim:
-            self.transport.write(self.parser.interim)
-            self.parser.interim = b""
+        if requests:
+            self.waiting.extend(requests)
+            self._dispatch()
+            if len(self.waiting) >= self._depth_max:
+                self._pause_reading()
+        if parser.interim:
+            # A 100 must not overtake the answers of the requests before it:
+            # sent only when they are all written and its request is still
+            # being received; otherwise omitted (the client then sends the
+            # body after its own short wait, as RFC 9110 provides).
+            if not self.pending and not self.waiting and parser.in_request and self.transport is not None:
+                self.transport.write(parser.interim)
+            parser.interim = b""
+
+    def _dispatch(self) -> None:
+        waiting = self.waiting
         handle = self.app.handle
-        for req in requests:
-            slot = Slot(self, req.keep_alive)
-            self.pending.append(slot)
-            handle(req, slot)
-            if self.closing:
+        while not self.pending and not self.closing:
+            if waiting:
+                req = waiting.popleft()
+                slot = Slot(self, req.keep_alive, req.method == b"HEAD")
+                self.pending.append(slot)
+                handle(req, slot)
+            elif self._failed is not None:
+                # Answer the bad request, then close: after a framing error the
+                # byte stream cannot be trusted.
+                exc = self._failed
+                slot = Slot(self, keep_alive=False)
+                slot.route = "unparsed"
+                self.pending.append(slot)
+                slot.respond(exc.error.status, error_json(exc.error, exc.message))
+            else:
                 return
-        if len(self.pending) >= self._depth_max:
-            self._pause_reading()
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its requests.
@@ -120,21 +150,21 @@ class HttpProtocol(asyncio.Protocol):
                 self.close()
                 return
         self.last_active = self.server.now
+        if not pending and (self.waiting or self._failed is not None):
+            self._dispatch()
         if self._reading_paused:
             self._maybe_resume_reading()
 
     def fail(self, error, message: str) -> None:
-        """Answer a request we cannot parse, after those already queued, then
-        close: after a framing error the byte stream cannot be trusted."""
-        slot = Slot(self, keep_alive=False)
-        slot.route = "unparsed"
-        self.pending.append(slot)
-        self.closing = True
-        slot.respond(error.status, error_json(error, message))
+        """Answer `error` after every request already received, then close."""
+        if self._failed is None:
+            self._failed = HttpError(error, message)
+        self._dispatch()
 
     def close(self) -> None:
         self.closing = True
         self.pending.clear()
+        self.waiting.clear()
         if self.transport is not None:
             self.transport.close()
 
@@ -145,18 +175,18 @@ class HttpProtocol(asyncio.Protocol):
 
     def _maybe_resume_reading(self) -> None:
         if (self._reading_paused and not self._writing_paused and not self.closing
-                and len(self.pending) < self._depth_max // 2 + 1 and self.transport is not None):
+                and len(self.waiting) < self._depth_max // 2 + 1 and self.transport is not None):
             self._reading_paused = False
             self.transport.resume_reading()
 
     # -- timers (called by the server's tick) ----------------------------------
 
     def idle_check(self, now: float, request_s: float, keepalive_s: float) -> None:
-        if self.transport is None or self.closing:
+        if self.transport is None or self.closing or self._failed is not None:
             return
         started = self.parser.started_at
         if started is not None:
             if now - started > request_s:
                 self.fail(errors.REQUEST_TIMEOUT, f"request not completed within {request_s:g} s")
-        elif not self.pending and now - self.last_active > keepalive_s:
+        elif not self.pending and not self.waiting and now - self.last_active > keepalive_s:
             self.close()

@@ -40,10 +40,9 @@ def resolve(method: bytes, path: str) -> tuple[str, str | None] | ErrorCode:
                 break
         if methods is None:
             return errors.NOT_FOUND
-    handler = methods.get(method)
+    # HEAD is GET without the body; the protocol writes the headers only.
+    handler = methods.get(b"GET" if method == b"HEAD" else method)
     if handler is None:
-        # HEAD is GET without the body; the protocol layer does not strip
-        # bodies, so it is refused like any other method.
         return errors.METHOD_NOT_ALLOWED
     return handler, param
 
@@ -56,4 +55,7 @@ def allowed(path: str) -> str:
             if path.startswith(prefix):
                 methods = by_method
                 break
-    return ", ".join(m.decode() for m in (methods or {}))
+    names = [m.decode() for m in (methods or {})]
+    if "GET" in names:
+        names.append("HEAD")
+    return ", ".join(names)

@@ -28,7 +28,8 @@ import lmdb
 from ingest import records
 from ingest.records import EventRecord, LogEntry, Member, PersonBinding, Tube
 
-FORMAT_VERSION = 1
+# 2: tube heads apart from their members (the first layout kept them inline).
+FORMAT_VERSION = 2
 TABLES = (b"meta", b"events", b"tubes", b"members", b"persons", b"log")
 _LAST_SEQ = b"last_seq"
 _FORMAT = b"format"
@@ -113,8 +114,14 @@ class Store:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.map_bytes_max = map_bytes_max
-        # writemap stays off: with it a full disk surfaces as SIGBUS on a
-        # sparse page instead of ENOSPC from write(), which we answer with 507.
+        self._data_file = os.path.join(path, "data.mdb")
+        # writemap: transactions write straight into the map and a commit is
+        # one msync, instead of a malloc'd copy of every dirty page and a
+        # pwrite per page; that halves the CPU of the commit path
+        # (docs/benchmarks.md). Its hazard is a page of a sparse file that
+        # cannot get a disk block: SIGBUS instead of ENOSPC. So every byte of
+        # the map is allocated (fallocate) before LMDB may use it, and a
+        # failed allocation is a clean StoreFull.
         # readahead off: access is random and the store outgrows RAM.
         self.env = lmdb.open(
             path,
@@ -122,12 +129,13 @@ class Store:
             max_dbs=len(TABLES) + 4,
             sync=True,
             metasync=True,
-            writemap=False,
+            writemap=True,
             readahead=False,
             max_readers=512,
         )
-        if self.env.info()["map_size"] < map_bytes_initial:
-            self.env.set_mapsize(map_bytes_initial)
+        # LMDB creates the file (a new one must be its own); nothing has been
+        # written through the map yet when its blocks are allocated here.
+        self._allocate(self.env.info()["map_size"])
         self.dbs = {name: self.env.open_db(name) for name in TABLES}
         # LMDB may only change the map size while this process has no open
         # transaction; every transaction passes this gate.
@@ -177,12 +185,24 @@ class Store:
             self.last_seq = tx.seq
             return result
 
+    def _allocate(self, size: int) -> None:
+        """Give data.mdb real disk blocks up to `size` bytes, or raise StoreFull."""
+        fd = os.open(self._data_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            raise StoreFull(f"cannot allocate {size} bytes for {self._data_file}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
     def _grow(self) -> None:
         size = self.env.info()["map_size"]
         if size >= self.map_bytes_max:
             raise StoreFull(f"map is at store.map_bytes_max ({self.map_bytes_max} bytes)")
+        new = min(size * 2, self.map_bytes_max)
+        self._allocate(new)
         with self._gate:
-            self.env.set_mapsize(min(size * 2, self.map_bytes_max))
+            self.env.set_mapsize(new)
 
     # -- reading ------------------------------------------------------------
 

@@ -46,25 +46,25 @@ def test_started_at_is_when_the_request_began():
 
 def test_chunked_body():
     p = parser()
-    raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     [req] = p.feed(raw, 0)
     assert req.body == b"abcde"
 
 
 def test_connection_close():
-    [req] = parser().feed(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 0)
+    [req] = parser().feed(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", 0)
     assert not req.keep_alive
 
 
 def test_announced_oversize_body_is_refused_before_it_is_sent():
     with pytest.raises(HttpError) as e:
-        parser(body_max=10).feed(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 0)
+        parser(body_max=10).feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n", 0)
     assert e.value.error is errors.BODY_TOO_LARGE
 
 
 def test_chunked_oversize_body():
     with pytest.raises(HttpError) as e:
-        parser(body_max=4).feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n", 0)
+        parser(body_max=4).feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n", 0)
     assert e.value.error is errors.BODY_TOO_LARGE
 
 
@@ -100,7 +100,7 @@ def test_upgrade_is_refused():
 
 def test_expect_continue_produces_interim_response():
     p = parser()
-    p.feed(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 0)
+    p.feed(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 0)
     assert p.interim == b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -114,3 +114,44 @@ def test_response_bytes():
     assert out == (b"HTTP/1.1 201 Created\r\nDate: DATE\r\nContent-Type: application/json\r\n"
                    b"Content-Length: 2\r\nConnection: close\r\nAllow: GET\r\n\r\n{}")
     assert b"Connection" not in response(200, b"", b"D")
+
+
+def test_header_that_never_ends_hits_the_limit():
+    p = parser(header_max=256)
+    p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ", 0)
+    with pytest.raises(HttpError) as e:
+        for _ in range(10):
+            p.feed(b"a" * 64, 0)
+    assert e.value.error is errors.HEADERS_TOO_LARGE
+
+
+def test_requests_before_a_parse_error_are_handed_over():
+    good = b"GET /livez HTTP/1.1\r\nHost: h\r\n\r\n"
+    with pytest.raises(HttpError) as e:
+        parser().feed(good + b"NOT HTTP AT ALL\r\n\r\n", 0)
+    assert [r.path for r in e.value.requests] == ["/livez"]
+
+
+def test_nothing_is_parsed_after_a_closing_request():
+    p = parser()
+    got = p.feed(b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n", 0)
+    assert [r.path for r in got] == ["/a"]
+    assert p.feed(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n", 0) == []
+
+
+def test_absolute_form_target():
+    [req] = parser().feed(b"GET http://127.0.0.1:8080/v1/status?x=1 HTTP/1.1\r\nHost: h\r\n\r\n", 0)
+    assert (req.path, req.query) == ("/v1/status", "x=1")
+
+
+def test_http11_needs_host_http10_does_not():
+    with pytest.raises(HttpError) as e:
+        parser().feed(b"GET / HTTP/1.1\r\n\r\n", 0)
+    assert e.value.error is errors.BAD_REQUEST
+    [req] = parser().feed(b"GET / HTTP/1.0\r\n\r\n", 0)
+    assert not req.keep_alive
+
+
+def test_head_response_has_no_body_but_its_length():
+    out = response(405, b"12345", b"D", head=True)
+    assert out.endswith(b"Content-Length: 5\r\n\r\n")
