@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -100,7 +101,8 @@ def run_wrk(port: int, path: str, duration: int, connections: int, threads: int,
     # window is found from the server's own answer count, and both processes'
     # CPU is sampled in it. wrk at 100% means the generator set the figure.
     window = {}
-    while proc.poll() is None and answered(port) == 0:
+    baseline = answered(port)  # the readiness probe may have been counted
+    while proc.poll() is None and answered(port) <= baseline:
         time.sleep(0.1)
     if proc.poll() is None:
         time.sleep(duration * 0.2)
@@ -117,7 +119,15 @@ def run_wrk(port: int, path: str, duration: int, connections: int, threads: int,
     return {**parse_wrk(out), **window}
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 def start(cmd: list[str], port: int) -> subprocess.Popen:
+    # A stale server from an earlier run would be measured instead of ours.
+    if not port_is_free(port):
+        raise RuntimeError(f"port {port} is already in use; stop what listens there or pass --port")
     proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_ready(port)

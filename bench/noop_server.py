@@ -33,7 +33,7 @@ class NoopApp:
             slot.route = "metrics"
             slot.respond(200, self.metrics.render(), b"text/plain; version=0.0.4")
             return
-        slot.route = "noop"
+        slot.route = "noop" if req.method == b"POST" else "other"
         slot.respond(201, BODY)
 
 
