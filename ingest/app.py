@@ -31,16 +31,6 @@ _encode_json = _ENCODERS[JSON]
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-class BoundBody(msgspec.Struct):
-    event_id: str
-    tube: str
-    lab: str
-    count: int
-    pool_size: int
-    seq: int
-    result: str = "bound"
-
-
 class OriginalBody(msgspec.Struct):
     event_id: str
     tube: str
@@ -60,14 +50,14 @@ def outcome_body(outcome: Bound | Duplicate | Rejected) -> tuple[int, object]:
     encodes those faster than dicts, and a batch encodes a thousand."""
     kind = type(outcome)
     if kind is Bound:
-        return 201, BoundBody(outcome.event_id, outcome.tube, outcome.lab, outcome.count, outcome.pool_size, outcome.seq)
+        return 201, outcome
     if kind is Duplicate:
         original = OriginalBody(outcome.original_event_id, outcome.tube, outcome.count, outcome.seq)
         return 200, DuplicateBody(outcome.event_id, original)
     return outcome.error.status, error_body(outcome.error, outcome.message, outcome.field, outcome.extra)
 
 
-class BoundItem(BoundBody):
+class BoundItem(Bound, tag="bound"):
     """A bound result inside a batch answer: the same body plus its status."""
 
     status: int = 201
@@ -233,9 +223,7 @@ class App:
             events[_outcome_key(outcome)] += 1
             kind = type(outcome)
             if kind is Bound:
-                results.append(BoundItem(
-                    outcome.event_id, outcome.tube, outcome.lab, outcome.count, outcome.pool_size, outcome.seq
-                ))
+                results.append(BoundItem(*msgspec.structs.astuple(outcome)))
             else:
                 status, body = outcome_body(outcome)
                 if kind is Duplicate:

@@ -27,7 +27,10 @@ from ingest.store import WriteTx
 _astuple = msgspec.structs.astuple
 
 
-class Bound(NamedTuple):
+class Bound(msgspec.Struct, tag_field="result", tag="bound", frozen=True):
+    """Stored. It is also the `201` body as it is: msgspec writes the tag as
+    `"result": "bound"`, so a thousand outcomes encode without conversion."""
+
     event_id: str
     tube: str
     lab: str
