@@ -15,11 +15,14 @@ from ingest import codes, errors, routes
 from ingest.committer import Committer, Work
 from ingest.config import Config
 from ingest.errors import ErrorCode, error_body, error_json
-from ingest.events import JSON, MSGPACK, BindingEvent, Malformed, decode_batch, decode_event
+from ingest import lifecycle
+from ingest.events import (
+    JSON, MSGPACK, BindingEvent, Malformed, SealEvent, VoidEvent, decode_batch, decode_event, decode_lifecycle,
+)
 from ingest.http import Request
 from ingest.metrics import Metrics
 from ingest.records import STATE_NAMES
-from ingest.rules import Bound, Duplicate, Rejected, apply_binding, check_stateless
+from ingest.rules import Bound, Done, Duplicate, Rejected, Repeat, apply_binding, check_stateless
 from ingest.store import Store
 
 log = logging.getLogger("ingest.app")
@@ -54,6 +57,13 @@ def outcome_body(outcome: Bound | Duplicate | Rejected) -> tuple[int, object]:
     if kind is Duplicate:
         original = OriginalBody(outcome.original_event_id, outcome.tube, outcome.count, outcome.seq)
         return 200, DuplicateBody(outcome.event_id, original)
+    if kind is Done:
+        return 201, {"result": outcome.result, "event_id": outcome.event_id, "seq": outcome.seq, **outcome.body}
+    if kind is Repeat:
+        return 200, {
+            "result": "duplicate", "event_id": outcome.event_id,
+            "original": {"result": outcome.original_result, "event_id": outcome.event_id, "seq": outcome.seq},
+        }
     return outcome.error.status, error_body(outcome.error, outcome.message, outcome.field, outcome.extra)
 
 
@@ -67,8 +77,10 @@ def _outcome_key(outcome: Bound | Duplicate | Rejected) -> tuple[str, str]:
     kind = type(outcome)
     if kind is Bound:
         return ("bound", "")
-    if kind is Duplicate:
+    if kind is Duplicate or kind is Repeat:
         return ("duplicate", "")
+    if kind is Done:
+        return (outcome.result, "")
     return ("rejected", outcome.error.code)
 
 
@@ -90,9 +102,13 @@ class App:
 
     # -- the shared pieces ------------------------------------------------
 
-    def apply(self, tx, item: tuple[BindingEvent, str]):
-        """What the committer runs per event: the one rule function."""
-        return apply_binding(tx, item[0], item[1], self._window_ms)
+    def apply(self, tx, item: tuple):
+        """What the committer runs per event: (binding, lab) goes to the
+        binding rules, (lifecycle event, its apply function) to that."""
+        ev, arg = item
+        if type(ev) is BindingEvent:
+            return apply_binding(tx, ev, arg, self._window_ms)
+        return arg(tx, ev)
 
     def _today_yyyymmdd(self, now_ms: int) -> int:
         # Birth dates are checked against the local date; recomputed once a day
@@ -232,6 +248,32 @@ class App:
                 results.append(body)
         slot.respond(200, _ENCODERS[media]({"results": results}), _CONTENT_TYPE[media])
 
+    def _post_lifecycle(self, req: Request, slot, kind: type, path_field: str, path_value: str, apply) -> None:
+        media = self._media(req, slot)
+        if media is None:
+            return
+        try:
+            ev = decode_lifecycle(kind, req.body, media)
+        except Malformed as m:
+            self.metrics.events[("rejected", "malformed")] += 1
+            self._error(slot, errors.MALFORMED, m.message, m.field)
+            return
+        given = getattr(ev, path_field)
+        if given and given != path_value:
+            self._error(slot, errors.MALFORMED, f"{path_field}: the body names another one than the path", path_field)
+            return
+        ev = msgspec.structs.replace(ev, **{path_field: path_value})
+        if self.draining:
+            self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")
+            return
+        self.committer.submit(Work(((ev, apply),), lambda outs: self._answer_one(slot, media, outs)))
+
+    def post_seal(self, req: Request, slot, tube: str) -> None:
+        self._post_lifecycle(req, slot, SealEvent, "tube", tube, lifecycle.apply_seal)
+
+    def post_void(self, req: Request, slot, binding_event_id: str) -> None:
+        self._post_lifecycle(req, slot, VoidEvent, "binding_event_id", binding_event_id, lifecycle.apply_void)
+
     # -- reads -------------------------------------------------------------
 
     def get_tube(self, req: Request, slot, code: str) -> None:
@@ -245,9 +287,18 @@ class App:
             "state": STATE_NAMES[tube.state], "opened_seq": tube.opened_seq, "count": tube.count,
             "persons": [
                 {"person": m.person, "event_id": m.event_id, "scanned_at": m.scanned_at, "seq": m.seq}
-                for m in members
+                for m in members if not m.voided_seq
             ],
         }
+        voided = [
+            {"person": m.person, "event_id": m.event_id, "scanned_at": m.scanned_at, "seq": m.seq,
+             "voided_seq": m.voided_seq}
+            for m in members if m.voided_seq
+        ]
+        if voided:
+            body["voided"] = voided
+        if tube.sealed_seq:
+            body["sealed_seq"] = tube.sealed_seq
         slot.respond(200, _encode_json(body))
 
     def get_person(self, req: Request, slot, code: str) -> None:
@@ -258,7 +309,8 @@ class App:
         body = {
             "person": code,
             "tubes": [
-                {"tube": b.tube, "site_id": b.site_id, "scanned_at": b.scanned_at, "seq": b.seq, "event_id": b.event_id}
+                {"tube": b.tube, "site_id": b.site_id, "scanned_at": b.scanned_at, "seq": b.seq, "event_id": b.event_id,
+                 "voided": bool(b.voided_seq)}
                 for b in history
             ],
         }

@@ -30,6 +30,12 @@ POOL_SIZE_MISMATCH = ErrorCode("pool_size_mismatch", 409, "tube was opened with 
 TUBE_FULL = ErrorCode("tube_full", 409, "tube already holds pool_size people")
 PERSON_IN_OTHER_TUBE = ErrorCode("person_in_other_tube", 409, "person was bound to another tube recently and resample is not set")
 
+# The tube lifecycle (lifecycle.py).
+UNKNOWN_TUBE = ErrorCode("unknown_tube", 404, "no binding names this tube")
+TUBE_EMPTY = ErrorCode("tube_empty", 409, "an empty tube cannot be sealed")
+UNKNOWN_BINDING = ErrorCode("unknown_binding", 404, "no binding has this event id")
+BINDING_VOIDED = ErrorCode("binding_voided", 409, "the binding was voided already")
+
 # Protocol and service errors.
 NOT_FOUND = ErrorCode("not_found", 404, "no such resource")
 METHOD_NOT_ALLOWED = ErrorCode("method_not_allowed", 405, "the path exists but not for this method")

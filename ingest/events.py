@@ -45,6 +45,31 @@ class BindingEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_default
     resample: bool = False
 
 
+class SealEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The site closes a tube: no binding enters it afterwards. The tube comes
+    from the path (`POST /v1/tubes/{tube}/seal`); a body naming another is refused."""
+
+    event_id: EventId
+    site_id: Ident
+    device_id: Ident
+    sealed_at: Millis
+    tube: Code = ""
+    operator_id: Ident | None = None
+
+
+class VoidEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A volunteer scanned the wrong person: that binding is undone while the
+    tube is open. The binding comes from the path
+    (`POST /v1/bindings/{binding_event_id}/void`)."""
+
+    event_id: EventId
+    device_id: Ident
+    reason: Annotated[str, Meta(min_length=1, max_length=200)]
+    voided_at: Millis
+    binding_event_id: EventId | None = None
+    operator_id: Ident | None = None
+
+
 class BindingBatch(Struct, forbid_unknown_fields=True):
     events: Annotated[list[BindingEvent], Meta(min_length=1, max_length=BATCH_EVENTS_MAX)]
 
@@ -106,6 +131,21 @@ _decoders = {
 def decode_event(body: bytes, media: str = JSON) -> BindingEvent:
     try:
         return _decoders[media][0].decode(body)
+    except _BAD_INPUT as exc:
+        raise _malformed(exc) from None
+
+
+_lifecycle_decoders = {
+    (kind, media): (msgspec.json.Decoder(kind) if media == JSON else msgspec.msgpack.Decoder(kind))
+    for kind in (SealEvent, VoidEvent)
+    for media in (JSON, MSGPACK)
+}
+
+
+def decode_lifecycle(kind: type, body: bytes, media: str = JSON):
+    """Decode a lifecycle event (SealEvent, VoidEvent, ...) or raise Malformed."""
+    try:
+        return _lifecycle_decoders[kind, media].decode(body)
     except _BAD_INPUT as exc:
         raise _malformed(exc) from None
 

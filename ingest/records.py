@@ -16,12 +16,14 @@ STATE_NAMES = ("open", "sealed", "boxed", "in_transit", "received", "resulted")
 
 
 class Member(Struct, array_like=True, gc=False):
-    """One person in a tube, stored under (tube, position)."""
+    """One person in a tube, stored under (tube, position). A voided member
+    stays, marked, for the history; its place is free again."""
 
     person: str
     event_id: str
     scanned_at: int
     seq: int
+    voided_seq: int = 0
 
 
 class Tube(Struct, array_like=True, gc=False):
@@ -33,7 +35,9 @@ class Tube(Struct, array_like=True, gc=False):
     pool_size: int
     state: int
     opened_seq: int
-    count: int
+    count: int  # people in the tube now (voids excluded)
+    slots: int = 0  # positions ever used; the next binding takes slots + 1
+    sealed_seq: int = 0
 
 
 class PersonBinding(Struct, array_like=True, gc=False):
@@ -49,6 +53,7 @@ class PersonBinding(Struct, array_like=True, gc=False):
     event_id: str
     site_id: str
     position: int
+    voided_seq: int = 0
 
 
 class EventRecord(Struct, array_like=True, gc=False):
@@ -61,6 +66,7 @@ class EventRecord(Struct, array_like=True, gc=False):
     seq: int
     count: int
     payload: list
+    kind: str = "binding"
 
 
 class LogEntry(Struct, array_like=True, gc=False):
@@ -68,7 +74,7 @@ class LogEntry(Struct, array_like=True, gc=False):
     change itself. Applying it with rules.apply_entry to the state before it
     gives the state after it, on the primary and on a standby alike."""
 
-    kind: str  # "binding"
+    kind: str  # "binding", "seal", "void" (rules.APPLY_ENTRY)
     lab: str
     payload: list
 

@@ -21,25 +21,33 @@ EXACT: dict[str, dict[bytes, str]] = {
     "/readyz": {b"GET": "get_readyz"},
 }
 
-# "/prefix/{param}" -> {method: handler}; the parameter is one path segment.
-WITH_PARAM: dict[str, dict[bytes, str]] = {
-    "/v1/tubes/": {b"GET": "get_tube"},
-    "/v1/persons/": {b"GET": "get_person"},
+# (prefix, suffix) -> {method: handler}: "/prefix/{param}suffix", the
+# parameter being one path segment.
+WITH_PARAM: dict[tuple[str, str], dict[bytes, str]] = {
+    ("/v1/tubes/", ""): {b"GET": "get_tube"},
+    ("/v1/tubes/", "/seal"): {b"POST": "post_seal"},
+    ("/v1/bindings/", "/void"): {b"POST": "post_void"},
+    ("/v1/persons/", ""): {b"GET": "get_person"},
 }
 
 
-def resolve(method: bytes, path: str) -> tuple[str, str | None] | ErrorCode:
+def _match(path: str) -> tuple[dict[bytes, str], str | None] | None:
     methods = EXACT.get(path)
-    param = None
-    if methods is None:
-        for prefix, by_method in WITH_PARAM.items():
-            if path.startswith(prefix):
-                rest = path[len(prefix):]
-                if rest and "/" not in rest:
-                    methods, param = by_method, unquote(rest)
-                break
-        if methods is None:
-            return errors.NOT_FOUND
+    if methods is not None:
+        return methods, None
+    for (prefix, suffix), by_method in WITH_PARAM.items():
+        if path.startswith(prefix) and path.endswith(suffix):
+            param = path[len(prefix):len(path) - len(suffix)]
+            if param and "/" not in param:
+                return by_method, unquote(param)
+    return None
+
+
+def resolve(method: bytes, path: str) -> tuple[str, str | None] | ErrorCode:
+    found = _match(path)
+    if found is None:
+        return errors.NOT_FOUND
+    methods, param = found
     # HEAD is GET without the body; the protocol writes the headers only.
     handler = methods.get(b"GET" if method == b"HEAD" else method)
     if handler is None:
@@ -49,13 +57,8 @@ def resolve(method: bytes, path: str) -> tuple[str, str | None] | ErrorCode:
 
 def allowed(path: str) -> str:
     """The Allow header value for a 405 on `path`."""
-    methods = EXACT.get(path)
-    if methods is None:
-        for prefix, by_method in WITH_PARAM.items():
-            if path.startswith(prefix):
-                methods = by_method
-                break
-    names = [m.decode() for m in (methods or {})]
+    found = _match(path)
+    names = [m.decode() for m in (found[0] if found else {})]
     if "GET" in names:
         names.append("HEAD")
     return ", ".join(names)

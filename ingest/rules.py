@@ -7,8 +7,8 @@ Two halves, in the order the API documents them:
 2. `apply_binding(tx, event, lab, window_ms)`: what needs the store, inside
    the write transaction: dedup, tube state, capacity, the person window.
    It is a pure function of (store, event): the primary runs it on new
-   events and a standby runs it, through `apply_entry`, on the change log;
-   the same log always gives the same state. A rejected event leaves the
+   events and a standby runs it, through `changelog.apply_entry`, on the
+   change log; the same log always gives the same state. A rejected event leaves the
    transaction exactly as it found it.
 """
 from __future__ import annotations
@@ -49,6 +49,24 @@ class Duplicate(NamedTuple):
     seq: int
 
 
+class Done(NamedTuple):
+    """A lifecycle event applied (`201`): `result` says what happened
+    ("sealed", "voided", ...), `body` the rest of the answer."""
+
+    result: str
+    event_id: str
+    seq: int
+    body: dict
+
+
+class Repeat(NamedTuple):
+    """A lifecycle event seen before with the same payload (`200`)."""
+
+    event_id: str
+    original_result: str
+    seq: int
+
+
 class Rejected(NamedTuple):
     error: ErrorCode
     message: str
@@ -57,7 +75,7 @@ class Rejected(NamedTuple):
     extra: dict | None = None
 
 
-Outcome = Bound | Duplicate | Rejected
+Outcome = Bound | Duplicate | Done | Repeat | Rejected
 
 
 def check_stateless(
@@ -83,6 +101,8 @@ def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Ou
     history = tx.person(ev.person)
     seq = tx.seq + 1
     count = 1 if tube is None else tube.count + 1
+    # A void frees a place but not its position: positions only grow.
+    position = 1 if tube is None else tube.slots + 1
     payload = list(_astuple(ev))
 
     # Same event id: a retry (same payload) or a client bug (different one).
@@ -99,12 +119,13 @@ def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Ou
         return refusal
 
     if tube is None:
-        tube = Tube(ev.site_id, lab, ev.pool_size, OPEN, seq, count)
+        tube = Tube(ev.site_id, lab, ev.pool_size, OPEN, seq, count, position)
     else:
         tube.count = count
+        tube.slots = position
     tx.put_tube(ev.tube, tube)
-    tx.put_member(ev.tube, count, Member(ev.person, ev.event_id, ev.scanned_at, seq))
-    history.append(PersonBinding(ev.tube, ev.scanned_at, seq, ev.event_id, ev.site_id, count))
+    tx.put_member(ev.tube, position, Member(ev.person, ev.event_id, ev.scanned_at, seq))
+    history.append(PersonBinding(ev.tube, ev.scanned_at, seq, ev.event_id, ev.site_id, position))
     tx.put_person(ev.person, history)
     tx.append(LogEntry("binding", lab, payload))
     return Bound(ev.event_id, ev.tube, lab, count, ev.pool_size, seq)
@@ -113,7 +134,7 @@ def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Ou
 def _refusal(ev: BindingEvent, tube: Tube | None, history: list[PersonBinding], window_ms: int) -> Outcome | None:
     """The rules after the event-id check, in the documented order."""
     for b in history:
-        if b.tube == ev.tube:
+        if b.tube == ev.tube and not b.voided_seq:
             return Duplicate(ev.event_id, b.event_id, ev.tube, b.position, b.seq)
     if tube is not None:
         if tube.state != OPEN:
@@ -128,7 +149,7 @@ def _refusal(ev: BindingEvent, tube: Tube | None, history: list[PersonBinding], 
             return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
     if not ev.resample:
         for b in history:
-            if abs(b.scanned_at - ev.scanned_at) < window_ms:
+            if not b.voided_seq and abs(b.scanned_at - ev.scanned_at) < window_ms:
                 return Rejected(
                     errors.PERSON_IN_OTHER_TUBE,
                     f"person was bound to tube {b.tube} within the window; send resample=true to bind again",
@@ -136,10 +157,3 @@ def _refusal(ev: BindingEvent, tube: Tube | None, history: list[PersonBinding], 
                     {"other_tube": b.tube},
                 )
     return None
-
-
-def apply_entry(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:
-    """Replay one change-log entry (a standby, or a rebuild from the log)."""
-    if entry.kind == "binding":
-        return apply_binding(tx, BindingEvent(*entry.payload), entry.lab, window_ms)
-    raise ValueError(f"unknown log entry kind {entry.kind!r}")

@@ -29,7 +29,8 @@ from ingest import records
 from ingest.records import EventRecord, LogEntry, Member, PersonBinding, Tube
 
 # 2: tube heads apart from their members (the first layout kept them inline).
-FORMAT_VERSION = 2
+# 3: voids and seals (Tube.slots/sealed_seq, voided_seq, EventRecord.kind).
+FORMAT_VERSION = 3
 TABLES = (b"meta", b"events", b"tubes", b"members", b"persons", b"log")
 _LAST_SEQ = b"last_seq"
 _FORMAT = b"format"
@@ -80,6 +81,10 @@ class WriteTx:
     def put_tube(self, code: str, tube: Tube) -> None:
         self.txn.put(code.encode(), records.encode(tube), db=self._tubes)
 
+    def member(self, tube: str, position: int) -> Member | None:
+        raw = self.txn.get(member_key(tube, position), db=self._members)
+        return None if raw is None else records.decode_member(raw)
+
     def put_member(self, tube: str, position: int, member: Member) -> None:
         self.txn.put(member_key(tube, position), records.encode(member), db=self._members)
 
@@ -99,6 +104,10 @@ class WriteTx:
         if self.txn.put(key, records.encode(record), overwrite=False, db=self._events):
             return None
         return records.decode_event_record(self.txn.get(key, db=self._events))
+
+    def event(self, event_id: str) -> EventRecord | None:
+        raw = self.txn.get(event_id.encode(), db=self._events)
+        return None if raw is None else records.decode_event_record(raw)
 
     def release_event(self, event_id: str) -> None:
         self.txn.delete(event_id.encode(), db=self._events)

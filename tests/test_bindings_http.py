@@ -120,7 +120,7 @@ def test_first_binding_opens_the_tube(server, make_tube, lab, make_person):
     assert got == {
         "person": person,
         "tubes": [{"tube": tube, "site_id": "SITE-1", "scanned_at": ev["scanned_at"], "seq": before + 1,
-                   "event_id": ev["event_id"]}],
+                   "event_id": ev["event_id"], "voided": False}],
     }
 
 
@@ -484,9 +484,17 @@ def test_pool_size_mismatch(server):
     assert snapshot(server, tube, ev["person"]) == before
 
 
-@pytest.mark.skip(reason="sealing a tube is not implemented yet: no way to make tube_closed happen")
-def test_tube_closed():
-    pass
+def test_tube_closed(server):
+    tube = fresh_tube()
+    fill(server, tube, 2)
+    status, _, body = server.request("POST", f"/v1/tubes/{tube}/seal", {
+        "event_id": fresh_event_id("seal"), "site_id": "SITE-1", "device_id": "DEV-1", "sealed_at": now_ms()})
+    assert status == 201, body
+    ev = event(tube)
+    before = snapshot(server, tube, ev["person"])
+    status, body = post(server, ev)
+    assert_error(status, body, 409, "tube_closed", "tube")
+    assert snapshot(server, tube, ev["person"]) == before
 
 
 # -- the person window ------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import errors, rules
+from ingest import changelog, errors, rules
 from ingest.events import BindingEvent
 from ingest.rules import Bound, Duplicate, Rejected
 from ingest.store import Store
@@ -90,7 +90,7 @@ def test_closed_tube(store):
 
 def _replay(src: Store, dst: Store) -> None:
     for seq, entry in src.iter_log():
-        out = dst.write(lambda tx: rules.apply_entry(tx, entry, WINDOW))
+        out = dst.write(lambda tx: changelog.apply_entry(tx, entry, WINDOW))
         assert type(out) is Bound and out.seq == seq
 
 
@@ -124,6 +124,31 @@ def test_replaying_the_log_gives_the_same_state(tmp_path_factory, events):
         _replay(primary, replica)
         assert replica.digest() == primary.digest()
         assert replica.last_seq == primary.last_seq
+    finally:
+        primary.close()
+        replica.close()
+
+
+def test_replay_with_seals_and_voids(tmp_path):
+    from ingest import lifecycle
+    from ingest.events import SealEvent, VoidEvent
+
+    primary = Store(str(tmp_path / "p"), map_bytes_initial=1 << 24)
+    replica = Store(str(tmp_path / "r"), map_bytes_initial=1 << 24)
+    try:
+        for i in range(4):
+            apply(primary, ev(f"b{i}", tube="T1", person=f"P{i}"))
+        out = primary.write(lambda tx: lifecycle.apply_void(tx, VoidEvent("v1", "D1", "wrong", NOW, "b1")))
+        assert out.result == "voided"
+        assert type(apply(primary, ev("b9", tube="T1", person="P9"))) is Bound
+        out = primary.write(lambda tx: lifecycle.apply_seal(tx, SealEvent("s1", "S1", "D1", NOW, "T1")))
+        assert out.result == "sealed"
+        for seq, entry in primary.iter_log():
+            replica.write(lambda tx: changelog.apply_entry(tx, entry, WINDOW))
+        assert replica.digest() == primary.digest()
+        head, members = replica.tube("T1")
+        assert (head.count, head.slots, head.state) == (4, 5, 1)
+        assert [m.person for m in members if m.voided_seq] == ["P1"]
     finally:
         primary.close()
         replica.close()

@@ -1,0 +1,36 @@
+"""The change log's entry kinds and how each is applied.
+
+A log entry holds the input of a change (`records.LogEntry`); applying it
+with the same function the primary used, to the state before it, gives the
+state after it. This table is all a standby or a rebuild needs.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ingest import lifecycle, rules
+from ingest.events import BindingEvent, SealEvent, VoidEvent
+from ingest.records import LogEntry
+from ingest.rules import Outcome
+from ingest.store import WriteTx
+
+
+def _binding(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:
+    return rules.apply_binding(tx, BindingEvent(*entry.payload), entry.lab, window_ms)
+
+
+# Lifecycle payloads start with their kind, then the event's fields.
+APPLY: dict[str, Callable[[WriteTx, LogEntry, int], Outcome]] = {
+    "binding": _binding,
+    "seal": lambda tx, entry, _: lifecycle.apply_seal(tx, SealEvent(*entry.payload[1:])),
+    "void": lambda tx, entry, _: lifecycle.apply_void(tx, VoidEvent(*entry.payload[1:])),
+}
+
+
+def apply_entry(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:
+    """Replay one change-log entry (a standby, or a rebuild from the log)."""
+    try:
+        apply = APPLY[entry.kind]
+    except KeyError:
+        raise ValueError(f"unknown log entry kind {entry.kind!r}") from None
+    return apply(tx, entry, window_ms)

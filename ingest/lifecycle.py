@@ -1,0 +1,105 @@
+"""The tube lifecycle: its states, which event moves a tube from which state,
+and the rules of each event.
+
+    open --seal--> sealed --box--> boxed --handover--> in_transit
+         --receive--> received --result--> resulted (--result--> resulted)
+
+Bindings enter only open tubes; a void undoes a binding while the tube is
+open. Every apply function here is, like rules.apply_binding, a pure function
+of (store, event): it claims the event id (a retry answers `Repeat`, another
+payload under the id `event_id_conflict`), checks its rules in order, and on
+success writes its changes and one change-log entry; a refusal leaves the
+transaction as it found it.
+"""
+from __future__ import annotations
+
+import msgspec
+
+from ingest import errors
+from ingest.events import SealEvent, VoidEvent
+from ingest.records import OPEN, SEALED, STATE_NAMES, EventRecord, LogEntry
+from ingest.rules import Done, Outcome, Rejected, Repeat
+from ingest.store import WriteTx
+
+_astuple = msgspec.structs.astuple
+
+# (event kind, state before) -> state after. An event not allowed in the
+# tube's state is refused with the error named in REFUSED.
+TRANSITIONS: dict[tuple[str, int], int] = {
+    ("seal", OPEN): SEALED,
+}
+REFUSED = {
+    "seal": errors.TUBE_CLOSED,
+    "void": errors.TUBE_CLOSED,
+}
+
+
+def _claim(tx: WriteTx, kind: str, event_id: str, payload: list, result: str) -> Outcome | None:
+    """Claim `event_id` for this event, or answer the earlier claim."""
+    seen = tx.claim_event(event_id, EventRecord(tx.seq + 1, 0, payload, kind))
+    if seen is None:
+        return None
+    if seen.kind != kind or seen.payload != payload:
+        return Rejected(errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
+    return Repeat(event_id, result, seen.seq)
+
+
+def _refuse(tx: WriteTx, event_id: str, rejection: Rejected) -> Rejected:
+    tx.release_event(event_id)
+    return rejection
+
+
+def apply_seal(tx: WriteTx, ev: SealEvent) -> Outcome:
+    payload = ["seal", *_astuple(ev)]
+    repeated = _claim(tx, "seal", ev.event_id, payload, "sealed")
+    if repeated is not None:
+        return repeated
+    tube = tx.tube(ev.tube)
+    if tube is None:
+        return _refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
+    if tube.site_id != ev.site_id:
+        return _refuse(tx, ev.event_id, Rejected(errors.SITE_MISMATCH, "tube was opened at another site", "site_id"))
+    after = TRANSITIONS.get(("seal", tube.state))
+    if after is None:
+        return _refuse(tx, ev.event_id, Rejected(
+            REFUSED["seal"], f"tube is {STATE_NAMES[tube.state]}, only an open tube can be sealed", "tube"))
+    if tube.count == 0:
+        return _refuse(tx, ev.event_id, Rejected(errors.TUBE_EMPTY, "an empty tube cannot be sealed", "tube"))
+    seq = tx.append(LogEntry("seal", tube.lab, payload))
+    tube.state = after
+    tube.sealed_seq = seq
+    tx.put_tube(ev.tube, tube)
+    return Done("sealed", ev.event_id, seq, {"tube": ev.tube, "count": tube.count, "state": STATE_NAMES[after]})
+
+
+def apply_void(tx: WriteTx, ev: VoidEvent) -> Outcome:
+    payload = ["void", *_astuple(ev)]
+    repeated = _claim(tx, "void", ev.event_id, payload, "voided")
+    if repeated is not None:
+        return repeated
+    bound = tx.event(ev.binding_event_id)
+    if bound is None or bound.kind != "binding":
+        return _refuse(tx, ev.event_id, Rejected(
+            errors.UNKNOWN_BINDING, "no binding has this event id", "binding_event_id"))
+    # Binding payloads are in BindingEvent field order: tube 3, person 4.
+    tube_code, person = bound.payload[3], bound.payload[4]
+    history = tx.person(person)
+    binding = next(b for b in history if b.event_id == ev.binding_event_id)
+    if binding.voided_seq:
+        return _refuse(tx, ev.event_id, Rejected(
+            errors.BINDING_VOIDED, "this binding was voided already", "binding_event_id"))
+    tube = tx.tube(tube_code)
+    if tube.state != OPEN:
+        return _refuse(tx, ev.event_id, Rejected(
+            REFUSED["void"], f"tube is {STATE_NAMES[tube.state]}; a binding can only be voided while it is open",
+            "binding_event_id"))
+    seq = tx.append(LogEntry("void", tube.lab, payload))
+    member = tx.member(tube_code, binding.position)
+    member.voided_seq = seq
+    tx.put_member(tube_code, binding.position, member)
+    binding.voided_seq = seq
+    tx.put_person(person, history)
+    tube.count -= 1
+    tx.put_tube(tube_code, tube)
+    return Done("voided", ev.event_id, seq, {"tube": tube_code, "count": tube.count,
+                                              "binding_event_id": ev.binding_event_id})

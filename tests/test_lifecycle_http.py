@@ -1,0 +1,147 @@
+"""Sealing and voiding through the real server."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import event, fresh_event_id, fresh_person, fresh_tube, now_ms
+
+
+def seal(server, path_tube, *, event_id=None, site_id="SITE-1", **extra):
+    body = {"event_id": event_id or fresh_event_id("seal"), "site_id": site_id, "device_id": "DEV-1",
+            "sealed_at": now_ms(), **extra}
+    status, _, got = server.request("POST", f"/v1/tubes/{path_tube}/seal", body)
+    return status, got, body
+
+
+def void(server, binding_event_id, *, event_id=None, reason="wrong person scanned"):
+    body = {"event_id": event_id or fresh_event_id("void"), "device_id": "DEV-1", "reason": reason,
+            "voided_at": now_ms()}
+    status, _, got = server.request("POST", f"/v1/bindings/{binding_event_id}/void", body)
+    return status, got, body
+
+
+def bind(server, tube, person=None, **kw):
+    ev = event(tube, person, **kw)
+    status, _, body = server.post(ev)
+    return status, body, ev
+
+
+def fill(server, tube, n, pool_size=5):
+    evs = []
+    for _ in range(n):
+        status, body, ev = bind(server, tube, pool_size=pool_size)
+        assert status == 201, body
+        evs.append(ev)
+    return evs
+
+
+def code(body):
+    return body["error"]["code"]
+
+
+# -- seal ------------------------------------------------------------------------
+
+
+def test_seal_a_short_tube_then_nothing_enters(server):
+    tube = fresh_tube()
+    fill(server, tube, 3)
+    status, got, req = seal(server, tube)
+    assert status == 201, got
+    assert (got["result"], got["tube"], got["count"], got["state"]) == ("sealed", tube, 3, "sealed")
+    _, _, view = server.tube(tube)
+    assert view["state"] == "sealed" and view["sealed_seq"] == got["seq"]
+    status, body, _ = bind(server, tube)
+    assert status == 409 and code(body) == "tube_closed"
+
+
+def test_seal_is_idempotent_and_conflicts_are_refused(server):
+    tube = fresh_tube()
+    fill(server, tube, 1)
+    status, first, req = seal(server, tube)
+    assert status == 201
+    before = server.last_seq()
+    status, _, again = server.request("POST", f"/v1/tubes/{tube}/seal", req)
+    assert status == 200 and again["result"] == "duplicate"
+    assert again["original"] == {"result": "sealed", "event_id": req["event_id"], "seq": first["seq"]}
+    status, got, _ = seal(server, tube, event_id=req["event_id"], site_id="SITE-1", operator_id="OP-9")
+    assert status == 409 and code(got) == "event_id_conflict"
+    status, got, _ = seal(server, tube)  # another seal event for a sealed tube
+    assert status == 409 and code(got) == "tube_closed"
+    assert server.last_seq() == before
+
+
+@pytest.mark.parametrize("case", ["unknown", "other_site", "empty"])
+def test_seal_refusals_change_nothing(server, case):
+    tube = fresh_tube()
+    if case != "unknown":
+        evs = fill(server, tube, 1)
+    if case == "empty":
+        assert void(server, evs[0]["event_id"])[0] == 201
+    before = server.last_seq(), server.tube(tube)[2]
+    status, got, _ = seal(server, tube, site_id="SITE-2" if case == "other_site" else "SITE-1")
+    expected = {"unknown": (404, "unknown_tube"), "other_site": (409, "site_mismatch"), "empty": (409, "tube_empty")}
+    assert (status, code(got)) == expected[case]
+    assert (server.last_seq(), server.tube(tube)[2]) == before
+
+
+def test_seal_body_naming_another_tube_is_malformed(server):
+    tube = fresh_tube()
+    fill(server, tube, 1)
+    status, got, _ = seal(server, tube, tube=fresh_tube())
+    assert status == 400 and code(got) == "malformed" and got["error"]["field"] == "tube"
+
+
+# -- void ------------------------------------------------------------------------
+
+
+def test_void_frees_the_place_and_keeps_the_history(server):
+    tube = fresh_tube()
+    evs = fill(server, tube, 5)
+    status, body, _ = bind(server, tube)
+    assert status == 409 and code(body) == "tube_full"
+    wrong = evs[2]
+    status, got, _ = void(server, wrong["event_id"])
+    assert status == 201, got
+    assert (got["result"], got["tube"], got["count"]) == ("voided", tube, 4)
+    status, body, late = bind(server, tube)
+    assert status == 201 and body["count"] == 5
+    _, _, view = server.tube(tube)
+    assert [p["person"] for p in view["persons"]] == [e["person"] for e in evs if e is not wrong] + [late["person"]]
+    assert [v["person"] for v in view["voided"]] == [wrong["person"]]
+    _, _, person = server.person(wrong["person"])
+    assert person["tubes"][0]["voided"] is True
+
+
+def test_voided_person_may_go_into_another_tube_and_back(server):
+    tube = fresh_tube()
+    [ev] = fill(server, tube, 1)
+    assert void(server, ev["event_id"])[0] == 201
+    # no person_in_other_tube: the voided binding does not count
+    status, body, _ = bind(server, fresh_tube(), ev["person"])
+    assert status == 201, body
+
+
+def test_void_refusals(server):
+    tube = fresh_tube()
+    evs = fill(server, tube, 2)
+    status, got, req = void(server, evs[0]["event_id"])
+    assert status == 201
+    status, _, again = server.request("POST", f"/v1/bindings/{evs[0]['event_id']}/void", req)
+    assert status == 200 and again["result"] == "duplicate"
+    before = server.last_seq()
+    status, got, _ = void(server, evs[0]["event_id"])
+    assert status == 409 and code(got) == "binding_voided"
+    status, got, _ = void(server, "no-such-binding")
+    assert status == 404 and code(got) == "unknown_binding"
+    assert seal(server, tube)[0] == 201
+    before = server.last_seq()
+    status, got, _ = void(server, evs[1]["event_id"])
+    assert status == 409 and code(got) == "tube_closed"
+    assert server.last_seq() == before
+
+
+def test_void_reason_is_required(server):
+    tube = fresh_tube()
+    [ev] = fill(server, tube, 1)
+    status, got, _ = void(server, ev["event_id"], reason="")
+    assert status == 400 and code(got) == "malformed" and got["error"]["field"] == "reason"
