@@ -15,13 +15,19 @@ from ingest import codes, errors, routes
 from ingest.committer import Committer, Work
 from ingest.config import Config
 from ingest.errors import ErrorCode, error_body, error_json
-from ingest import lifecycle
+import functools
+from urllib.parse import parse_qs
+
+from ingest import boxes, lifecycle, results
 from ingest.events import (
-    JSON, MSGPACK, BindingEvent, Malformed, SealEvent, VoidEvent, decode_batch, decode_event, decode_lifecycle,
+    JSON, MSGPACK, BindingEvent, BoxEvent, HandoverEvent, Malformed, ReceiveEvent, SealEvent, VoidEvent,
+    decode_batch, decode_event, decode_lifecycle, decode_results,
 )
 from ingest.http import Request
 from ingest.metrics import Metrics
-from ingest.records import STATE_NAMES
+from ingest.records import (
+    BOX_STATE_NAMES, PEOPLE, STAT_FIELDS, STATE_NAMES, VOIDED,
+)
 from ingest.rules import Bound, Done, Duplicate, Rejected, Repeat, apply_binding, check_stateless
 from ingest.store import Store
 
@@ -194,30 +200,41 @@ class App:
         slot.respond(status, _ENCODERS[media](body), _CONTENT_TYPE[media])
 
     def post_batch(self, req: Request, slot) -> None:
+        self._post_items(req, slot, decode_batch, self._binding_work)
+
+    def post_results(self, req: Request, slot) -> None:
+        self._post_items(req, slot, decode_results, lambda ev: (ev, results.apply_result))
+
+    def _binding_work(self, ev: BindingEvent):
+        lab = self._stateless(ev)
+        return (ev, lab) if type(lab) is str else lab
+
+    def _post_items(self, req: Request, slot, decode, work_of) -> None:
+        """A batch: decode, decide what needs no store, commit the rest in one
+        group, answer every item in its place. `work_of(item)` gives the
+        committer's work item, or the outcome when the store is not needed."""
         media = self._media(req, slot)
         if media is None:
             return
         try:
-            items = decode_batch(req.body, media)
+            items = decode(req.body, media)
         except Malformed as m:
             self.metrics.events[("rejected", "malformed")] += 1
             self._error(slot, errors.MALFORMED, m.message, m.field)
             return
-        # Outcomes decided before the store keep their place; the rest are
-        # committed together and slotted back in order.
         outcomes: list = [None] * len(items)
-        queued: list[tuple[BindingEvent, str]] = []
+        queued: list[tuple] = []
         places: list[int] = []
         for i, item in enumerate(items):
             if type(item) is Malformed:
                 outcomes[i] = Rejected(errors.MALFORMED, item.message, item.field)
                 continue
-            lab = self._stateless(item)
-            if type(lab) is not str:
-                outcomes[i] = lab
-            else:
-                queued.append((item, lab))
+            work = work_of(item)
+            if type(work) is tuple:
+                queued.append(work)
                 places.append(i)
+            else:
+                outcomes[i] = work
         if not queued:
             self._answer_batch(slot, media, outcomes)
             return
@@ -258,11 +275,18 @@ class App:
             self.metrics.events[("rejected", "malformed")] += 1
             self._error(slot, errors.MALFORMED, m.message, m.field)
             return
-        given = getattr(ev, path_field)
-        if given and given != path_value:
-            self._error(slot, errors.MALFORMED, f"{path_field}: the body names another one than the path", path_field)
-            return
-        ev = msgspec.structs.replace(ev, **{path_field: path_value})
+        if path_field is not None:
+            given = getattr(ev, path_field)
+            if given and given != path_value:
+                self._error(slot, errors.MALFORMED, f"{path_field}: the body names another one than the path",
+                            path_field)
+                return
+            ev = msgspec.structs.replace(ev, **{path_field: path_value})
+        if kind is ReceiveEvent:
+            # Which found tubes belong to another lab is decided from the lab
+            # table here, and stored with the event (see boxes.apply_receive).
+            other_lab = [t for t in dict.fromkeys(ev.tubes) if self.schemes.lab_of(t) != ev.lab_id]
+            apply = functools.partial(apply, other_lab=other_lab)
         if self.draining:
             self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")
             return
@@ -273,6 +297,15 @@ class App:
 
     def post_void(self, req: Request, slot, binding_event_id: str) -> None:
         self._post_lifecycle(req, slot, VoidEvent, "binding_event_id", binding_event_id, lifecycle.apply_void)
+
+    def post_box(self, req: Request, slot) -> None:
+        self._post_lifecycle(req, slot, BoxEvent, None, None, boxes.apply_box)
+
+    def post_handover(self, req: Request, slot, box: str) -> None:
+        self._post_lifecycle(req, slot, HandoverEvent, "box", box, boxes.apply_handover)
+
+    def post_receive(self, req: Request, slot, box: str) -> None:
+        self._post_lifecycle(req, slot, ReceiveEvent, "box", box, boxes.apply_receive)
 
     # -- reads -------------------------------------------------------------
 
@@ -299,6 +332,14 @@ class App:
             body["voided"] = voided
         if tube.sealed_seq:
             body["sealed_seq"] = tube.sealed_seq
+        if tube.box:
+            body["box"] = tube.box
+        if tube.result:
+            body["result"] = tube.result
+            body["results"] = [
+                {"result": r.result, "lab_id": r.lab_id, "tested_at": r.tested_at, "event_id": r.event_id, "seq": r.seq}
+                for r in self.store.results(code)
+            ]
         slot.respond(200, _encode_json(body))
 
     def get_person(self, req: Request, slot, code: str) -> None:
@@ -314,6 +355,77 @@ class App:
                 for b in history
             ],
         }
+        slot.respond(200, _encode_json(body))
+
+    def get_box(self, req: Request, slot, code: str) -> None:
+        box = self.store.box(code)
+        if box is None:
+            self._error(slot, errors.NOT_FOUND, "no box has this barcode", "box")
+            return
+        body = {"box": code, "site_id": box.site_id, "state": BOX_STATE_NAMES[box.state], "tubes": box.tubes,
+                "packed_seq": box.packed_seq}
+        if box.handover_seq:
+            body.update(courier_id=box.courier_id, handed_at=box.handed_at, handover_seq=box.handover_seq)
+        if box.receive_seq:
+            body.update(lab_id=box.lab_id, received_at=box.received_at, receive_seq=box.receive_seq,
+                        found=box.found, missing=box.missing, extra=box.extra, other_lab=box.other_lab)
+        slot.respond(200, _encode_json(body))
+
+    def get_positives(self, req: Request, slot) -> None:
+        query = parse_qs(req.query)
+        try:
+            since = int(query.get("since", ["0"])[0])
+            limit = int(query.get("limit", ["100"])[0])
+            if since < 0 or not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            self._error(slot, errors.MALFORMED, "since must be an integer >= 0, limit 1..1000", "since")
+            return
+        items = []
+        last = since
+        for seq, code in self.store.positives(since, limit):
+            last = seq
+            tube, members = self.store.tube(code)
+            result = self.store.result(code, seq)
+            items.append({
+                "seq": seq, "tube": code, "result": result.result, "lab_id": result.lab_id,
+                "tested_at": result.tested_at, "current_result": tube.result, "site_id": tube.site_id,
+                "box": tube.box,
+                "persons": [
+                    {"person": m.person, "scanned_at": m.scanned_at, "event_id": m.event_id}
+                    for m in members if not m.voided_seq
+                ],
+            })
+        slot.respond(200, _encode_json({"positives": items, "next_since": last}))
+
+    def get_stats(self, req: Request, slot) -> None:
+        self._stats(req, slot, "all")
+
+    def get_site_stats(self, req: Request, slot, site: str) -> None:
+        self._stats(req, slot, "site:" + site)
+
+    def _stats(self, req: Request, slot, scope: str) -> None:
+        """Counters kept as events are applied: no scan of the store."""
+        query = parse_qs(req.query)
+        start, end = query.get("from", [""])[0], query.get("to", ["~"])[0]
+        buckets = self.store.stats(scope)
+        zero = [0] * len(STAT_FIELDS)
+
+        def named(counts: list[int]) -> dict:
+            counts = counts + [0] * (len(STAT_FIELDS) - len(counts))
+            out = dict(zip(STAT_FIELDS, counts))
+            out["people_sampled"] = counts[PEOPLE] - counts[VOIDED]
+            return out
+
+        total = named(buckets.get("total", zero))
+        total["sealed_not_received"] = total["tubes_sealed"] - total["tubes_received"]
+        hours = [
+            {"hour": hour, **named(counts)}
+            for hour, counts in sorted(buckets.items())
+            if hour != "total" and start <= hour <= end
+        ]
+        body = {"scope": scope.removeprefix("site:") if scope != "all" else "all",
+                "time_zone": self.config.stats.time_zone, "total": total, "hours": hours}
         slot.respond(200, _encode_json(body))
 
     def get_status(self, req: Request, slot) -> None:

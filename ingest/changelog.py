@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ingest import lifecycle, rules
-from ingest.events import BindingEvent, SealEvent, VoidEvent
+from ingest import boxes, lifecycle, results, rules
+from ingest.events import BindingEvent, BoxEvent, HandoverEvent, ReceiveEvent, ResultEvent, SealEvent, VoidEvent
 from ingest.records import LogEntry
 from ingest.rules import Outcome
 from ingest.store import WriteTx
@@ -24,6 +24,11 @@ APPLY: dict[str, Callable[[WriteTx, LogEntry, int], Outcome]] = {
     "binding": _binding,
     "seal": lambda tx, entry, _: lifecycle.apply_seal(tx, SealEvent(*entry.payload[1:])),
     "void": lambda tx, entry, _: lifecycle.apply_void(tx, VoidEvent(*entry.payload[1:])),
+    "box": lambda tx, entry, _: boxes.apply_box(tx, BoxEvent(*entry.payload[1:])),
+    "handover": lambda tx, entry, _: boxes.apply_handover(tx, HandoverEvent(*entry.payload[1:])),
+    # receive carries the other-lab tubes decided before it was queued, last
+    "receive": lambda tx, entry, _: boxes.apply_receive(tx, ReceiveEvent(*entry.payload[1:-1]), entry.payload[-1]),
+    "result": lambda tx, entry, _: results.apply_result(tx, ResultEvent(*entry.payload[1:])),
 }
 
 
@@ -33,4 +38,5 @@ def apply_entry(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:
         apply = APPLY[entry.kind]
     except KeyError:
         raise ValueError(f"unknown log entry kind {entry.kind!r}") from None
+    tx.set_time(entry.at_ms)
     return apply(tx, entry, window_ms)

@@ -1,6 +1,7 @@
 """The `ingest` command.
 
     ingest serve [--data DIR] [--host H] [--port P] [--config FILE]
+    ingest export bindings|tubes|results [--data DIR] [--site S] [--since MS] [--until MS] [--out FILE]
 
 With no options it serves on 127.0.0.1:8080 with ./data and the shipped
 configuration: nothing else to install or run.
@@ -33,6 +34,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from ingest import export
+
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        n = export.export(args.data, args.what, out, args.site, args.since, args.until)
+    except lmdb_errors() as exc:
+        print(f"ingest: cannot read the store in {args.data}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.out:
+            out.close()
+    print(f"ingest: exported {n} {args.what} rows", file=sys.stderr)
+    return 0
+
+
+def lmdb_errors() -> tuple[type[BaseException], ...]:
+    import lmdb
+
+    return (lmdb.Error,)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest", description="Scan-ingest server of a mass-testing network.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,13 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, help="TOML configuration (default: the shipped one)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=_serve)
+
+    exp = sub.add_parser("export", help="write bindings, tubes or results as CSV (streaming)")
+    exp.add_argument("what", choices=["bindings", "tubes", "results"])
+    exp.add_argument("--data", default="./data", help="LMDB data directory (default: ./data)")
+    exp.add_argument("--site", default=None, help="only this site")
+    exp.add_argument("--since", type=int, default=0, help="from this Unix ms (scanned_at / tested_at)")
+    exp.add_argument("--until", type=int, default=2**63, help="before this Unix ms")
+    exp.add_argument("--out", default=None, help="file to write (default: standard output)")
+    exp.set_defaults(func=_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level),
+        level=getattr(logging, getattr(args, "log_level", "INFO")),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from msgspec import Meta, Struct
@@ -41,6 +42,11 @@ class StoreSettings(Struct, forbid_unknown_fields=True):
     map_bytes_max: PositiveInt = 1 << 40
 
 
+class StatsSettings(Struct, forbid_unknown_fields=True):
+    # Hours of the statistics are server time in this IANA zone.
+    time_zone: str = "UTC"
+
+
 class Lab(Struct, forbid_unknown_fields=True):
     id: Annotated[str, Meta(min_length=1, max_length=64)]
     prefix: Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[0-9A-Z]+$")]
@@ -53,6 +59,7 @@ class Config(Struct, forbid_unknown_fields=True):
     rules: Rules = msgspec.field(default_factory=Rules)
     limits: Limits = msgspec.field(default_factory=Limits)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     labs: list[Lab] = msgspec.field(default_factory=list)
 
     @property
@@ -89,6 +96,10 @@ def loads(text: str) -> Config:
             raise ConfigError(f"config: lab {lab.id}: a digits scheme needs a digit prefix")
         if lab.check in ("luhn", "gs1") and lab.charset != "digits":
             raise ConfigError(f"config: lab {lab.id}: {lab.check} needs charset digits")
+    try:
+        ZoneInfo(config.stats.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"config: stats.time_zone: unknown time zone {config.stats.time_zone!r}") from None
     if config.store.map_bytes_initial > config.store.map_bytes_max:
         raise ConfigError("config: store.map_bytes_initial exceeds map_bytes_max")
     return config

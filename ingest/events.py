@@ -70,6 +70,64 @@ class VoidEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=T
     operator_id: Ident | None = None
 
 
+# A box holds a rack of tubes; 500 is far above any real rack.
+BOX_TUBES_MAX = 500
+BoxCode = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+TubeList = Annotated[list[Code], Meta(max_length=BOX_TUBES_MAX)]
+
+
+class BoxEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The site packs sealed tubes into a box (`POST /v1/boxes`)."""
+
+    event_id: EventId
+    box: BoxCode
+    site_id: Ident
+    device_id: Ident
+    tubes: Annotated[list[Code], Meta(min_length=1, max_length=BOX_TUBES_MAX)]
+    packed_at: Millis
+    operator_id: Ident | None = None
+
+
+class HandoverEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A courier takes the box (`POST /v1/boxes/{box}/handover`)."""
+
+    event_id: EventId
+    courier_id: Ident
+    handed_at: Millis
+    box: BoxCode | None = None
+    device_id: Ident | None = None
+
+
+class ReceiveEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The lab opens the box and lists the tubes it found
+    (`POST /v1/boxes/{box}/receive`)."""
+
+    event_id: EventId
+    lab_id: Ident
+    tubes: TubeList
+    received_at: Millis
+    box: BoxCode | None = None
+    device_id: Ident | None = None
+
+
+class ResultEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A lab's result for one tube (an item of `POST /v1/results`)."""
+
+    event_id: EventId
+    lab_id: Ident
+    tube: Code
+    result: Literal["negative", "positive", "invalid"]
+    tested_at: Millis
+
+
+class ResultBatch(Struct, forbid_unknown_fields=True):
+    results: Annotated[list[ResultEvent], Meta(min_length=1, max_length=BATCH_EVENTS_MAX)]
+
+
+class RawResultBatch(Struct, forbid_unknown_fields=True):
+    results: Annotated[list[Raw], Meta(min_length=1, max_length=BATCH_EVENTS_MAX)]
+
+
 class BindingBatch(Struct, forbid_unknown_fields=True):
     events: Annotated[list[BindingEvent], Meta(min_length=1, max_length=BATCH_EVENTS_MAX)]
 
@@ -137,7 +195,7 @@ def decode_event(body: bytes, media: str = JSON) -> BindingEvent:
 
 _lifecycle_decoders = {
     (kind, media): (msgspec.json.Decoder(kind) if media == JSON else msgspec.msgpack.Decoder(kind))
-    for kind in (SealEvent, VoidEvent)
+    for kind in (SealEvent, VoidEvent, BoxEvent, HandoverEvent, ReceiveEvent, ResultEvent, ResultBatch, RawResultBatch)
     for media in (JSON, MSGPACK)
 }
 
@@ -150,21 +208,32 @@ def decode_lifecycle(kind: type, body: bytes, media: str = JSON):
         raise _malformed(exc) from None
 
 
+def decode_results(body: bytes, media: str = JSON) -> list[ResultEvent | Malformed]:
+    """Decode a batch of results; each item a ResultEvent or why not."""
+    return _decode_items(
+        body, _lifecycle_decoders[ResultEvent, media], _lifecycle_decoders[ResultBatch, media],
+        _lifecycle_decoders[RawResultBatch, media], "results",
+    )
+
+
 def decode_batch(body: bytes, media: str = JSON) -> list[BindingEvent | Malformed]:
     """Decode a batch; each item is an event or the Malformed saying why not."""
-    item_decoder, batch_decoder, raw_decoder = _decoders[media]
+    return _decode_items(body, *_decoders[media], "events")
+
+
+def _decode_items(body: bytes, item_decoder, batch_decoder, raw_decoder, name: str) -> list:
     try:
         # The common case in one pass; only a batch with a bad item pays for
         # decoding item by item.
-        return batch_decoder.decode(body).events
+        return getattr(batch_decoder.decode(body), name)
     except _BAD_INPUT:
         pass
     try:
         batch = raw_decoder.decode(body)
     except _BAD_INPUT as exc:
         raise _malformed(exc) from None
-    items: list[BindingEvent | Malformed] = []
-    for raw in batch.events:
+    items: list = []
+    for raw in getattr(batch, name):
         try:
             items.append(item_decoder.decode(raw))
         except _BAD_INPUT as exc:

@@ -17,7 +17,9 @@ import msgspec
 
 from ingest import errors
 from ingest.events import SealEvent, VoidEvent
-from ingest.records import OPEN, SEALED, STATE_NAMES, EventRecord, LogEntry
+from ingest.records import (
+    BOXED, IN_TRANSIT, OPEN, RECEIVED, RESULTED, SEALED, STATE_NAMES, TUBES_SEALED, VOIDED, EventRecord, LogEntry,
+)
 from ingest.rules import Done, Outcome, Rejected, Repeat
 from ingest.store import WriteTx
 
@@ -27,14 +29,20 @@ _astuple = msgspec.structs.astuple
 # tube's state is refused with the error named in REFUSED.
 TRANSITIONS: dict[tuple[str, int], int] = {
     ("seal", OPEN): SEALED,
+    ("box", SEALED): BOXED,
+    ("handover", BOXED): IN_TRANSIT,
+    ("receive", IN_TRANSIT): RECEIVED,
+    ("result", RECEIVED): RESULTED,
+    ("result", RESULTED): RESULTED,  # a changed result is a new event; history kept
 }
 REFUSED = {
     "seal": errors.TUBE_CLOSED,
     "void": errors.TUBE_CLOSED,
+    "result": errors.TUBE_NOT_RECEIVED,
 }
 
 
-def _claim(tx: WriteTx, kind: str, event_id: str, payload: list, result: str) -> Outcome | None:
+def claim(tx: WriteTx, kind: str, event_id: str, payload: list, result: str) -> Outcome | None:
     """Claim `event_id` for this event, or answer the earlier claim."""
     seen = tx.claim_event(event_id, EventRecord(tx.seq + 1, 0, payload, kind))
     if seen is None:
@@ -44,53 +52,54 @@ def _claim(tx: WriteTx, kind: str, event_id: str, payload: list, result: str) ->
     return Repeat(event_id, result, seen.seq)
 
 
-def _refuse(tx: WriteTx, event_id: str, rejection: Rejected) -> Rejected:
+def refuse(tx: WriteTx, event_id: str, rejection: Rejected) -> Rejected:
     tx.release_event(event_id)
     return rejection
 
 
 def apply_seal(tx: WriteTx, ev: SealEvent) -> Outcome:
     payload = ["seal", *_astuple(ev)]
-    repeated = _claim(tx, "seal", ev.event_id, payload, "sealed")
+    repeated = claim(tx, "seal", ev.event_id, payload, "sealed")
     if repeated is not None:
         return repeated
     tube = tx.tube(ev.tube)
     if tube is None:
-        return _refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
+        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
     if tube.site_id != ev.site_id:
-        return _refuse(tx, ev.event_id, Rejected(errors.SITE_MISMATCH, "tube was opened at another site", "site_id"))
+        return refuse(tx, ev.event_id, Rejected(errors.SITE_MISMATCH, "tube was opened at another site", "site_id"))
     after = TRANSITIONS.get(("seal", tube.state))
     if after is None:
-        return _refuse(tx, ev.event_id, Rejected(
+        return refuse(tx, ev.event_id, Rejected(
             REFUSED["seal"], f"tube is {STATE_NAMES[tube.state]}, only an open tube can be sealed", "tube"))
     if tube.count == 0:
-        return _refuse(tx, ev.event_id, Rejected(errors.TUBE_EMPTY, "an empty tube cannot be sealed", "tube"))
+        return refuse(tx, ev.event_id, Rejected(errors.TUBE_EMPTY, "an empty tube cannot be sealed", "tube"))
     seq = tx.append(LogEntry("seal", tube.lab, payload))
     tube.state = after
     tube.sealed_seq = seq
     tx.put_tube(ev.tube, tube)
+    tx.count(tube.site_id, TUBES_SEALED)
     return Done("sealed", ev.event_id, seq, {"tube": ev.tube, "count": tube.count, "state": STATE_NAMES[after]})
 
 
 def apply_void(tx: WriteTx, ev: VoidEvent) -> Outcome:
     payload = ["void", *_astuple(ev)]
-    repeated = _claim(tx, "void", ev.event_id, payload, "voided")
+    repeated = claim(tx, "void", ev.event_id, payload, "voided")
     if repeated is not None:
         return repeated
     bound = tx.event(ev.binding_event_id)
     if bound is None or bound.kind != "binding":
-        return _refuse(tx, ev.event_id, Rejected(
+        return refuse(tx, ev.event_id, Rejected(
             errors.UNKNOWN_BINDING, "no binding has this event id", "binding_event_id"))
     # Binding payloads are in BindingEvent field order: tube 3, person 4.
     tube_code, person = bound.payload[3], bound.payload[4]
     history = tx.person(person)
     binding = next(b for b in history if b.event_id == ev.binding_event_id)
     if binding.voided_seq:
-        return _refuse(tx, ev.event_id, Rejected(
+        return refuse(tx, ev.event_id, Rejected(
             errors.BINDING_VOIDED, "this binding was voided already", "binding_event_id"))
     tube = tx.tube(tube_code)
     if tube.state != OPEN:
-        return _refuse(tx, ev.event_id, Rejected(
+        return refuse(tx, ev.event_id, Rejected(
             REFUSED["void"], f"tube is {STATE_NAMES[tube.state]}; a binding can only be voided while it is open",
             "binding_event_id"))
     seq = tx.append(LogEntry("void", tube.lab, payload))
@@ -101,5 +110,6 @@ def apply_void(tx: WriteTx, ev: VoidEvent) -> Outcome:
     tx.put_person(person, history)
     tube.count -= 1
     tx.put_tube(tube_code, tube)
+    tx.count(tube.site_id, VOIDED)
     return Done("voided", ev.event_id, seq, {"tube": tube_code, "count": tube.count,
                                               "binding_event_id": ev.binding_event_id})

@@ -38,6 +38,44 @@ class Tube(Struct, array_like=True, gc=False):
     count: int  # people in the tube now (voids excluded)
     slots: int = 0  # positions ever used; the next binding takes slots + 1
     sealed_seq: int = 0
+    box: str = ""
+    received_seq: int = 0
+    result: str = ""  # the latest result: "negative", "positive", "invalid"
+    result_seq: int = 0
+
+
+# Box states.
+PACKED, HANDED_OVER, BOX_RECEIVED = range(3)
+BOX_STATE_NAMES = ("packed", "in_transit", "received")
+
+
+class Box(Struct, array_like=True, gc=False):
+    """A box of sealed tubes from one site, and what the lab found in it."""
+
+    site_id: str
+    tubes: list[str]
+    state: int
+    packed_seq: int
+    courier_id: str = ""
+    handed_at: int = 0
+    handover_seq: int = 0
+    lab_id: str = ""
+    received_at: int = 0
+    receive_seq: int = 0
+    found: list[str] = []
+    missing: list[str] = []
+    extra: list[str] = []
+    other_lab: list[str] = []
+
+
+class Result(Struct, array_like=True, gc=False):
+    """One result posted for a tube; a tube's results are its history."""
+
+    lab_id: str
+    result: str
+    tested_at: int
+    event_id: str
+    seq: int
 
 
 class PersonBinding(Struct, array_like=True, gc=False):
@@ -74,14 +112,26 @@ class LogEntry(Struct, array_like=True, gc=False):
     change itself. Applying it with rules.apply_entry to the state before it
     gives the state after it, on the primary and on a standby alike."""
 
-    kind: str  # "binding", "seal", "void" (rules.APPLY_ENTRY)
+    kind: str  # "binding", "seal", "void", "box", "handover", "receive", "result" (changelog.APPLY)
     lab: str
     payload: list
+    # The primary's clock when it applied the entry: statistics are kept per
+    # hour of server time, and a replay must put them in the same hour.
+    at_ms: int = 0
 
+
+# Statistics counters (stats table), in this order in every record.
+STAT_FIELDS = ("people", "voided", "tubes_opened", "tubes_sealed", "tubes_boxed", "tubes_received",
+               "tubes_resulted", "positive_results")
+(PEOPLE, VOIDED, TUBES_OPENED, TUBES_SEALED, TUBES_BOXED, TUBES_RECEIVED, TUBES_RESULTED,
+ POSITIVE_RESULTS) = range(len(STAT_FIELDS))
 
 encode = msgspec.msgpack.Encoder().encode
 decode_tube = msgspec.msgpack.Decoder(Tube).decode
 decode_member = msgspec.msgpack.Decoder(Member).decode
+decode_box = msgspec.msgpack.Decoder(Box).decode
+decode_result = msgspec.msgpack.Decoder(Result).decode
 decode_person = msgspec.msgpack.Decoder(list[PersonBinding]).decode
 decode_event_record = msgspec.msgpack.Decoder(EventRecord).decode
 decode_log_entry = msgspec.msgpack.Decoder(LogEntry).decode
+decode_counts = msgspec.msgpack.Decoder(list[int]).decode

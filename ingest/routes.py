@@ -15,6 +15,10 @@ from ingest.errors import ErrorCode
 EXACT: dict[str, dict[bytes, str]] = {
     "/v1/bindings": {b"POST": "post_binding"},
     "/v1/bindings/batch": {b"POST": "post_batch"},
+    "/v1/boxes": {b"POST": "post_box"},
+    "/v1/results": {b"POST": "post_results"},
+    "/v1/positives": {b"GET": "get_positives"},
+    "/v1/stats": {b"GET": "get_stats"},
     "/v1/status": {b"GET": "get_status"},
     "/metrics": {b"GET": "get_metrics"},
     "/livez": {b"GET": "get_livez"},
@@ -28,6 +32,10 @@ WITH_PARAM: dict[tuple[str, str], dict[bytes, str]] = {
     ("/v1/tubes/", "/seal"): {b"POST": "post_seal"},
     ("/v1/bindings/", "/void"): {b"POST": "post_void"},
     ("/v1/persons/", ""): {b"GET": "get_person"},
+    ("/v1/boxes/", ""): {b"GET": "get_box"},
+    ("/v1/sites/", "/stats"): {b"GET": "get_site_stats"},
+    ("/v1/boxes/", "/handover"): {b"POST": "post_handover"},
+    ("/v1/boxes/", "/receive"): {b"POST": "post_receive"},
 }
 
 

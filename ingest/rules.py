@@ -21,7 +21,7 @@ from ingest import errors
 from ingest.codes import INVALID_TUBE, TubeSchemes, person_check, person_reason
 from ingest.errors import ErrorCode
 from ingest.events import BindingEvent
-from ingest.records import OPEN, EventRecord, LogEntry, Member, PersonBinding, Tube
+from ingest.records import OPEN, PEOPLE, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube
 from ingest.store import WriteTx
 
 _astuple = msgspec.structs.astuple
@@ -120,6 +120,7 @@ def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Ou
 
     if tube is None:
         tube = Tube(ev.site_id, lab, ev.pool_size, OPEN, seq, count, position)
+        tx.count(ev.site_id, TUBES_OPENED)
     else:
         tube.count = count
         tube.slots = position
@@ -128,6 +129,7 @@ def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Ou
     history.append(PersonBinding(ev.tube, ev.scanned_at, seq, ev.event_id, ev.site_id, position))
     tx.put_person(ev.person, history)
     tx.append(LogEntry("binding", lab, payload))
+    tx.count(ev.site_id, PEOPLE)
     return Bound(ev.event_id, ev.tube, lab, count, ev.pool_size, seq)
 
 

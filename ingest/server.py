@@ -48,7 +48,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         st = self.config.store
-        self.store = Store(self.data_dir, st.map_bytes_initial, st.map_bytes_max)
+        self.store = Store(self.data_dir, st.map_bytes_initial, st.map_bytes_max, self.config.stats.time_zone)
         self.metrics = Metrics(
             codes.IMPLEMENTATION,
             connections=lambda: len(self.connections),

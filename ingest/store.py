@@ -9,6 +9,11 @@ Tables (LMDB named databases), described in docs/storage.md:
   tubes    tube (ascii)     -> Tube          site, lab, pool size, state, count
   members  tube \0 u16 BE   -> Member        the tube's people, by position 1..
   persons  person (ascii)   -> [PersonBinding]  every tube a person was bound to
+  boxes    box (utf-8)      -> Box           a box's tubes, hand-over, receipt
+  results  tube \0 seq      -> Result        every result posted for a tube
+  positives seq (u64 BE)    -> tube          positive/invalid results, in log order
+  stats    scope \0 hour    -> [int] counters (records.STAT_FIELDS); scope "all" or
+                               "site:<id>", hour "YYYY-MM-DDTHH" (server time) or "total"
   log      seq (u64 BE)     -> LogEntry      the ordered change log
 
 Every change goes into `log` in the same transaction as the change itself, so
@@ -20,18 +25,24 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import lmdb
 
 from ingest import records
-from ingest.records import EventRecord, LogEntry, Member, PersonBinding, Tube
+from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Result, Tube
 
 # 2: tube heads apart from their members (the first layout kept them inline).
 # 3: voids and seals (Tube.slots/sealed_seq, voided_seq, EventRecord.kind).
-FORMAT_VERSION = 3
-TABLES = (b"meta", b"events", b"tubes", b"members", b"persons", b"log")
+# 4: boxes, results, positives.
+# 5: statistics; LogEntry.at_ms.
+FORMAT_VERSION = 5
+TABLES = (b"meta", b"events", b"tubes", b"members", b"persons", b"boxes", b"results", b"positives", b"stats",
+          b"log")
 _LAST_SEQ = b"last_seq"
 _FORMAT = b"format"
 
@@ -46,6 +57,29 @@ def member_key(tube: str, position: int) -> bytes:
     # Codes are [0-9A-Z], so the NUL separator keeps tube "10" from
     # sharing a key range with tube "101".
     return tube.encode() + b"\x00" + position.to_bytes(2, "big")
+
+
+class HourLabels:
+    """Unix ms -> local hour label "YYYY-MM-DDTHH" in one time zone. Offsets
+    are whole quarter hours, so the label is cached per UTC quarter hour."""
+
+    def __init__(self, zone: str = "UTC"):
+        self._zone = ZoneInfo(zone)
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, at_ms: int) -> str:
+        quarter = at_ms // 900_000
+        label = self._cache.get(quarter)
+        if label is None:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            local = datetime.fromtimestamp(quarter * 900, timezone.utc).astimezone(self._zone)
+            label = self._cache[quarter] = local.strftime("%Y-%m-%dT%H")
+        return label
+
+
+def stats_key(scope: str, bucket: str) -> bytes:
+    return scope.encode() + b"\x00" + bucket.encode()
 
 
 class StoreFull(Exception):
@@ -63,16 +97,66 @@ class WriteTx:
     this transaction.
     """
 
-    __slots__ = ("txn", "seq", "_events", "_tubes", "_members", "_persons", "_log")
+    __slots__ = ("txn", "seq", "_events", "_tubes", "_members", "_persons", "_log", "_boxes", "_results",
+                 "_positives", "_stats", "at_ms", "_hour", "_hour_of", "_counts")
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, object], seq: int):
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, object], seq: int,
+                 hour_of: HourLabels | None = None, at_ms: int = 0):
         self.txn = txn
         self.seq = seq
+        self._stats = dbs[b"stats"]
+        self._hour_of = hour_of or HourLabels()
+        # (scope, bucket) -> counter deltas, written once at the end (flush)
+        self._counts: dict[tuple[str, str], list[int]] = {}
+        self.set_time(at_ms)
         self._events = dbs[b"events"]
         self._tubes = dbs[b"tubes"]
         self._members = dbs[b"members"]
         self._persons = dbs[b"persons"]
         self._log = dbs[b"log"]
+        self._boxes = dbs[b"boxes"]
+        self._results = dbs[b"results"]
+        self._positives = dbs[b"positives"]
+
+    def set_time(self, at_ms: int) -> None:
+        """The server time of what is applied next (a replay sets each entry's)."""
+        self.at_ms = at_ms
+        self._hour = self._hour_of(at_ms)
+
+    def count(self, site: str, field: int, n: int = 1) -> None:
+        """Add n to a statistics counter of `site` and of all sites, in this
+        hour and in total. Kept in memory until flush: a commit of many events
+        writes each counter record once."""
+        counts = self._counts
+        hour = self._hour
+        for key in (("site:" + site, hour), ("site:" + site, "total"), ("all", hour), ("all", "total")):
+            deltas = counts.get(key)
+            if deltas is None:
+                deltas = counts[key] = [0] * len(records.STAT_FIELDS)
+            deltas[field] += n
+
+    def flush(self) -> None:
+        for (scope, bucket), deltas in self._counts.items():
+            key = stats_key(scope, bucket)
+            raw = self.txn.get(key, db=self._stats)
+            if raw is not None:
+                have = records.decode_counts(raw)
+                deltas = [a + b for a, b in zip(have + [0] * (len(deltas) - len(have)), deltas)]
+            self.txn.put(key, records.encode(deltas), db=self._stats)
+        self._counts.clear()
+
+    def box(self, code: str) -> Box | None:
+        raw = self.txn.get(code.encode(), db=self._boxes)
+        return None if raw is None else records.decode_box(raw)
+
+    def put_box(self, code: str, box: Box) -> None:
+        self.txn.put(code.encode(), records.encode(box), db=self._boxes)
+
+    def put_result(self, tube: str, result: Result) -> None:
+        self.txn.put(tube.encode() + b"\x00" + seq_key(result.seq), records.encode(result), db=self._results)
+
+    def put_positive(self, seq: int, tube: str) -> None:
+        self.txn.put(seq_key(seq), tube.encode(), append=True, db=self._positives)
 
     def tube(self, code: str) -> Tube | None:
         raw = self.txn.get(code.encode(), db=self._tubes)
@@ -114,14 +198,17 @@ class WriteTx:
 
     def append(self, entry: LogEntry) -> int:
         self.seq += 1
+        entry.at_ms = self.at_ms
         self.txn.put(seq_key(self.seq), records.encode(entry), append=True, db=self._log)
         return self.seq
 
 
 class Store:
-    def __init__(self, path: str, map_bytes_initial: int = 1 << 30, map_bytes_max: int = 1 << 40):
+    def __init__(self, path: str, map_bytes_initial: int = 1 << 30, map_bytes_max: int = 1 << 40,
+                 time_zone: str = "UTC"):
         os.makedirs(path, exist_ok=True)
         self.path = path
+        self.hour_of = HourLabels(time_zone)
         self.map_bytes_max = map_bytes_max
         self._data_file = os.path.join(path, "data.mdb")
         # writemap: transactions write straight into the map and a commit is
@@ -162,7 +249,7 @@ class Store:
 
     # -- writing ------------------------------------------------------------
 
-    def write(self, fn: Callable[[WriteTx], T]) -> T:
+    def write(self, fn: Callable[[WriteTx], T], at_ms: int | None = None) -> T:
         """Run `fn` in one write transaction and commit it durably.
 
         `fn` must be a pure function of the store it is given (it may be run
@@ -172,9 +259,11 @@ class Store:
         while True:
             with self._gate:
                 txn = self.env.begin(write=True)
-            tx = WriteTx(txn, self.dbs, self.last_seq)
+            tx = WriteTx(txn, self.dbs, self.last_seq, self.hour_of,
+                         int(time.time() * 1000) if at_ms is None else at_ms)
             try:
                 result = fn(tx)
+                tx.flush()
                 if tx.seq != self.last_seq:
                     txn.put(_LAST_SEQ, seq_key(tx.seq), db=self.dbs[b"meta"])
                 txn.commit()  # fsync here; py-lmdb releases the GIL meanwhile
@@ -230,17 +319,63 @@ class Store:
             raw = txn.get(code.encode(), db=self.dbs[b"tubes"])
             if raw is None:
                 return None
-            prefix = code.encode() + b"\x00"
-            members = []
-            cur = txn.cursor(db=self.dbs[b"members"])
+            members = self._prefix_scan(txn, b"members", code.encode() + b"\x00", records.decode_member)
+            return records.decode_tube(raw), members
+
+        return self._read(read)
+
+    def _prefix_scan(self, txn: lmdb.Transaction, table: bytes, prefix: bytes, decode) -> list:
+        out = []
+        cur = txn.cursor(db=self.dbs[table])
+        if cur.set_range(prefix):
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append(decode(value))
+        return out
+
+    def results(self, tube: str) -> list[Result]:
+        prefix = tube.encode() + b"\x00"
+        return self._read(lambda txn: self._prefix_scan(txn, b"results", prefix, records.decode_result))
+
+    def result(self, tube: str, seq: int) -> Result | None:
+        key = tube.encode() + b"\x00" + seq_key(seq)
+        raw = self._read(lambda txn: txn.get(key, db=self.dbs[b"results"]))
+        return None if raw is None else records.decode_result(raw)
+
+    def box(self, code: str) -> Box | None:
+        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"boxes"]))
+        return None if raw is None else records.decode_box(raw)
+
+    def positives(self, after: int, limit: int) -> list[tuple[int, str]]:
+        """(seq, tube) of positive or invalid results after `after`, in log order."""
+        def scan(txn: lmdb.Transaction) -> list[tuple[int, str]]:
+            out = []
+            cur = txn.cursor(db=self.dbs[b"positives"])
+            if cur.set_range(seq_key(after + 1)):
+                for key, value in cur:
+                    out.append((int.from_bytes(key, "big"), value.decode()))
+                    if len(out) >= limit:
+                        break
+            return out
+
+        return self._read(scan)
+
+    def stats(self, scope: str) -> dict[str, list[int]]:
+        """bucket ("total" or an hour label) -> counters, for one scope."""
+        prefix = scope.encode() + b"\x00"
+
+        def scan(txn: lmdb.Transaction) -> dict[str, list[int]]:
+            out = {}
+            cur = txn.cursor(db=self.dbs[b"stats"])
             if cur.set_range(prefix):
                 for key, value in cur:
                     if not key.startswith(prefix):
                         break
-                    members.append(records.decode_member(value))
-            return records.decode_tube(raw), members
+                    out[key[len(prefix):].decode()] = records.decode_counts(value)
+            return out
 
-        return self._read(read)
+        return self._read(scan)
 
     def person(self, code: str) -> list[PersonBinding]:
         raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"persons"]))

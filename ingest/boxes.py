@@ -1,0 +1,131 @@
+"""Boxes: packing sealed tubes, handing the box to a courier, receiving it at
+the lab with a reconciliation against the site's list.
+
+Each apply function is a pure function of (store, event), like the others
+(see lifecycle.py for the claim/refuse pattern and the tube state table).
+"""
+from __future__ import annotations
+
+import msgspec
+
+from ingest import errors
+from ingest.events import BoxEvent, HandoverEvent, ReceiveEvent
+from ingest.lifecycle import TRANSITIONS, claim, refuse
+from ingest.records import (
+    BOX_RECEIVED, BOXED, HANDED_OVER, IN_TRANSIT, PACKED, SEALED, TUBES_BOXED, TUBES_RECEIVED, Box, LogEntry,
+)
+from ingest.rules import Done, Outcome, Rejected
+from ingest.store import WriteTx
+
+_astuple = msgspec.structs.astuple
+
+
+def apply_box(tx: WriteTx, ev: BoxEvent) -> Outcome:
+    payload = ["box", *_astuple(ev)]
+    repeated = claim(tx, "box", ev.event_id, payload, "packed")
+    if repeated is not None:
+        return repeated
+    if tx.box(ev.box) is not None:
+        return refuse(tx, ev.event_id, Rejected(errors.BOX_EXISTS, "this box was packed already", "box"))
+    tubes = list(dict.fromkeys(ev.tubes))  # a tube scanned twice goes in once
+    problems: dict[str, list[str]] = {}
+    heads = []
+    for code in tubes:
+        tube = tx.tube(code)
+        if tube is None:
+            why = "unknown"
+        elif tube.site_id != ev.site_id:
+            why = "other_site"
+        elif tube.state == SEALED:
+            heads.append((code, tube))
+            continue
+        elif tube.state < SEALED:
+            why = "not_sealed"
+        else:
+            why = "already_boxed"
+        problems.setdefault(why, []).append(code)
+    if problems:
+        return refuse(tx, ev.event_id, Rejected(
+            errors.TUBES_NOT_BOXABLE, "only sealed tubes of this site that are in no box can be boxed", "tubes",
+            problems))
+    seq = tx.append(LogEntry("box", "", payload))
+    after = TRANSITIONS[("box", SEALED)]
+    for code, tube in heads:
+        tube.state = after
+        tube.box = ev.box
+        tx.put_tube(code, tube)
+    tx.put_box(ev.box, Box(ev.site_id, tubes, PACKED, seq))
+    tx.count(ev.site_id, TUBES_BOXED, len(heads))
+    return Done("packed", ev.event_id, seq, {"box": ev.box, "tubes": len(tubes)})
+
+
+def apply_handover(tx: WriteTx, ev: HandoverEvent) -> Outcome:
+    payload = ["handover", *_astuple(ev)]
+    repeated = claim(tx, "handover", ev.event_id, payload, "handed_over")
+    if repeated is not None:
+        return repeated
+    box = tx.box(ev.box)
+    if box is None:
+        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_BOX, "no box has this barcode", "box"))
+    if box.state != PACKED:
+        return refuse(tx, ev.event_id, Rejected(errors.BOX_HANDED_OVER, "this box was handed over already", "box"))
+    seq = tx.append(LogEntry("handover", "", payload))
+    for code in box.tubes:
+        tube = tx.tube(code)
+        if tube.state == BOXED:
+            tube.state = TRANSITIONS[("handover", BOXED)]
+            tx.put_tube(code, tube)
+    box.state = HANDED_OVER
+    box.courier_id = ev.courier_id
+    box.handed_at = ev.handed_at
+    box.handover_seq = seq
+    tx.put_box(ev.box, box)
+    return Done("handed_over", ev.event_id, seq, {"box": ev.box, "tubes": len(box.tubes), "courier_id": ev.courier_id})
+
+
+def apply_receive(tx: WriteTx, ev: ReceiveEvent, other_lab: list[str]) -> Outcome:
+    """`other_lab`: the found tubes whose barcode belongs to another lab (or
+    to none), decided from the lab table before the event was queued and
+    stored with it, so that a replay does not depend on configuration."""
+    payload = ["receive", *_astuple(ev), other_lab]
+    repeated = claim(tx, "receive", ev.event_id, payload, "received")
+    if repeated is not None:
+        return repeated
+    box = tx.box(ev.box)
+    if box is None:
+        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_BOX, "no box has this barcode", "box"))
+    if box.state == BOX_RECEIVED:
+        return refuse(tx, ev.event_id, Rejected(errors.BOX_RECEIVED, "this box was received already", "box"))
+    if box.state != HANDED_OVER:
+        return refuse(tx, ev.event_id, Rejected(
+            errors.BOX_NOT_HANDED_OVER, "the box was never handed to a courier; post its hand-over first", "box"))
+    found = list(dict.fromkeys(ev.tubes))
+    listed = set(box.tubes)
+    found_set = set(found)
+    foreign = set(other_lab)
+    missing = [t for t in box.tubes if t not in found_set]
+    extra = [t for t in found if t not in listed]
+    seq = tx.append(LogEntry("receive", ev.lab_id, payload))
+    received = 0
+    for code in found:
+        if code not in listed or code in foreign:
+            continue
+        tube = tx.tube(code)
+        if tube.state == IN_TRANSIT:
+            tube.state = TRANSITIONS[("receive", IN_TRANSIT)]
+            tube.received_seq = seq
+            tx.put_tube(code, tube)
+            received += 1
+    box.state = BOX_RECEIVED
+    box.lab_id = ev.lab_id
+    box.received_at = ev.received_at
+    box.receive_seq = seq
+    box.found, box.missing, box.extra, box.other_lab = found, missing, extra, list(other_lab)
+    tx.put_box(ev.box, box)
+    tx.count(box.site_id, TUBES_RECEIVED, received)
+    return Done("received", ev.event_id, seq, {
+        "box": ev.box, "expected": len(box.tubes), "found": len(found), "received": received,
+        "missing": missing, "extra": extra, "other_lab": list(other_lab),
+    })
+
+

@@ -1,0 +1,56 @@
+"""Lab results, and the positives feed the follow-up teams poll.
+
+A result is accepted only from the tube's own lab and only once the lab has
+received the tube. A changed result is a new event (new event id): the tube
+keeps every result in its history and shows the latest. Positive and invalid
+results (invalid means resample) are indexed by sequence number, so
+`GET /v1/positives?since=SEQ` lists them in change-log order and a poller
+that remembers the last seq it saw never misses one.
+"""
+from __future__ import annotations
+
+import msgspec
+
+from ingest import errors
+from ingest.events import ResultEvent
+from ingest.lifecycle import REFUSED, TRANSITIONS, claim, refuse
+from ingest.records import POSITIVE_RESULTS, STATE_NAMES, TUBES_RESULTED, LogEntry, Result
+from ingest.rules import Done, Outcome, Rejected
+from ingest.store import WriteTx
+
+_astuple = msgspec.structs.astuple
+# Results that send a team back to every person of the pool.
+RETEST = frozenset(("positive", "invalid"))
+
+
+def apply_result(tx: WriteTx, ev: ResultEvent) -> Outcome:
+    payload = ["result", *_astuple(ev)]
+    repeated = claim(tx, "result", ev.event_id, payload, "recorded")
+    if repeated is not None:
+        return repeated
+    tube = tx.tube(ev.tube)
+    if tube is None:
+        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
+    if tube.lab != ev.lab_id:
+        return refuse(tx, ev.event_id, Rejected(errors.WRONG_LAB, "only the tube's own lab may post its result", "lab_id"))
+    after = TRANSITIONS.get(("result", tube.state))
+    if after is None:
+        return refuse(tx, ev.event_id, Rejected(
+            REFUSED["result"], f"tube is {STATE_NAMES[tube.state]}; its lab has not received it", "tube"))
+    seq = tx.append(LogEntry("result", ev.lab_id, payload))
+    tx.put_result(ev.tube, Result(ev.lab_id, ev.result, ev.tested_at, ev.event_id, seq))
+    if ev.result in RETEST:
+        tx.put_positive(seq, ev.tube)
+    previous = tube.result
+    tube.state = after
+    tube.result = ev.result
+    tube.result_seq = seq
+    tx.put_tube(ev.tube, tube)
+    if not previous:
+        tx.count(tube.site_id, TUBES_RESULTED)
+    if ev.result in RETEST:
+        tx.count(tube.site_id, POSITIVE_RESULTS)
+    body = {"tube": ev.tube, "test_result": ev.result}
+    if previous and previous != ev.result:
+        body["previous"] = previous
+    return Done("recorded", ev.event_id, seq, body)

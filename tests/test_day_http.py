@@ -1,0 +1,513 @@
+"""A whole testing day through the real server: bind, seal, box, hand over,
+receive with reconciliation, results, and the positives feed; plus the
+refusals and retries of every box and result event.
+
+The module server is shared: every test uses its own tubes, persons, boxes,
+sites and event ids. Tubes here are made per lab on purpose (`luhn()` is a
+DEMO-LUHN tube, `gs1()` a DEMO-GS1 one): `helpers.fresh_tube()` cycles through
+the labs.
+"""
+from __future__ import annotations
+
+import pytest
+
+from helpers import event, fresh_event_id, fresh_person, gs1_tube, luhn_tube, next_n, now_ms
+
+LUHN = "DEMO-LUHN"
+GS1 = "DEMO-GS1"
+
+
+# -- local helpers ------------------------------------------------------------
+
+
+def luhn() -> str:
+    """A fresh DEMO-LUHN tube barcode."""
+    return luhn_tube(next_n())
+
+
+def gs1() -> str:
+    """A fresh DEMO-GS1 tube barcode."""
+    return gs1_tube(next_n())
+
+
+def fresh_site() -> str:
+    return f"SITE-DAY-{next_n()}"
+
+
+def fresh_box() -> str:
+    return f"BOX-{next_n()}-{fresh_event_id('b')}"
+
+
+def code(body) -> str:
+    return body["error"]["code"]
+
+
+def bind_all(server, tube, n, *, site_id, pool_size=10) -> list[dict]:
+    """Bind n fresh persons into `tube`; the binding events, in scan order."""
+    evs = []
+    for _ in range(n):
+        ev = event(tube, fresh_person(), site_id=site_id, pool_size=pool_size)
+        status, _, body = server.post(ev)
+        assert status == 201, body
+        evs.append(ev)
+    return evs
+
+
+def seal(server, tube, *, site_id):
+    body = {"event_id": fresh_event_id("seal"), "site_id": site_id, "device_id": "DEV-1", "sealed_at": now_ms()}
+    status, _, got = server.request("POST", f"/v1/tubes/{tube}/seal", body)
+    assert status == 201, got
+    return got
+
+
+def void(server, binding_event_id):
+    body = {"event_id": fresh_event_id("void"), "device_id": "DEV-1", "reason": "wrong person scanned",
+            "voided_at": now_ms()}
+    status, _, got = server.request("POST", f"/v1/bindings/{binding_event_id}/void", body)
+    assert status == 201, got
+    return got
+
+
+def box_req(box, tubes, *, site_id, event_id=None, **extra) -> dict:
+    return {"event_id": event_id or fresh_event_id("box"), "box": box, "site_id": site_id, "device_id": "DEV-1",
+            "tubes": list(tubes), "packed_at": now_ms(), **extra}
+
+
+def handover_req(*, event_id=None, courier_id="COURIER-1", **extra) -> dict:
+    return {"event_id": event_id or fresh_event_id("hand"), "courier_id": courier_id, "handed_at": now_ms(), **extra}
+
+
+def receive_req(tubes, *, lab_id=LUHN, event_id=None, **extra) -> dict:
+    return {"event_id": event_id or fresh_event_id("recv"), "lab_id": lab_id, "tubes": list(tubes),
+            "received_at": now_ms(), **extra}
+
+
+def result_item(tube, result, *, lab_id=LUHN, event_id=None) -> dict:
+    return {"event_id": event_id or fresh_event_id("res"), "lab_id": lab_id, "tube": tube, "result": result,
+            "tested_at": now_ms()}
+
+
+def post_box(server, req):
+    status, _, got = server.request("POST", "/v1/boxes", req)
+    return status, got
+
+
+def post_handover(server, box, req):
+    status, _, got = server.request("POST", f"/v1/boxes/{box}/handover", req)
+    return status, got
+
+
+def post_receive(server, box, req):
+    status, _, got = server.request("POST", f"/v1/boxes/{box}/receive", req)
+    return status, got
+
+
+def post_results(server, items) -> list[dict]:
+    status, _, got = server.request("POST", "/v1/results", {"results": items})
+    assert status == 200, got
+    assert len(got["results"]) == len(items)
+    return got["results"]
+
+
+def get_box(server, box):
+    status, _, got = server.request("GET", f"/v1/boxes/{box}")
+    assert status == 200, got
+    return got
+
+
+def tube_view(server, tube):
+    status, _, got = server.tube(tube)
+    assert status == 200, got
+    return got
+
+
+def positives(server, since, limit=None):
+    path = f"/v1/positives?since={since}" + (f"&limit={limit}" if limit is not None else "")
+    status, _, got = server.request("GET", path)
+    assert status == 200, got
+    return got
+
+
+def in_transit_tubes(server, n, *, site_id, persons=1) -> tuple[str, list[str]]:
+    """A box of n sealed DEMO-LUHN tubes, packed and handed over: (box, tubes)."""
+    tubes = [luhn() for _ in range(n)]
+    for t in tubes:
+        bind_all(server, t, persons, site_id=site_id, pool_size=5)
+        seal(server, t, site_id=site_id)
+    box = fresh_box()
+    status, got = post_box(server, box_req(box, tubes, site_id=site_id))
+    assert status == 201, got
+    status, got = post_handover(server, box, handover_req())
+    assert status == 201, got
+    return box, tubes
+
+
+def received_tubes(server, n, *, site_id, persons=1) -> tuple[str, list[str]]:
+    """n DEMO-LUHN tubes received by their lab: (box, tubes)."""
+    box, tubes = in_transit_tubes(server, n, site_id=site_id, persons=persons)
+    status, got = post_receive(server, box, receive_req(tubes))
+    assert status == 201 and got["received"] == n, got
+    return box, tubes
+
+
+def persons_of(evs) -> list[dict]:
+    return [{"person": e["person"], "scanned_at": e["scanned_at"], "event_id": e["event_id"]} for e in evs]
+
+
+# -- 1. a whole day ---------------------------------------------------------------------
+
+
+def test_a_whole_day(server):
+    site, site2 = fresh_site(), fresh_site()
+    day_start = server.last_seq()
+
+    # Three 10-in-1 tubes filled, one short tube of 4; all sealed.
+    t1, t2, t3, t4 = (luhn() for _ in range(4))
+    pools = {t: bind_all(server, t, 10, site_id=site) for t in (t1, t2, t3)}
+    pools[t4] = bind_all(server, t4, 4, site_id=site)
+    for t in (t1, t2, t3, t4):
+        got = seal(server, t, site_id=site)
+        assert got["count"] == len(pools[t]) and got["state"] == "sealed"
+
+    # A sealed tube of another site and an unsealed tube of this one.
+    foreign = luhn()
+    bind_all(server, foreign, 2, site_id=site2)
+    seal(server, foreign, site_id=site2)
+    unsealed = luhn()
+    bind_all(server, unsealed, 3, site_id=site)
+
+    # Box A with the two bad tubes in its list: refused, naming them by reason.
+    box_a, box_b = fresh_box(), fresh_box()
+    bad = box_req(box_a, [t1, foreign, t2, unsealed, t3], site_id=site)
+    before = server.last_seq()
+    status, got = post_box(server, bad)
+    assert status == 409, got
+    err = got["error"]
+    assert err["code"] == "tubes_not_boxable" and err["field"] == "tubes"
+    assert err["other_site"] == [foreign] and err["not_sealed"] == [unsealed]
+    assert not {"unknown", "already_boxed"} & set(err), err
+    assert server.last_seq() == before
+    assert server.request("GET", f"/v1/boxes/{box_a}")[0] == 404
+    for t in (t1, t2, t3):
+        assert tube_view(server, t)["state"] == "sealed"
+    assert tube_view(server, unsealed)["state"] == "open"
+    assert tube_view(server, foreign)["state"] == "sealed"
+
+    # The refusal did not claim the event id: the corrected list goes under it.
+    good = box_req(box_a, [t1, t2, t3], site_id=site, event_id=bad["event_id"])
+    status, got = post_box(server, good)
+    assert status == 201, got
+    assert (got["result"], got["box"], got["tubes"], got["event_id"]) == ("packed", box_a, 3, bad["event_id"])
+    assert got["seq"] == before + 1
+    status, got_b = post_box(server, box_req(box_b, [t4], site_id=site))
+    assert status == 201 and got_b["tubes"] == 1, got_b
+    for t, b in ((t1, box_a), (t2, box_a), (t3, box_a), (t4, box_b)):
+        view = tube_view(server, t)
+        assert (view["state"], view["box"]) == ("boxed", b)
+    view_a = get_box(server, box_a)
+    assert view_a == {"box": box_a, "site_id": site, "state": "packed", "tubes": [t1, t2, t3],
+                      "packed_seq": got["seq"]}
+
+    # Hand-over of both boxes.
+    hand_a = handover_req(courier_id="COURIER-7")
+    status, got_ha = post_handover(server, box_a, hand_a)
+    assert status == 201, got_ha
+    assert (got_ha["result"], got_ha["box"], got_ha["tubes"], got_ha["courier_id"]) == ("handed_over", box_a, 3,
+                                                                                        "COURIER-7")
+    status, got_hb = post_handover(server, box_b, handover_req(courier_id="COURIER-7"))
+    assert status == 201, got_hb
+    assert get_box(server, box_a)["state"] == "in_transit"
+    for t in (t1, t2, t3, t4):
+        assert tube_view(server, t)["state"] == "in_transit"
+
+    # The lab opens box A: t3 missing, t4 (box B's) found in it, and a DEMO-GS1 tube.
+    stray = gs1()
+    recv_a = receive_req([t1, t4, t2, stray])
+    status, got = post_receive(server, box_a, recv_a)
+    assert status == 201, got
+    assert got == {"result": "received", "event_id": recv_a["event_id"], "seq": got["seq"], "box": box_a,
+                   "expected": 3, "found": 4, "received": 2, "missing": [t3], "extra": [t4, stray],
+                   "other_lab": [stray]}
+    assert got["seq"] == server.last_seq()
+    assert get_box(server, box_a) == {
+        "box": box_a, "site_id": site, "state": "received", "tubes": [t1, t2, t3], "packed_seq": view_a["packed_seq"],
+        "courier_id": "COURIER-7", "handed_at": hand_a["handed_at"], "handover_seq": got_ha["seq"],
+        "lab_id": LUHN, "received_at": recv_a["received_at"], "receive_seq": got["seq"],
+        "found": [t1, t4, t2, stray], "missing": [t3], "extra": [t4, stray], "other_lab": [stray],
+    }
+    assert [tube_view(server, t)["state"] for t in (t1, t2, t3, t4)] == [
+        "received", "received", "in_transit", "in_transit"]
+    # Box B, with its tube.
+    status, got = post_receive(server, box_b, receive_req([t4]))
+    assert status == 201, got
+    assert (got["expected"], got["found"], got["received"], got["missing"], got["extra"], got["other_lab"]) == (
+        1, 1, 1, [], [], [])
+    assert tube_view(server, t4)["state"] == "received"
+
+    # Results in one batch: t1 positive, t2 invalid, t4 negative.
+    batch = [result_item(t1, "positive"), result_item(t2, "invalid"), result_item(t4, "negative")]
+    answers = post_results(server, batch)
+    for item, ans in zip(batch, answers):
+        assert ans["status"] == 201, ans
+        assert (ans["result"], ans["event_id"], ans["tube"], ans["test_result"]) == (
+            "recorded", item["event_id"], item["tube"], item["result"])
+        assert "previous" not in ans
+    seq_pos, seq_inv, seq_neg = (a["seq"] for a in answers)
+    assert seq_pos < seq_inv < seq_neg == server.last_seq()
+    for item in batch:
+        view = tube_view(server, item["tube"])
+        assert view["state"] == "resulted" and view["result"] == item["result"]
+        assert len(view["results"]) == 1
+
+    # The missing tube was never received; another lab may not post a result.
+    before = server.last_seq()
+    [ans] = post_results(server, [result_item(t3, "negative")])
+    assert (ans["status"], code(ans)) == (409, "tube_not_received"), ans
+    [ans] = post_results(server, [result_item(t1, "negative", lab_id=GS1)])
+    assert (ans["status"], code(ans)) == (403, "wrong_lab"), ans
+    assert server.last_seq() == before
+    assert tube_view(server, t3)["state"] == "in_transit" and "result" not in tube_view(server, t3)
+    assert tube_view(server, t1)["result"] == "positive"
+
+    # The follow-up teams' feed: both pools, every person, in change-log order.
+    feed = positives(server, day_start)
+    assert feed["positives"] == [
+        {"seq": seq_pos, "tube": t1, "result": "positive", "lab_id": LUHN, "tested_at": batch[0]["tested_at"],
+         "current_result": "positive", "site_id": site, "box": box_a, "persons": persons_of(pools[t1])},
+        {"seq": seq_inv, "tube": t2, "result": "invalid", "lab_id": LUHN, "tested_at": batch[1]["tested_at"],
+         "current_result": "invalid", "site_id": site, "box": box_a, "persons": persons_of(pools[t2])},
+    ]
+    assert len(feed["positives"][0]["persons"]) == 10
+    assert feed["next_since"] == seq_inv
+    # Paging with limit: one at a time, nothing skipped.
+    page = positives(server, day_start, limit=1)
+    assert [p["seq"] for p in page["positives"]] == [seq_pos] and page["next_since"] == seq_pos
+    page = positives(server, page["next_since"], limit=1)
+    assert [p["seq"] for p in page["positives"]] == [seq_inv] and page["next_since"] == seq_inv
+
+    # The lab corrects t1: a new event; the history keeps both.
+    fix = result_item(t1, "negative")
+    [ans] = post_results(server, [fix])
+    assert ans["status"] == 201 and ans["test_result"] == "negative" and ans["previous"] == "positive", ans
+    view = tube_view(server, t1)
+    assert view["result"] == "negative"
+    assert view["results"] == [
+        {"result": "positive", "lab_id": LUHN, "tested_at": batch[0]["tested_at"], "event_id": batch[0]["event_id"],
+         "seq": seq_pos},
+        {"result": "negative", "lab_id": LUHN, "tested_at": fix["tested_at"], "event_id": fix["event_id"],
+         "seq": ans["seq"]},
+    ]
+    feed = positives(server, day_start)
+    assert [(p["tube"], p["result"], p["current_result"]) for p in feed["positives"]] == [
+        (t1, "positive", "negative"), (t2, "invalid", "invalid")]
+
+    # A poller at next_since sees nothing new, then the next positive.
+    empty = positives(server, feed["next_since"])
+    assert empty == {"positives": [], "next_since": feed["next_since"]}
+    late = result_item(t4, "positive")
+    [ans] = post_results(server, [late])
+    assert ans["status"] == 201 and ans["previous"] == "negative", ans
+    new = positives(server, empty["next_since"])
+    assert new == {"positives": [
+        {"seq": ans["seq"], "tube": t4, "result": "positive", "lab_id": LUHN, "tested_at": late["tested_at"],
+         "current_result": "positive", "site_id": site, "box": box_b, "persons": persons_of(pools[t4])},
+    ], "next_since": ans["seq"]}
+    assert positives(server, new["next_since"]) == {"positives": [], "next_since": new["next_since"]}
+
+
+# -- 2. refusals ----------------------------------------------------------------------
+
+
+def assert_refused(server, status_got, expected_status, expected_code, before_seq):
+    status, got = status_got
+    assert (status, code(got)) == (expected_status, expected_code), got
+    assert server.last_seq() == before_seq
+
+
+def test_unknown_box_is_refused(server):
+    box = fresh_box()
+    before = server.last_seq()
+    assert_refused(server, post_handover(server, box, handover_req()), 404, "unknown_box", before)
+    assert_refused(server, post_receive(server, box, receive_req([luhn()])), 404, "unknown_box", before)
+    status, _, got = server.request("GET", f"/v1/boxes/{box}")
+    assert status == 404 and code(got) == "not_found"
+
+
+def test_receive_before_handover_and_handover_twice(server):
+    site = fresh_site()
+    t = luhn()
+    bind_all(server, t, 2, site_id=site, pool_size=5)
+    seal(server, t, site_id=site)
+    box = fresh_box()
+    assert post_box(server, box_req(box, [t], site_id=site))[0] == 201
+    packed = get_box(server, box), tube_view(server, t)
+    before = server.last_seq()
+    assert_refused(server, post_receive(server, box, receive_req([t])), 409, "box_not_handed_over", before)
+    assert (get_box(server, box), tube_view(server, t)) == packed
+
+    assert post_handover(server, box, handover_req())[0] == 201
+    handed = get_box(server, box), tube_view(server, t)
+    before = server.last_seq()
+    assert_refused(server, post_handover(server, box, handover_req(courier_id="COURIER-2")), 409,
+                   "box_handed_over", before)
+    assert (get_box(server, box), tube_view(server, t)) == handed
+
+
+def test_box_received_twice(server):
+    box, tubes = received_tubes(server, 2, site_id=fresh_site())
+    received = get_box(server, box), [tube_view(server, t) for t in tubes]
+    before = server.last_seq()
+    # another event id, even with the same tubes: the box was received already
+    assert_refused(server, post_receive(server, box, receive_req(tubes)), 409, "box_received", before)
+    assert_refused(server, post_receive(server, box, receive_req(tubes[:1])), 409, "box_received", before)
+    # and a received box cannot be handed over again
+    assert_refused(server, post_handover(server, box, handover_req()), 409, "box_handed_over", before)
+    assert (get_box(server, box), [tube_view(server, t) for t in tubes]) == received
+
+
+def test_box_exists_and_unboxable_tubes(server):
+    site = fresh_site()
+    t1, t2, t3 = luhn(), luhn(), luhn()
+    for t in (t1, t2, t3):
+        bind_all(server, t, 1, site_id=site, pool_size=5)
+        seal(server, t, site_id=site)
+    box = fresh_box()
+    assert post_box(server, box_req(box, [t1], site_id=site))[0] == 201
+    packed = get_box(server, box)
+    before = server.last_seq()
+    # the same box barcode again, with other tubes and another event id
+    assert_refused(server, post_box(server, box_req(box, [t2], site_id=site)), 409, "box_exists", before)
+    assert get_box(server, box) == packed
+    assert tube_view(server, t2)["state"] == "sealed"
+    # a boxed tube and an unknown one in a new box: named, nothing packed
+    unknown = luhn()
+    other = fresh_box()
+    status, got = post_box(server, box_req(other, [t3, t1, unknown], site_id=site))
+    assert_refused(server, (status, got), 409, "tubes_not_boxable", before)
+    assert got["error"]["already_boxed"] == [t1] and got["error"]["unknown"] == [unknown]
+    assert not {"not_sealed", "other_site"} & set(got["error"])
+    assert server.request("GET", f"/v1/boxes/{other}")[0] == 404
+    assert tube_view(server, t3)["state"] == "sealed"
+
+
+def test_result_refusals_and_malformed_items(server):
+    box, (t1, t2) = received_tubes(server, 2, site_id=fresh_site())
+    before = server.last_seq()
+    [ans] = post_results(server, [result_item(luhn(), "negative")])
+    assert (ans["status"], code(ans)) == (404, "unknown_tube"), ans
+    assert server.last_seq() == before
+
+    # A bad `result` value is its own 400 item; the others apply.
+    good1, good2 = result_item(t1, "negative"), result_item(t2, "positive")
+    bad = result_item(t1, "maybe")
+    answers = post_results(server, [good1, bad, good2])
+    assert answers[0]["status"] == 201 and answers[0]["test_result"] == "negative", answers
+    assert answers[1]["status"] == 400 and code(answers[1]) == "malformed", answers
+    assert answers[1]["error"]["field"] == "result"
+    assert answers[2]["status"] == 201 and answers[2]["test_result"] == "positive", answers
+    assert server.last_seq() == before + 2
+    assert tube_view(server, t1)["results"] == [
+        {"result": "negative", "lab_id": LUHN, "tested_at": good1["tested_at"], "event_id": good1["event_id"],
+         "seq": answers[0]["seq"]}]
+    # the malformed item's id was never claimed
+    [ans] = post_results(server, [dict(bad, result="invalid")])
+    assert ans["status"] == 201 and ans["previous"] == "negative", ans
+    # a batch that is not a batch is refused as a whole
+    before = server.last_seq()
+    status, _, got = server.request("POST", "/v1/results", {"results": []})
+    assert status == 400 and code(got) == "malformed", got
+    assert server.last_seq() == before
+
+
+# -- 3. idempotency ---------------------------------------------------------------------
+
+
+def test_retries_are_duplicates_and_reused_ids_conflict(server):
+    site = fresh_site()
+    tubes = [luhn(), luhn()]
+    for t in tubes:
+        bind_all(server, t, 1, site_id=site, pool_size=5)
+        seal(server, t, site_id=site)
+    box = fresh_box()
+
+    def dup(status_got, req, original_result, seq):
+        status, got = status_got
+        assert status == 200, got
+        assert got == {"result": "duplicate", "event_id": req["event_id"],
+                       "original": {"result": original_result, "event_id": req["event_id"], "seq": seq}}
+
+    # box
+    req_box = box_req(box, tubes, site_id=site)
+    status, first = post_box(server, req_box)
+    assert status == 201, first
+    before = server.last_seq()
+    dup(post_box(server, req_box), req_box, "packed", first["seq"])
+    assert_refused(server, post_box(server, dict(req_box, tubes=tubes[:1])), 409, "event_id_conflict", before)
+    assert_refused(server, post_box(server, dict(req_box, box=fresh_box())), 409, "event_id_conflict", before)
+
+    # handover
+    req_hand = handover_req()
+    status, first = post_handover(server, box, req_hand)
+    assert status == 201, first
+    before = server.last_seq()
+    dup(post_handover(server, box, req_hand), req_hand, "handed_over", first["seq"])
+    assert_refused(server, post_handover(server, box, dict(req_hand, courier_id="COURIER-OTHER")), 409,
+                   "event_id_conflict", before)
+    # the same id used for another kind of event
+    assert_refused(server, post_box(server, box_req(fresh_box(), tubes, site_id=site,
+                                                     event_id=req_hand["event_id"])), 409, "event_id_conflict", before)
+
+    # receive
+    req_recv = receive_req(tubes)
+    status, first = post_receive(server, box, req_recv)
+    assert status == 201 and first["received"] == 2, first
+    before = server.last_seq()
+    dup(post_receive(server, box, req_recv), req_recv, "received", first["seq"])
+    assert_refused(server, post_receive(server, box, dict(req_recv, tubes=tubes[:1])), 409, "event_id_conflict",
+                   before)
+    received = get_box(server, box)
+    assert received["receive_seq"] == first["seq"] and received["missing"] == []
+
+    # result
+    item = result_item(tubes[0], "positive")
+    [first] = post_results(server, [item])
+    assert first["status"] == 201, first
+    before = server.last_seq()
+    [again] = post_results(server, [item])
+    assert again == {"result": "duplicate", "event_id": item["event_id"],
+                     "original": {"result": "recorded", "event_id": item["event_id"], "seq": first["seq"]},
+                     "status": 200}
+    [conflict] = post_results(server, [dict(item, result="negative")])
+    assert (conflict["status"], code(conflict)) == (409, "event_id_conflict"), conflict
+    assert server.last_seq() == before
+    view = tube_view(server, tubes[0])
+    assert view["result"] == "positive" and len(view["results"]) == 1
+    # a retry inside a batch with a new item: the new one applies, the old one is a duplicate
+    other = result_item(tubes[1], "negative")
+    answers = post_results(server, [item, other])
+    assert [a["status"] for a in answers] == [200, 201], answers
+    assert answers[0]["original"]["seq"] == first["seq"]
+    assert server.last_seq() == before + 1
+
+
+# -- 4. voided persons -----------------------------------------------------------------------
+
+
+def test_voided_person_is_not_in_the_positives(server):
+    site = fresh_site()
+    t = luhn()
+    evs = bind_all(server, t, 5, site_id=site, pool_size=5)
+    void(server, evs[1]["event_id"])
+    seal(server, t, site_id=site)
+    box = fresh_box()
+    assert post_box(server, box_req(box, [t], site_id=site))[0] == 201
+    assert post_handover(server, box, handover_req())[0] == 201
+    assert post_receive(server, box, receive_req([t]))[0] == 201
+    since = server.last_seq()
+    [ans] = post_results(server, [result_item(t, "positive")])
+    assert ans["status"] == 201, ans
+    feed = positives(server, since)
+    assert [p["tube"] for p in feed["positives"]] == [t]
+    listed = feed["positives"][0]["persons"]
+    assert listed == persons_of([e for i, e in enumerate(evs) if i != 1])
+    assert evs[1]["person"] not in {p["person"] for p in listed}
