@@ -124,20 +124,27 @@ class WriteTx:
         self._hour = self._hour_of(at_ms)
 
     def count(self, site: str, field: int, n: int = 1) -> None:
-        """Add n to a statistics counter of `site` and of all sites, in this
-        hour and in total. Kept in memory until flush: a commit of many events
-        writes each counter record once."""
-        counts = self._counts
-        hour = self._hour
-        for key in (("site:" + site, hour), ("site:" + site, "total"), ("all", hour), ("all", "total")):
-            deltas = counts.get(key)
-            if deltas is None:
-                deltas = counts[key] = [0] * len(records.STAT_FIELDS)
-            deltas[field] += n
+        """Add n to a statistics counter of `site` (and so of all sites), in
+        this hour and in total. Kept in memory until flush: a commit of many
+        events writes each counter record once."""
+        key = (site, self._hour)
+        deltas = self._counts.get(key)
+        if deltas is None:
+            deltas = self._counts[key] = [0] * len(records.STAT_FIELDS)
+        deltas[field] += n
 
     def flush(self) -> None:
-        for (scope, bucket), deltas in self._counts.items():
-            key = stats_key(scope, bucket)
+        """Add the counted deltas to the four records each touches:
+        (site, hour), (site, total), (all, hour), (all, total)."""
+        if not self._counts:
+            return
+        merged: dict[bytes, list[int]] = {}
+        for (site, hour), deltas in self._counts.items():
+            for key in (stats_key("site:" + site, hour), stats_key("site:" + site, "total"),
+                        stats_key("all", hour), stats_key("all", "total")):
+                have = merged.get(key)
+                merged[key] = deltas[:] if have is None else [a + b for a, b in zip(have, deltas)]
+        for key, deltas in merged.items():
             raw = self.txn.get(key, db=self._stats)
             if raw is not None:
                 have = records.decode_counts(raw)
