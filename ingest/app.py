@@ -347,14 +347,16 @@ class App:
         if not history:
             self._error(slot, errors.NOT_FOUND, "no binding names this person", "person")
             return
-        body = {
-            "person": code,
-            "tubes": [
-                {"tube": b.tube, "site_id": b.site_id, "scanned_at": b.scanned_at, "seq": b.seq, "event_id": b.event_id,
-                 "voided": bool(b.voided_seq)}
-                for b in history
-            ],
-        }
+        tubes = []
+        for b in history:
+            found = self.store.tube(b.tube)
+            head = found[0] if found else None
+            tubes.append({
+                "tube": b.tube, "site_id": b.site_id, "scanned_at": b.scanned_at, "seq": b.seq, "event_id": b.event_id,
+                "voided": bool(b.voided_seq), "state": STATE_NAMES[head.state] if head else None,
+                "result": head.result if head else "",
+            })
+        body = {"person": code, "tubes": tubes}
         slot.respond(200, _encode_json(body))
 
     def get_box(self, req: Request, slot, code: str) -> None:

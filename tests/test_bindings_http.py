@@ -120,7 +120,7 @@ def test_first_binding_opens_the_tube(server, make_tube, lab, make_person):
     assert got == {
         "person": person,
         "tubes": [{"tube": tube, "site_id": "SITE-1", "scanned_at": ev["scanned_at"], "seq": before + 1,
-                   "event_id": ev["event_id"], "voided": False}],
+                   "event_id": ev["event_id"], "voided": False, "state": "open", "result": ""}],
     }
 
 

@@ -314,6 +314,23 @@ def test_a_whole_day(server):
     ], "next_since": ans["seq"]}
     assert positives(server, new["next_since"]) == {"positives": [], "next_since": new["next_since"]}
 
+    # The site's statistics match what was sent today.
+    status, _, stats = server.request("GET", f"/v1/sites/{site}/stats")
+    assert status == 200
+    total = stats["total"]
+    assert {k: total[k] for k in ("people", "voided", "people_sampled", "tubes_opened", "tubes_sealed",
+                                  "tubes_boxed", "tubes_received", "tubes_resulted", "positive_results",
+                                  "sealed_not_received")} == {
+        "people": 37, "voided": 0, "people_sampled": 37, "tubes_opened": 5, "tubes_sealed": 4,
+        "tubes_boxed": 4, "tubes_received": 3, "tubes_resulted": 3, "positive_results": 3,
+        "sealed_not_received": 1,
+    }
+    assert sum(h["people"] for h in stats["hours"]) == 37
+
+    # A person of the positive pool sees the tube's state and latest result.
+    status, _, person = server.request("GET", f"/v1/persons/{pools[t1][0]['person']}")
+    assert [(t["tube"], t["state"], t["result"]) for t in person["tubes"]] == [(t1, "resulted", "negative")]
+
 
 # -- 2. refusals ----------------------------------------------------------------------
 
