@@ -6,6 +6,7 @@ Reads run synchronously on the loop thread against committed state.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -100,6 +101,12 @@ class App:
             [codes.TubeScheme(lab.id, lab.prefix, lab.length, lab.charset, lab.check) for lab in config.labs]
         )
         self.draining = False
+        # "primary" takes writes; "standby" follows one; "fenced": a former
+        # primary that learned of a higher epoch. Only a primary takes writes.
+        self.role = "primary"
+        self.primary_address = ""
+        self.follower = None
+        self.hub = None
         self._future_ms = config.future_ms_max
         self._age_ms = config.age_ms_max
         self._window_ms = config.person_window_ms
@@ -134,6 +141,9 @@ class App:
             self._error(slot, errors.UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json or application/msgpack")
         return media
 
+    def _error_body(self, slot, code: ErrorCode, message: str, extra: dict | None) -> None:
+        slot.respond(code.status, _encode_json(error_body(code, message, None, extra)))
+
     def _error(self, slot, code: ErrorCode, message: str, field: str | None = None, extra: bytes = b"") -> None:
         slot.respond(code.status, error_json(code, message, field), extra=extra)
 
@@ -162,6 +172,10 @@ class App:
             return
         name, param = target
         slot.route = name
+        if self.role != "primary" and req.method == b"POST" and name != "post_promote":
+            self._error_body(slot, errors.NOT_PRIMARY, f"this node is {self.role}; write to the primary",
+                             {"primary": self.primary_address} if self.primary_address else None)
+            return
         try:
             if param is None:
                 getattr(self, name)(req, slot)
@@ -432,13 +446,43 @@ class App:
 
     def get_status(self, req: Request, slot) -> None:
         body = {
-            "role": "primary",
+            "role": self.role,
+            "node": self.store.node,
+            "epoch": self.store.epoch,
             "implementation": codes.IMPLEMENTATION,
             "last_seq": self.store.last_seq,
             "draining": self.draining,
             "in_flight": self.committer.in_flight if self.committer else 0,
         }
+        if self.follower is not None:
+            body["replication"] = self.follower.status()
+        elif self.hub is not None:
+            body["replication"] = {"standbys": self.hub.status()}
         slot.respond(200, _encode_json(body))
+
+    def fence(self, epoch: int) -> None:
+        """A higher epoch exists: another node was promoted. Stop writes now."""
+        if self.role == "primary":
+            log.error("fenced: epoch %d is above ours (%d); refusing writes from now on", epoch, self.store.epoch)
+            self.role = "fenced"
+
+    def post_promote(self, req: Request, slot) -> None:
+        if self.role == "primary":
+            slot.respond(200, _encode_json({"result": "already_primary", "epoch": self.store.epoch}))
+            return
+        asyncio.get_running_loop().create_task(self._promote(slot))
+
+    async def _promote(self, slot) -> None:
+        """Stop following, raise the epoch durably, take writes."""
+        if self.follower is not None:
+            await self.follower.stop()
+            self.follower = None
+        epoch = self.store.epoch + 1
+        await asyncio.get_running_loop().run_in_executor(None, self.store.set_epoch, epoch)
+        self.role = "primary"
+        self.primary_address = ""
+        log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
+        slot.respond(200, _encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
 
     def get_metrics(self, req: Request, slot) -> None:
         slot.respond(200, self.metrics.render(), _PROMETHEUS)

@@ -9,6 +9,7 @@ configuration: nothing else to install or run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -27,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
             "running the pure-Python kernels (INGEST_PURE_PYTHON=1): correct but slower"
         )
     try:
-        server.run(cfg, args.data, args.host, args.port)
+        server.run(cfg, args.data, args.host, args.port, args.follow, args.replication_port)
     except OSError as exc:
         print(f"ingest: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -50,6 +51,40 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call(method: str, url: str) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _promote(args: argparse.Namespace) -> int:
+    try:
+        status, body = _call("POST", args.url.rstrip("/") + "/v1/admin/promote")
+    except OSError as exc:
+        print(f"ingest: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(body))
+    return 0 if status == 200 else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        status, body = _call("GET", args.url.rstrip("/") + "/v1/status")
+    except OSError as exc:
+        print(f"ingest: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0 if status == 200 else 1
+
+
 def lmdb_errors() -> tuple[type[BaseException], ...]:
     import lmdb
 
@@ -65,7 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="listen port, 0 for any free port (default: 8080)")
     serve.add_argument("--config", default=None, help="TOML configuration (default: the shipped one)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--replication-port", type=int, default=None,
+                       help="let standbys follow this node on this port (0: any free port)")
+    serve.add_argument("--follow", default=None, metavar="HOST:PORT",
+                       help="run as a read-only standby of the primary's replication port")
     serve.set_defaults(func=_serve)
+
+    promote = sub.add_parser("promote", help="turn a standby into the primary (raises the epoch)")
+    promote.add_argument("--url", default="http://127.0.0.1:8080", help="the standby's HTTP address")
+    promote.set_defaults(func=_promote)
+    status = sub.add_parser("status", help="role, epoch, last sequence number, replication")
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="the node's HTTP address")
+    status.set_defaults(func=_status)
 
     exp = sub.add_parser("export", help="write bindings, tubes or results as CSV (streaming)")
     exp.add_argument("what", choices=["bindings", "tubes", "results"])

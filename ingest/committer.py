@@ -57,6 +57,8 @@ class Committer:
         self._events_max = events_max
         self._metrics = metrics
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Called on the loop after each commit's answers (replication sends on).
+        self.on_commit: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="ingest-committer", daemon=True)
         self.in_flight = 0  # items queued or being committed (loop thread's view)
 
@@ -126,3 +128,5 @@ class Committer:
             except Exception:
                 # One broken answer must not leave the rest of the group unanswered.
                 log.exception("answering a committed request failed")
+        if self.on_commit is not None:
+            self.on_commit()

@@ -55,6 +55,7 @@ BAD_REQUEST = ErrorCode("bad_request", 400, "the HTTP request itself could not b
 INSUFFICIENT_STORAGE = ErrorCode("insufficient_storage", 507, "the store is full; nothing was written")
 STORE_ERROR = ErrorCode("store_error", 500, "the store failed; nothing was written")
 INTERNAL_ERROR = ErrorCode("internal_error", 500, "the server failed to handle the request; it is logged")
+NOT_PRIMARY = ErrorCode("not_primary", 503, "this node is a standby (or a fenced former primary); write to the primary")
 SHUTTING_DOWN = ErrorCode("shutting_down", 503, "the server is draining for shutdown; retry on another server")
 
 ALL = tuple(v for v in globals().values() if isinstance(v, ErrorCode))

@@ -20,6 +20,7 @@ EXACT: dict[str, dict[bytes, str]] = {
     "/v1/positives": {b"GET": "get_positives"},
     "/v1/stats": {b"GET": "get_stats"},
     "/v1/status": {b"GET": "get_status"},
+    "/v1/admin/promote": {b"POST": "post_promote"},
     "/metrics": {b"GET": "get_metrics"},
     "/livez": {b"GET": "get_livez"},
     "/readyz": {b"GET": "get_readyz"},

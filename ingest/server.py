@@ -29,8 +29,11 @@ TICK_S = 0.5
 
 
 class Server:
-    def __init__(self, config: Config, data_dir: str, host: str = "127.0.0.1", port: int = 8080):
+    def __init__(self, config: Config, data_dir: str, host: str = "127.0.0.1", port: int = 8080,
+                 follow: str | None = None, replication_port: int | None = None):
         self.config = config
+        self.follow = follow
+        self.replication_port = replication_port
         self.data_dir = data_dir
         self.host = host
         self.port = port
@@ -59,6 +62,23 @@ class Server:
         self.committer = Committer(self.store, self.app.apply, loop, self.config.limits.commit_events_max, self.metrics)
         self.app.committer = self.committer
         self.committer.start()
+        if self.replication_port is not None:
+            from ingest.replication.primary import Hub
+
+            hub = Hub(self.store, on_fence=self.app.fence, on_ack=lambda session: None)
+            bound = await hub.start(self.host, self.replication_port)
+            self.app.hub = hub
+            self.committer.on_commit = hub.notify
+            log.info("replication listening on %s:%d (node %s, epoch %d)", self.host, bound, self.store.node,
+                     self.store.epoch)
+        if self.follow:
+            from ingest.replication.standby import Follower
+
+            host, _, port = self.follow.rpartition(":")
+            self.app.role = "standby"
+            self.app.primary_address = self.follow
+            self.app.follower = Follower(self.store, host, int(port), self.config.person_window_ms)
+            self.app.follower.start()
         listener = await loop.create_server(
             lambda: HttpProtocol(self), self.host, self.port, backlog=4096, reuse_address=True
         )
@@ -66,8 +86,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         log.info(
-            "serving on http://%s:%d data=%s kernels=%s last_seq=%d",
-            self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq,
+            "serving on http://%s:%d data=%s kernels=%s last_seq=%d role=%s",
+            self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,
         )
         tick = loop.create_task(self._tick())
         try:
@@ -77,6 +97,10 @@ class Server:
             listener.close()
             await self._drain()
             tick.cancel()
+            if self.app.follower is not None:
+                await self.app.follower.stop()
+            if self.app.hub is not None:
+                self.app.hub.close()
             self.committer.stop()
             self.store.close()
             log.info("stopped; last_seq=%d", self.store.last_seq)
@@ -116,7 +140,8 @@ class Server:
             conn.close()
 
 
-def run(config: Config, data_dir: str, host: str, port: int) -> None:
+def run(config: Config, data_dir: str, host: str, port: int, follow: str | None = None,
+        replication_port: int | None = None) -> None:
     import gc
 
     import uvloop
@@ -128,5 +153,5 @@ def run(config: Config, data_dir: str, host: str, port: int) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    server = Server(config, data_dir, host, port)
+    server = Server(config, data_dir, host, port, follow, replication_port)
     uvloop.run(server.serve())

@@ -45,6 +45,10 @@ TABLES = (b"meta", b"events", b"tubes", b"members", b"persons", b"boxes", b"resu
           b"log")
 _LAST_SEQ = b"last_seq"
 _FORMAT = b"format"
+# This node's identity (random, made once) and the highest epoch it knows:
+# replication refuses to follow itself or a primary of an older epoch.
+_NODE = b"node"
+_EPOCH = b"epoch"
 
 T = TypeVar("T")
 
@@ -245,11 +249,16 @@ class Store:
         self._gate = threading.Lock()
         with self.env.begin(write=True, db=self.dbs[b"meta"]) as txn:
             fmt = txn.get(_FORMAT)
+            if txn.get(_NODE) is None:
+                txn.put(_NODE, os.urandom(8).hex().encode())
             if fmt is None:
                 txn.put(_FORMAT, FORMAT_VERSION.to_bytes(4, "big"))
             elif int.from_bytes(fmt, "big") != FORMAT_VERSION:
                 raise StoreError(f"{path}: store format {int.from_bytes(fmt, 'big')}, this build reads {FORMAT_VERSION}")
         self.last_seq = self._read_last_seq()
+        self.node = self._read(lambda txn: txn.get(_NODE, db=self.dbs[b"meta"])).decode()
+        raw = self._read(lambda txn: txn.get(_EPOCH, db=self.dbs[b"meta"]))
+        self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
 
     def close(self) -> None:
         self.env.close()
@@ -299,6 +308,46 @@ class Store:
             raise StoreFull(f"cannot allocate {size} bytes for {self._data_file}: {exc.strerror}") from None
         finally:
             os.close(fd)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Store a higher epoch durably (promotion, or learning of one)."""
+        if epoch <= self.epoch:
+            return
+
+        def put(tx: WriteTx) -> None:
+            tx.txn.put(_EPOCH, epoch.to_bytes(8, "big"), db=self.dbs[b"meta"])
+
+        self.write(put)
+        self.epoch = epoch
+
+    def apply_log(self, entries: list[tuple[int, bytes]], window_ms: int) -> int:
+        """A standby's write: apply a contiguous run of the primary's log
+        entries in one durable transaction. Returns the last seq applied."""
+        from ingest import changelog
+
+        def apply_all(tx: WriteTx) -> None:
+            for seq, raw in entries:
+                if seq != tx.seq + 1:
+                    raise StoreError(f"log gap: expected {tx.seq + 1}, got {seq}")
+                changelog.apply_entry(tx, records.decode_log_entry(raw), window_ms)
+
+        self.write(apply_all)
+        return self.last_seq
+
+    def log_raw(self, after: int, limit: int = 1000, bytes_max: int = 4 << 20) -> list[tuple[int, bytes]]:
+        """Stored log entries after `after`, as bytes, for streaming."""
+        def scan(txn: lmdb.Transaction) -> list[tuple[int, bytes]]:
+            out, size = [], 0
+            cur = txn.cursor(db=self.dbs[b"log"])
+            if cur.set_range(seq_key(after + 1)):
+                for key, value in cur:
+                    out.append((int.from_bytes(key, "big"), value))
+                    size += len(value)
+                    if len(out) >= limit or size >= bytes_max:
+                        break
+            return out
+
+        return self._read(scan)
 
     def _grow(self) -> None:
         size = self.env.info()["map_size"]
@@ -416,6 +465,8 @@ class Store:
             for name in TABLES:
                 h.update(b"\x00table\x00" + name)
                 for key, value in txn.cursor(db=self.dbs[name]):
+                    if name == b"meta" and key == _NODE:
+                        continue  # identity, not state: differs on every node
                     h.update(len(key).to_bytes(4, "big") + key)
                     h.update(len(value).to_bytes(4, "big") + value)
             return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Replication of the change log from a primary to its standbys."""

@@ -1,0 +1,125 @@
+"""The primary's side of replication: a listener for standbys, one session
+per standby, streaming the change log from where the standby stands.
+
+Only moves bytes: the conversation is ingest.replication.protocol.Primary.
+After every group commit the server calls `Hub.notify()`, and each session
+sends what its standby does not have yet, as long as the socket takes it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ingest.replication import protocol
+from ingest.store import Store
+
+log = logging.getLogger("ingest.replication")
+
+# Entries read from the log per frame; frames stay well under the wire limit.
+ENTRIES_PER_FRAME = 1000
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, hub: "Hub"):
+        self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        self.proto = protocol.Primary(hub.store.node, hub.store.epoch)
+        self.peer = ""
+        self.node = ""
+        self.cursor = -1  # last seq sent; -1 until the standby said hello
+        self.acked = 0
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
+        self.hub.sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.sessions.discard(self)
+        self.transport = None
+        log.info("standby %s (%s) disconnected", self.node or "?", self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        for action in self.proto.receive(data):
+            kind = type(action)
+            if kind is protocol.Send:
+                self.transport.write(action.data)
+            elif kind is protocol.Hello:
+                self._hello(action)
+            elif kind is protocol.Acked:
+                self.acked = action.seq
+                self.hub.on_ack(self)
+            elif kind is protocol.Fence:
+                self.hub.on_fence(action.epoch)
+            elif kind is protocol.Close:
+                log.warning("closing replication to %s: %s: %s", self.peer, action.code, action.message)
+                self.transport.close()
+                return
+
+    def _hello(self, hello: protocol.Hello) -> None:
+        store = self.hub.store
+        if hello.last_seq > store.last_seq:
+            # It has entries we never had (a former primary's unreplicated
+            # tail): following us would silently fork the history.
+            self.transport.write(self.proto.refuse(
+                "ahead", f"standby has seq {hello.last_seq}, this primary only {store.last_seq}"))
+            self.transport.close()
+            return
+        self.node = hello.node
+        self.cursor = hello.last_seq
+        self.acked = hello.last_seq
+        log.info("standby %s (%s) follows from seq %d", hello.node, self.peer, hello.last_seq)
+        self.transport.write(self.proto.welcome(store.last_seq))
+        self.pump()
+
+    def pump(self) -> None:
+        store = self.hub.store
+        while self.transport is not None and not self._paused and 0 <= self.cursor < store.last_seq:
+            entries = store.log_raw(self.cursor, ENTRIES_PER_FRAME)
+            if not entries:
+                break
+            self.transport.write(self.proto.entries(entries))
+            self.cursor = entries[-1][0]
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self.pump()
+
+    def status(self) -> dict:
+        return {"node": self.node, "peer": self.peer, "sent_seq": max(self.cursor, 0), "acked_seq": self.acked,
+                "lag_events": self.hub.store.last_seq - self.acked}
+
+
+class Hub:
+    def __init__(self, store: Store, on_fence: Callable[[int], None], on_ack: Callable[[Session], None]):
+        self.store = store
+        self.sessions: set[Session] = set()
+        self.on_fence = on_fence
+        self.on_ack = on_ack
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Session(self), host, port, reuse_address=True)
+        return self._server.sockets[0].getsockname()[1]
+
+    def notify(self) -> None:
+        """New entries were committed: send them on."""
+        for session in list(self.sessions):
+            session.pump()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+
+    def status(self) -> list[dict]:
+        return [s.status() for s in self.sessions if s.cursor >= 0]

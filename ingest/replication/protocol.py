@@ -1,0 +1,281 @@
+"""Sans-IO replication state machines: bytes in, actions out.
+
+No sockets, clock or threads (like h11): the caller feeds received bytes to
+`receive`, carries out the returned actions in order, and sends the bytes the
+other methods return. Timeouts, reconnects and durability stay with it.
+
+Primary (one per standby connection)
+
+    state           event                       actions                               next
+    awaiting_hello  HELLO from our own node     Send(REFUSE self), Close              closed
+                    HELLO with a higher epoch   Fence, Send(REFUSE stale_primary),    closed
+                                                Close
+                    HELLO                       Hello                                 welcoming
+    welcoming       welcome(last_seq)           -> bytes                              streaming
+    streaming       ACK, non-decreasing, sent   Acked                                 streaming
+                    ACK going back or unsent    Close(bad_ack)                        closed
+                    entries(), ping()           -> bytes                              streaming
+    any             REFUSE                      [Fence if higher epoch], Close        closed
+    any             frame with a higher epoch   Fence, Send(REFUSE stale_primary),    closed
+                                                Close
+    any             bad frame, unexpected type  Close                                 closed
+    any but closed  refuse(code, message)       -> bytes                              closed
+
+Standby
+
+    state             event                       actions                             next
+    connecting        hello()                     -> bytes                            awaiting_welcome
+    awaiting_welcome  WELCOME from our own node   Send(REFUSE self), Close            closed
+                      WELCOME of an older epoch   Send(REFUSE stale_primary), Close   closed
+                      WELCOME behind our log      Send(REFUSE ahead), Close           closed
+                      WELCOME                     Welcomed (adopt a higher epoch)     following
+    following         ENTRIES contiguous          Apply                               following
+                      ENTRIES not contiguous      Close(gap)                          closed
+                      PING                        (records primary_last_seq)          following
+                      frame of another epoch      Close(epoch_changed)                closed
+                      ack(seq)                    -> bytes                            following
+    any               REFUSE                      Close                               closed
+    any               bad frame, unexpected type  Close                               closed
+    any but closed    refuse(code, message)       -> bytes                            closed
+
+REFUSE is sent when the peer is sound but must not be followed or served
+(self, stale_primary, ahead): it tells the other side why. A broken
+stream (bad frame, gap, bad ACK) is closed without one, since a peer that
+sends such frames cannot be relied on to read one. In `closed`, `receive`
+discards everything and the sending methods raise StateError.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ingest.replication import wire
+from ingest.replication.wire import Frame, Type, WireError
+
+AWAITING_HELLO = "awaiting_hello"
+WELCOMING = "welcoming"
+STREAMING = "streaming"
+CONNECTING = "connecting"
+AWAITING_WELCOME = "awaiting_welcome"
+FOLLOWING = "following"
+CLOSED = "closed"
+
+
+class Send(NamedTuple):
+    data: bytes
+
+
+class Apply(NamedTuple):
+    entries: list[tuple[int, bytes]]
+    primary_last_seq: int  # the highest seq the primary is known to have: lag = this - entries[-1][0]
+
+
+class Acked(NamedTuple):
+    seq: int
+
+
+class Welcomed(NamedTuple):
+    node: str
+    epoch: int  # higher than the standby's own: store it durably before applying anything
+    last_seq: int
+
+
+class Hello(NamedTuple):
+    node: str
+    epoch: int
+    last_seq: int  # stream from last_seq + 1
+
+
+class Fence(NamedTuple):
+    epoch: int  # a newer primary exists: stop accepting writes at once
+
+
+class Close(NamedTuple):
+    code: str
+    message: str
+
+
+Action = Send | Apply | Acked | Welcomed | Hello | Fence | Close
+
+
+class StateError(RuntimeError):
+    """The caller asked for a message its connection's state does not allow."""
+
+
+class _Endpoint:
+    def __init__(self, node: str, epoch: int, state: str) -> None:
+        self.node = node
+        self.epoch = epoch
+        self.state = state
+        self._decoder = wire.FrameDecoder()
+
+    def receive(self, data: bytes) -> list[Action]:
+        if self.state == CLOSED:
+            return []
+        try:
+            frames, error = self._decoder.feed(data), None
+        except WireError as exc:
+            frames, error = exc.frames, exc
+        actions: list[Action] = []
+        for frame in frames:
+            try:
+                actions += self._handle(frame)
+            except WireError as exc:  # a payload that does not decode
+                actions += self._close(exc.code, str(exc))
+            if self.state == CLOSED:
+                return actions
+        if error is not None:
+            actions += self._close(error.code, str(error))
+        return actions
+
+    def _handle(self, frame: Frame) -> list[Action]:
+        raise NotImplementedError
+
+    def _require(self, state: str) -> None:
+        if self.state != state:
+            raise StateError(f"in state {self.state}, not {state}")
+
+    def _close(self, code: str, message: str) -> list[Action]:
+        self.state = CLOSED
+        return [Close(code, message)]
+
+    def refuse(self, code: str, message: str) -> bytes:
+        """REFUSE for a reason only the caller knows; send it, then close."""
+        if self.state == CLOSED:
+            raise StateError("the connection is closed")
+        self.state = CLOSED
+        return wire.encode(Type.REFUSE, self.epoch, 0, wire.refuse(code, message))
+
+    def _refuse(self, code: str, message: str) -> list[Action]:
+        return [Send(self.refuse(code, message)), Close(code, message)]
+
+    def _unexpected(self, frame: Frame) -> list[Action]:
+        return self._close("unexpected", f"{frame.type.name} in state {self.state}")
+
+
+class Primary(_Endpoint):
+    def __init__(self, node: str, epoch: int) -> None:
+        super().__init__(node, epoch, AWAITING_HELLO)
+        self.peer: str | None = None
+        self._acked = 0
+        self._sent = 0
+
+    def welcome(self, last_seq: int) -> bytes:
+        self._require(WELCOMING)
+        self.state = STREAMING
+        return wire.encode(Type.WELCOME, self.epoch, last_seq, wire.welcome(self.node, last_seq))
+
+    def entries(self, batch: list[tuple[int, bytes]]) -> bytes:
+        self._require(STREAMING)
+        # The standby would close with "gap"; failing here points at the side
+        # with the bug.
+        if not batch or [seq for seq, _ in batch] != list(range(self._sent + 1, self._sent + 1 + len(batch))):
+            raise ValueError(f"a batch must be non-empty and continue from seq {self._sent}")
+        self._sent = batch[-1][0]
+        return wire.encode(Type.ENTRIES, self.epoch, self._sent, wire.entries(batch))
+
+    def ping(self, last_seq: int) -> bytes:
+        self._require(STREAMING)
+        return wire.encode(Type.PING, self.epoch, last_seq)
+
+    def _handle(self, frame: Frame) -> list[Action]:
+        if frame.type == Type.REFUSE:
+            refused = wire.decode_refuse(frame.payload)
+            # A standby refusing us as stale knows of a newer primary.
+            fence = [Fence(frame.epoch)] if frame.epoch > self.epoch else []
+            return fence + self._close(refused.code, refused.message)
+        if frame.type == Type.HELLO and self.state == AWAITING_HELLO:
+            return self._hello(wire.decode_hello(frame.payload))
+        if frame.epoch > self.epoch:
+            return [Fence(frame.epoch), *self._refuse("stale_primary", f"peer is at epoch {frame.epoch}")]
+        if frame.epoch < self.epoch:
+            return self._close("epoch_changed", f"frame of epoch {frame.epoch}, welcomed at {self.epoch}")
+        if frame.type == Type.ACK and self.state == STREAMING:
+            return self._ack(frame.seq)
+        return self._unexpected(frame)
+
+    def _hello(self, hello: wire.HelloPayload) -> list[Action]:
+        if hello.node == self.node:
+            return self._refuse("self", f"node {self.node} connected to itself")
+        if hello.epoch > self.epoch:
+            return [Fence(hello.epoch), *self._refuse("stale_primary", f"peer is at epoch {hello.epoch}")]
+        # An older epoch is a former primary rejoining: WELCOME carries ours.
+        self.peer = hello.node
+        self._acked = self._sent = hello.last_seq
+        self.state = WELCOMING
+        return [Hello(hello.node, hello.epoch, hello.last_seq)]
+
+    def _ack(self, seq: int) -> list[Action]:
+        if seq < self._acked:
+            return self._close("bad_ack", f"ACK {seq} after ACK {self._acked}")
+        if seq > self._sent:
+            return self._close("bad_ack", f"ACK {seq} but only sent up to {self._sent}")
+        self._acked = seq
+        return [Acked(seq)]
+
+
+class Standby(_Endpoint):
+    def __init__(self, node: str, epoch: int, last_seq: int) -> None:
+        super().__init__(node, epoch, CONNECTING)
+        self.last_seq = last_seq  # the last seq handed out in Apply (or stored before connecting)
+        self.primary: str | None = None
+        self._acked = last_seq
+        self._primary_last_seq = last_seq
+
+    @property
+    def primary_last_seq(self) -> int:
+        """The highest seq the primary is known to have (WELCOME, ENTRIES, PING)."""
+        return self._primary_last_seq
+
+    def hello(self) -> bytes:
+        self._require(CONNECTING)
+        self.state = AWAITING_WELCOME
+        return wire.encode(Type.HELLO, self.epoch, self.last_seq, wire.hello(self.node, self.last_seq, self.epoch))
+
+    def ack(self, seq: int) -> bytes:
+        self._require(FOLLOWING)
+        if not self._acked <= seq <= self.last_seq:
+            raise ValueError(f"ACK {seq} outside [{self._acked}, {self.last_seq}]")
+        self._acked = seq
+        return wire.encode(Type.ACK, self.epoch, seq)
+
+    def _handle(self, frame: Frame) -> list[Action]:
+        if frame.type == Type.REFUSE:
+            refused = wire.decode_refuse(frame.payload)
+            return self._close(refused.code, refused.message)
+        if frame.type == Type.WELCOME and self.state == AWAITING_WELCOME:
+            return self._welcome(frame.epoch, wire.decode_welcome(frame.payload))
+        if self.state != FOLLOWING:
+            return self._unexpected(frame)
+        if frame.epoch != self.epoch:
+            return self._close("epoch_changed", f"frame of epoch {frame.epoch}, welcomed at {self.epoch}")
+        if frame.type == Type.ENTRIES:
+            return self._entries(frame.seq, wire.decode_entries(frame.payload))
+        if frame.type == Type.PING:
+            self._primary_last_seq = max(self._primary_last_seq, frame.seq)
+            return []
+        return self._unexpected(frame)
+
+    def _welcome(self, epoch: int, welcome: wire.WelcomePayload) -> list[Action]:
+        if welcome.node == self.node:
+            return self._refuse("self", f"node {self.node} connected to itself")
+        if epoch < self.epoch:
+            return self._refuse("stale_primary", f"primary at epoch {epoch}, this node knows epoch {self.epoch}")
+        # Entries the primary never had cannot be reconciled by streaming;
+        # following would silently keep them.
+        if welcome.last_seq < self.last_seq:
+            return self._refuse("ahead", f"primary ends at seq {welcome.last_seq}, this node at {self.last_seq}")
+        self.epoch = epoch
+        self.primary = welcome.node
+        self._primary_last_seq = welcome.last_seq
+        self.state = FOLLOWING
+        return [Welcomed(welcome.node, epoch, welcome.last_seq)]
+
+    def _entries(self, frame_seq: int, batch: list[tuple[int, bytes]]) -> list[Action]:
+        if not batch or batch[-1][0] != frame_seq:
+            return self._close("bad_entries", f"batch does not end at the header's seq {frame_seq}")
+        expected = range(self.last_seq + 1, self.last_seq + 1 + len(batch))
+        if [seq for seq, _ in batch] != list(expected):
+            return self._close("gap", f"batch {batch[0][0]}..{batch[-1][0]} does not continue from {self.last_seq}")
+        self.last_seq = frame_seq
+        self._primary_last_seq = max(self._primary_last_seq, frame_seq)
+        return [Apply(batch, self._primary_last_seq)]

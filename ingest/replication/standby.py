@@ -1,0 +1,112 @@
+"""The standby's side of replication: follow a primary, apply its change log
+in order in the local store, acknowledge what is durable, reconnect when the
+connection breaks.
+
+Only moves bytes: the conversation is ingest.replication.protocol.Standby.
+Entries are applied on one writer thread (the store has one writer), each
+received frame in one durable transaction, with the same apply functions the
+primary used (ingest.changelog), so the two stores hold the same state.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ingest.replication import protocol
+from ingest.store import Store
+
+log = logging.getLogger("ingest.replication")
+
+RECONNECT_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+# Refusals after which trying again cannot help: an operator must act.
+FATAL = {"self", "stale_primary", "ahead", "gap", "epoch_changed"}
+
+
+class Follower:
+    def __init__(self, store: Store, host: str, port: int, window_ms: int):
+        self.store = store
+        self.host = host
+        self.port = port
+        self.window_ms = window_ms
+        self.connected = False
+        self.primary_last_seq = 0
+        self.applied_at = 0.0
+        self.stopped_because = ""
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-standby-writer")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop following; returns once no apply is running."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._writer_thread.shutdown(wait=True)
+        self.connected = False
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                code = await self._follow_once()
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                code = f"connection: {exc}"
+            self.connected = False
+            if code in FATAL:
+                self.stopped_because = code
+                log.error("standby stopped following %s:%d: %s", self.host, self.port, code)
+                return
+            delay = RECONNECT_S[min(attempt, len(RECONNECT_S) - 1)]
+            attempt += 1
+            log.warning("replication from %s:%d: %s; reconnecting in %.1fs", self.host, self.port, code, delay)
+            await asyncio.sleep(delay)
+
+    async def _follow_once(self) -> str:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        store = self.store
+        proto = protocol.Standby(store.node, store.epoch, store.last_seq)
+        try:
+            writer.write(proto.hello())
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    return "primary closed the connection"
+                for action in proto.receive(data):
+                    kind = type(action)
+                    if kind is protocol.Send:
+                        writer.write(action.data)
+                    elif kind is protocol.Welcomed:
+                        if action.epoch > store.epoch:
+                            await loop.run_in_executor(self._writer_thread, store.set_epoch, action.epoch)
+                        self.connected = True
+                        self.primary_last_seq = action.last_seq
+                        log.info("following %s (epoch %d) from seq %d", action.node, action.epoch, store.last_seq)
+                    elif kind is protocol.Apply:
+                        seq = await loop.run_in_executor(
+                            self._writer_thread, store.apply_log, action.entries, self.window_ms)
+                        self.primary_last_seq = max(self.primary_last_seq, action.primary_last_seq)
+                        self.applied_at = time.time()
+                        writer.write(proto.ack(seq))
+                    elif kind is protocol.Close:
+                        return action.code
+                if proto.primary_last_seq:
+                    self.primary_last_seq = max(self.primary_last_seq, proto.primary_last_seq)
+        finally:
+            writer.close()
+
+    def status(self) -> dict:
+        return {
+            "primary": f"{self.host}:{self.port}",
+            "connected": self.connected,
+            "primary_last_seq": self.primary_last_seq,
+            "lag_events": max(self.primary_last_seq - self.store.last_seq, 0),
+            "stopped_because": self.stopped_because or None,
+        }

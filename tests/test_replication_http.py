@@ -1,0 +1,159 @@
+"""Streaming replication between real server processes on loopback."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from helpers import event, fresh_event_id, fresh_tube, now_ms
+from ingest.store import Store
+
+REPLICATION = re.compile(r"replication listening on 127\.0\.0\.1:(\d+)")
+WAIT_S = 30.0
+
+
+def replication_port(server) -> int:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        m = REPLICATION.search(server.stderr_text())
+        if m:
+            return int(m.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"no replication port logged:\n{server.stderr_text()}")
+
+
+def wait_caught_up(primary, standby) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        target = primary.last_seq()
+        status = standby.status()
+        if status["last_seq"] == target and status["replication"]["connected"]:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"standby did not catch up: {standby.status()} vs {primary.last_seq()}")
+
+
+def pair(server_factory):
+    primary = server_factory(args=("--replication-port", "0"))
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
+    return primary, standby
+
+
+def post(server, path, body):
+    status, _, got = server.request("POST", path, body)
+    return status, got
+
+
+def mixed_load(primary, rounds: int) -> None:
+    """Bindings (with duplicates and refusals), voids, seals, a box, hand-over,
+    receipt and results: every kind of change-log entry."""
+    for r in range(rounds):
+        tube = fresh_tube()
+        evs = [event(tube, site_id="S-R") for _ in range(5)]
+        for ev in evs:
+            assert primary.post(ev)[0] == 201
+        assert primary.post(evs[0])[0] == 200
+        assert primary.post(event(tube, site_id="S-R"))[0] == 409  # full
+        assert post(primary, f"/v1/bindings/{evs[4]['event_id']}/void",
+                    {"event_id": fresh_event_id("v"), "device_id": "D", "reason": "wrong", "voided_at": now_ms()})[0] == 201
+        assert post(primary, f"/v1/tubes/{tube}/seal",
+                    {"event_id": fresh_event_id("s"), "site_id": "S-R", "device_id": "D", "sealed_at": now_ms()})[0] == 201
+        box = f"BOX-{fresh_event_id('b')}"
+        assert post(primary, "/v1/boxes", {"event_id": fresh_event_id("b"), "box": box, "site_id": "S-R",
+                                           "device_id": "D", "tubes": [tube], "packed_at": now_ms()})[0] == 201
+        assert post(primary, f"/v1/boxes/{box}/handover",
+                    {"event_id": fresh_event_id("h"), "courier_id": "C", "handed_at": now_ms()})[0] == 201
+        _, head = primary.tube(tube)[::2]
+        assert post(primary, f"/v1/boxes/{box}/receive",
+                    {"event_id": fresh_event_id("r"), "lab_id": head["lab"], "tubes": [tube],
+                     "received_at": now_ms()})[0] == 201
+        status, got = post(primary, "/v1/results", {"results": [
+            {"event_id": fresh_event_id("res"), "lab_id": head["lab"], "tube": tube,
+             "result": "positive" if r % 3 == 0 else "negative", "tested_at": now_ms()}]})
+        assert status == 200 and got["results"][0]["status"] == 201, got
+
+
+def digest(server) -> str:
+    store = Store(str(server.data))
+    try:
+        return store.digest()
+    finally:
+        store.close()
+
+
+def test_standby_equals_primary_after_mixed_load(server_factory):
+    primary, standby = pair(server_factory)
+    mixed_load(primary, 12)
+    # the batch endpoint too
+    status, _, got = primary.batch([event(fresh_tube(), site_id="S-R") for _ in range(200)])
+    assert status == 200
+    status = wait_caught_up(primary, standby)
+    assert status["role"] == "standby" and status["replication"]["lag_events"] == 0
+    # the standby serves reads
+    tube = got["results"][0]["tube"]
+    assert standby.tube(tube)[0] == 200
+    primary.stop()
+    standby.stop()
+    assert digest(primary) == digest(standby)
+
+
+def test_standby_refuses_writes_and_names_the_primary(server_factory):
+    primary, standby = pair(server_factory)
+    status, _, body = standby.post(event(fresh_tube()))
+    assert status == 503 and body["error"]["code"] == "not_primary"
+    assert body["error"]["primary"].startswith("127.0.0.1:")
+    assert standby.last_seq() == 0
+
+
+def test_standby_catches_up_after_a_restart_and_a_gap(server_factory):
+    primary, standby = pair(server_factory)
+    mixed_load(primary, 2)
+    wait_caught_up(primary, standby)
+    standby.stop()
+    mixed_load(primary, 3)  # written while the standby is down
+    again = server_factory(data=standby.data, args=standby.args)
+    wait_caught_up(primary, again)
+    primary.stop()
+    again.stop()
+    assert digest(primary) == digest(again)
+
+
+def test_promote_then_the_old_primary_is_fenced(server_factory):
+    primary, standby = pair(server_factory)
+    mixed_load(primary, 2)
+    wait_caught_up(primary, standby)
+    status, _, body = standby.request("POST", "/v1/admin/promote", {})
+    assert status == 200 and body["result"] == "promoted" and body["epoch"] == 1
+    assert standby.post(event(fresh_tube()))[0] == 201
+    assert standby.status()["role"] == "primary"
+    # A node that knows epoch 1 says hello to the old primary (epoch 0): the
+    # old primary learns it was replaced and stops taking writes at once.
+    witness = server_factory(args=("--replication-port", "0"))
+    witness.stop()
+    store = Store(str(witness.data))
+    store.set_epoch(1)
+    store.close()
+    follower = server_factory(data=witness.data, args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
+    deadline = time.monotonic() + WAIT_S
+    while primary.status()["role"] != "fenced" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert primary.status()["role"] == "fenced"
+    status, _, body = primary.post(event(fresh_tube()))
+    assert status == 503 and body["error"]["code"] == "not_primary"
+    # and the witness refused to follow a primary of an older epoch
+    deadline = time.monotonic() + WAIT_S
+    while follower.status()["replication"]["stopped_because"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert follower.status()["replication"]["stopped_because"] == "stale_primary"
+
+
+def test_standby_pointed_at_itself_stops(server_factory):
+    node = server_factory(args=("--replication-port", "0"))
+    port = replication_port(node)
+    node.stop()
+    itself = server_factory(data=node.data, args=("--replication-port", str(port), "--follow", f"127.0.0.1:{port}"))
+    deadline = time.monotonic() + WAIT_S
+    while itself.status()["replication"]["stopped_because"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert itself.status()["replication"]["stopped_because"] == "self"

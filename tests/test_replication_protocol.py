@@ -1,0 +1,427 @@
+"""Replication wire format and state machines, without sockets.
+
+Bytes go from one state machine to the other by hand, cut at arbitrary
+places, the way TCP may deliver them.
+"""
+import random
+import struct
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ingest.replication import wire
+from ingest.replication.protocol import (
+    Acked, Apply, Close, Fence, Hello, Primary, Send, Standby, StateError, Welcomed,
+)
+from ingest.replication.wire import FRAME_BYTES_MAX, HEADER, HEADER_SIZE, Frame, FrameDecoder, Type, WireError
+
+SAMPLES = [
+    Frame(Type.HELLO, 3, 41, wire.hello("standby-a", 41, 3)),
+    Frame(Type.WELCOME, 3, 57, wire.welcome("primary", 57)),
+    Frame(Type.ENTRIES, 3, 44, wire.entries([(42, b"\x93\x01"), (43, b""), (44, b"\x00" * 300)])),
+    Frame(Type.ACK, 3, 44, b""),
+    Frame(Type.REFUSE, 2**64 - 1, 0, wire.refuse("stale_primary", "peer is at epoch 4")),
+    Frame(Type.PING, 0, 2**64 - 1, b""),
+]
+
+
+def raw_frame(magic=wire.MAGIC, version=wire.VERSION, type=Type.PING, epoch=1, seq=1, payload=b"", length=None):
+    """A frame with any header field forged, and a checksum that matches it."""
+    length = len(payload) if length is None else length
+    header = HEADER.pack(magic, version, type, epoch, seq, length, 0)
+    crc = zlib.crc32(payload, zlib.crc32(header))
+    return header[:-4] + struct.pack(">I", crc) + payload
+
+
+def decode_all(data, chunks=None):
+    decoder = FrameDecoder()
+    frames = []
+    for chunk in chunks or [data]:
+        frames += decoder.feed(chunk)
+    return frames
+
+
+# -- wire ------------------------------------------------------------------
+
+def test_header_is_32_bytes():
+    assert HEADER_SIZE == 32
+    assert len(wire.encode(Type.ACK, 1, 1)) == 32
+
+
+@pytest.mark.parametrize("frame", SAMPLES, ids=lambda f: f.type.name)
+def test_frame_round_trip_whole_and_byte_by_byte(frame):
+    data = wire.encode(*frame)
+    assert decode_all(data) == [frame]
+    assert decode_all(data, [data[i:i + 1] for i in range(len(data))]) == [frame]
+
+
+@pytest.mark.parametrize("frame", SAMPLES, ids=lambda f: f.type.name)
+def test_trailing_data_waits_for_the_next_frame(frame):
+    data = wire.encode(*frame)
+    following = wire.encode(Type.PING, 9, 99)
+    for cut in range(len(following)):
+        decoder = FrameDecoder()
+        assert decoder.feed(data + following[:cut]) == [frame]
+        assert decoder.feed(following[cut:]) == [Frame(Type.PING, 9, 99, b"")]
+
+
+def test_all_samples_in_one_feed():
+    data = b"".join(wire.encode(*frame) for frame in SAMPLES)
+    assert decode_all(data) == SAMPLES
+
+
+def test_payload_helpers_round_trip():
+    assert wire.decode_hello(wire.hello("n1", 7, 2)) == wire.HelloPayload("n1", 7, 2)
+    assert wire.decode_welcome(wire.welcome("n2", 9)) == wire.WelcomePayload("n2", 9)
+    assert wire.decode_refuse(wire.refuse("gap", "why")) == wire.RefusePayload("gap", "why")
+    batch = [(1, b"a"), (2, bytes(range(256)))]
+    assert wire.decode_entries(wire.entries(batch)) == batch
+    assert wire.decode_entries(wire.entries([])) == []
+
+
+@pytest.mark.parametrize("decode", [wire.decode_hello, wire.decode_welcome, wire.decode_refuse, wire.decode_entries])
+def test_undecodable_payload_is_bad_payload(decode):
+    with pytest.raises(WireError) as exc:
+        decode(b"\xc1")
+    assert exc.value.code == "bad_payload"
+    with pytest.raises(WireError):
+        decode(wire.encode(Type.PING, 1, 1))
+
+
+def test_every_flipped_bit_is_refused_never_misread():
+    frame = SAMPLES[2]
+    data = wire.encode(*frame)
+    for bit in range(len(data) * 8):
+        corrupt = bytearray(data)
+        corrupt[bit // 8] ^= 1 << (bit % 8)
+        decoder = FrameDecoder()
+        with pytest.raises(WireError) as exc:
+            # A flip in the length may ask for more bytes than the frame has:
+            # the checksum rejects the frame once they arrive.
+            assert decoder.feed(bytes(corrupt)) == []
+            missing = HEADER.unpack_from(corrupt)[5] - len(frame.payload)
+            decoder.feed(b"\x00" * missing)
+        position = bit // 8
+        if position < 4:
+            expected = {"bad_magic"}
+        elif position < 6:
+            expected = {"bad_version"}
+        elif 24 <= position < 28:  # the length
+            expected = {"too_large", "bad_checksum"}
+        else:
+            expected = {"bad_checksum"}
+        assert exc.value.code in expected, (bit, exc.value.code)
+
+
+def test_bad_header_fields():
+    cases = {
+        "bad_magic": raw_frame(magic=b"HTTP"),
+        "bad_version": raw_frame(version=2),
+        "bad_type": raw_frame(type=99),
+        "too_large": raw_frame(length=FRAME_BYTES_MAX + 1),
+    }
+    for code, data in cases.items():
+        with pytest.raises(WireError) as exc:
+            decode_all(data)
+        assert exc.value.code == code
+
+
+def test_oversize_length_is_refused_before_its_payload_arrives():
+    decoder = FrameDecoder()
+    header = raw_frame(type=Type.ENTRIES, length=FRAME_BYTES_MAX + 1)
+    assert decoder.feed(header[:HEADER_SIZE - 1]) == []
+    with pytest.raises(WireError) as exc:
+        decoder.feed(header[HEADER_SIZE - 1:])
+    assert exc.value.code == "too_large"
+
+
+def test_largest_payload_is_accepted():
+    payload = b"\x01" * FRAME_BYTES_MAX
+    assert decode_all(wire.encode(Type.ENTRIES, 1, 1, payload)) == [Frame(Type.ENTRIES, 1, 1, payload)]
+    with pytest.raises(ValueError):
+        wire.encode(Type.ENTRIES, 1, 1, payload + b"\x01")
+
+
+def test_good_frames_before_a_bad_one_come_with_the_error():
+    good = [wire.encode(*frame) for frame in SAMPLES[:2]]
+    decoder = FrameDecoder()
+    with pytest.raises(WireError) as exc:
+        decoder.feed(good[0] + good[1] + raw_frame(version=7) + good[0])
+    assert exc.value.code == "bad_version"
+    assert exc.value.frames == SAMPLES[:2]
+    # No frame boundary can be trusted after a bad frame.
+    with pytest.raises(WireError) as again:
+        decoder.feed(good[0])
+    assert again.value.code == "bad_version" and again.value.frames == []
+
+
+frames_strategy = st.lists(
+    st.builds(
+        Frame,
+        st.sampled_from(Type),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+        st.binary(max_size=200),
+    ),
+    max_size=12,
+)
+
+
+@given(frames=frames_strategy, cuts=st.lists(st.integers(0, 3000), max_size=30))
+def test_any_chunking_decodes_the_same_frames(frames, cuts):
+    data = b"".join(wire.encode(*frame) for frame in frames)
+    bounds = sorted({0, len(data), *(cut for cut in cuts if cut < len(data))})
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    assert decode_all(data, chunks) == frames
+
+
+# -- state machines ------------------------------------------------------------
+
+def frames_in(actions):
+    """The frames in the Send actions, decoded."""
+    return decode_all(b"".join(a.data for a in actions if isinstance(a, Send)))
+
+
+def refusal(actions):
+    (frame,) = frames_in(actions)
+    assert frame.type == Type.REFUSE
+    return wire.decode_refuse(frame.payload).code
+
+
+def handshake(primary_epoch=3, standby_epoch=3, standby_last=10, primary_last=20):
+    primary = Primary("p", primary_epoch)
+    standby = Standby("s", standby_epoch, standby_last)
+    assert primary.receive(standby.hello()) == [Hello("s", standby_epoch, standby_last)]
+    actions = standby.receive(primary.welcome(primary_last))
+    return primary, standby, actions
+
+
+def test_handshake():
+    primary, standby, actions = handshake()
+    assert actions == [Welcomed("p", 3, 20)]
+    assert (primary.state, standby.state) == ("streaming", "following")
+    assert primary.peer == "s" and standby.primary == "p"
+    assert standby.primary_last_seq == 20
+
+
+def test_primary_refuses_itself():
+    primary = Primary("p", 3)
+    actions = primary.receive(Standby("p", 3, 0).hello())
+    assert refusal(actions) == "self"
+    assert actions[-1].code == "self" and primary.state == "closed"
+
+
+def test_standby_refuses_itself():
+    standby = Standby("s", 3, 0)
+    standby.hello()
+    actions = standby.receive(wire.encode(Type.WELCOME, 3, 0, wire.welcome("s", 0)))
+    assert refusal(actions) == "self" and actions[-1] == Close("self", actions[-1].message)
+
+
+def test_hello_of_a_higher_epoch_fences_the_primary():
+    primary = Primary("p", 3)
+    actions = primary.receive(Standby("s", 4, 0).hello())
+    assert actions[0] == Fence(4)
+    assert refusal(actions) == "stale_primary"
+    assert actions[-1].code == "stale_primary" and primary.state == "closed"
+
+
+def test_former_primary_rejoins_and_adopts_the_new_epoch():
+    primary, standby, actions = handshake(primary_epoch=5, standby_epoch=2)
+    assert actions == [Welcomed("p", 5, 20)]
+    assert standby.epoch == 5
+    assert standby.receive(primary.ping(20)) == []
+
+
+def test_standby_refuses_a_primary_of_an_older_epoch_which_then_fences():
+    # A primary fences on the HELLO already; the standby's own check covers
+    # a WELCOME that crossed a failover it learned of some other way.
+    standby = Standby("s", 4, 10)
+    standby.hello()
+    actions = standby.receive(wire.encode(Type.WELCOME, 3, 20, wire.welcome("p", 20)))
+    assert refusal(actions) == "stale_primary"
+    assert actions[-1].code == "stale_primary" and standby.state == "closed"
+    primary, _, _ = handshake(primary_epoch=3)
+    back = primary.receive(actions[0].data)
+    assert back[0] == Fence(4) and back[1].code == "stale_primary"
+    assert primary.state == "closed"
+
+
+def test_any_frame_of_a_higher_epoch_fences_the_primary():
+    primary, _, _ = handshake()
+    actions = primary.receive(wire.encode(Type.ACK, 9, 10))
+    assert actions[0] == Fence(9) and refusal(actions) == "stale_primary"
+
+
+def test_standby_refuses_a_primary_behind_its_log():
+    _, standby, actions = handshake(standby_last=30, primary_last=20)
+    assert refusal(actions) == "ahead" and standby.state == "closed"
+
+
+def test_caller_may_refuse_for_its_own_reasons():
+    primary = Primary("p", 3)
+    standby = Standby("s", 3, 30)
+    primary.receive(standby.hello())
+    data = primary.refuse("ahead", "standby has seq 30, this primary only 20")
+    assert primary.state == "closed"
+    assert standby.receive(data) == [Close("ahead", "standby has seq 30, this primary only 20")]
+    with pytest.raises(StateError):
+        primary.refuse("ahead", "twice")
+
+
+def test_entries_apply_and_ack():
+    primary, standby, _ = handshake()
+    assert standby.receive(primary.entries([(11, b"a"), (12, b"b")])) == [Apply([(11, b"a"), (12, b"b")], 20)]
+    assert standby.receive(primary.entries([(13, b"c")])) == [Apply([(13, b"c")], 20)]
+    assert primary.receive(standby.ack(12)) == [Acked(12)]
+    assert primary.receive(standby.ack(13)) == [Acked(13)]
+    assert standby.last_seq == 13
+
+
+@pytest.mark.parametrize("batch", [[(12, b"x")], [(11, b"x"), (13, b"y")], [(10, b"x")], [(11, b"x"), (11, b"y")]])
+def test_gap_closes(batch):
+    _, standby, _ = handshake()
+    actions = standby.receive(wire.encode(Type.ENTRIES, 3, batch[-1][0], wire.entries(batch)))
+    assert [a.code for a in actions] == ["gap"] and standby.state == "closed"
+
+
+@pytest.mark.parametrize("seq, batch", [(11, []), (12, [(11, b"x")])])
+def test_batch_that_disagrees_with_its_header_closes(seq, batch):
+    _, standby, _ = handshake()
+    actions = standby.receive(wire.encode(Type.ENTRIES, 3, seq, wire.entries(batch)))
+    assert [a.code for a in actions] == ["bad_entries"]
+
+
+def test_primary_will_not_send_a_gap():
+    primary, _, _ = handshake()
+    for batch in ([], [(12, b"x")], [(11, b"x"), (13, b"y")]):
+        with pytest.raises(ValueError):
+            primary.entries(batch)
+
+
+@pytest.mark.parametrize("epoch", [2, 4])
+def test_epoch_change_after_welcome_closes_the_standby(epoch):
+    _, standby, _ = handshake()
+    actions = standby.receive(wire.encode(Type.PING, epoch, 20))
+    assert [a.code for a in actions] == ["epoch_changed"]
+
+
+def test_ack_from_an_older_epoch_closes_the_primary():
+    primary, _, _ = handshake()
+    assert [a.code for a in primary.receive(wire.encode(Type.ACK, 2, 10))] == ["epoch_changed"]
+
+
+def test_acks_must_not_go_back_or_run_ahead():
+    primary, standby, _ = handshake()
+    standby.receive(primary.entries([(11, b"a"), (12, b"b")]))
+    assert primary.receive(wire.encode(Type.ACK, 3, 12)) == [Acked(12)]
+    assert primary.receive(wire.encode(Type.ACK, 3, 12)) == [Acked(12)]
+    assert [a.code for a in primary.receive(wire.encode(Type.ACK, 3, 11))] == ["bad_ack"]
+    primary, standby, _ = handshake()
+    standby.receive(primary.entries([(11, b"a")]))
+    assert [a.code for a in primary.receive(wire.encode(Type.ACK, 3, 12))] == ["bad_ack"]
+
+
+def test_standby_acks_only_what_it_was_handed():
+    _, standby, _ = handshake()
+    with pytest.raises(ValueError):
+        standby.ack(11)
+    with pytest.raises(ValueError):
+        standby.ack(9)
+
+
+def test_ping_records_the_primary_last_seq():
+    primary, standby, _ = handshake()
+    assert standby.receive(primary.ping(500)) == []
+    assert standby.primary_last_seq == 500
+    assert standby.receive(primary.entries([(11, b"a")])) == [Apply([(11, b"a")], 500)]
+
+
+@pytest.mark.parametrize("side", ["primary", "standby"])
+def test_refuse_closes_with_its_reason(side):
+    primary, standby, _ = handshake()
+    node = primary if side == "primary" else standby
+    assert node.receive(wire.encode(Type.REFUSE, 3, 0, wire.refuse("shutdown", "bye"))) == [Close("shutdown", "bye")]
+    assert node.receive(wire.encode(Type.PING, 3, 1)) == []
+
+
+def test_unexpected_frames_close():
+    assert Primary("p", 3).receive(wire.encode(Type.ACK, 3, 0))[0].code == "unexpected"
+    primary, standby, _ = handshake()
+    assert primary.receive(wire.encode(Type.ENTRIES, 3, 1, wire.entries([(1, b"")])))[0].code == "unexpected"
+    assert standby.receive(wire.encode(Type.WELCOME, 3, 20, wire.welcome("p", 20)))[0].code == "unexpected"
+    waiting = Standby("s", 3, 0)
+    waiting.hello()
+    assert waiting.receive(wire.encode(Type.PING, 3, 0))[0].code == "unexpected"
+
+
+@pytest.mark.parametrize("side", ["primary", "standby"])
+def test_wire_errors_close_after_the_good_frames(side):
+    primary, standby, _ = handshake()
+    if side == "primary":
+        node, good, expected = primary, wire.encode(Type.ACK, 3, 10), [Acked(10)]
+    else:
+        node, good, expected = standby, primary.entries([(11, b"a")]), [Apply([(11, b"a")], 20)]
+    actions = node.receive(good + raw_frame(magic=b"GET "))
+    assert actions[:-1] == expected and actions[-1].code == "bad_magic"
+    assert node.state == "closed"
+
+
+def test_undecodable_hello_closes():
+    actions = Primary("p", 3).receive(wire.encode(Type.HELLO, 3, 0, b"\x01"))
+    assert [a.code for a in actions] == ["bad_payload"]
+
+
+def test_methods_out_of_state_raise():
+    primary = Primary("p", 3)
+    for call in (lambda: primary.welcome(0), lambda: primary.entries([(1, b"")]), lambda: primary.ping(0)):
+        with pytest.raises(StateError):
+            call()
+    standby = Standby("s", 3, 0)
+    with pytest.raises(StateError):
+        standby.ack(0)
+    standby.hello()
+    with pytest.raises(StateError):
+        standby.hello()
+
+
+def test_full_conversation_in_memory():
+    rng = random.Random(20240611)
+    log = [(seq, rng.randbytes(rng.randrange(0, 400))) for seq in range(1, 1001)]
+    primary, standby = Primary("p", 7), Standby("s", 7, 0)
+
+    def deliver(data, to):
+        actions = []
+        while data:
+            cut = rng.randrange(1, 700)
+            actions += to.receive(data[:cut])
+            data = data[cut:]
+        return actions
+
+    assert deliver(standby.hello(), primary) == [Hello("s", 7, 0)]
+    assert deliver(primary.welcome(len(log)), standby) == [Welcomed("p", 7, 1000)]
+
+    applied, acked, sent = [], [], 0
+    while sent < len(log):
+        stream = b""
+        for _ in range(rng.randrange(1, 5)):
+            if sent < len(log):
+                size = rng.randrange(1, 60)
+                stream += primary.entries(log[sent:sent + size])
+                sent = min(sent + size, len(log))
+        if rng.random() < 0.2:
+            stream += primary.ping(len(log))
+        acks = b""
+        for action in deliver(stream, standby):
+            assert isinstance(action, Apply) and action.primary_last_seq == 1000
+            applied += action.entries
+            acks += standby.ack(action.entries[-1][0])
+        for action in deliver(acks, primary):
+            assert isinstance(action, Acked)
+            acked.append(action.seq)
+
+    assert applied == log
+    assert acked == sorted(acked) and acked[-1] == 1000
+    assert (primary.state, standby.state) == ("streaming", "following")
