@@ -107,6 +107,7 @@ class App:
         self.primary_address = ""
         self.follower = None
         self.hub = None
+        self.gate = None
         self._future_ms = config.future_ms_max
         self._age_ms = config.age_ms_max
         self._window_ms = config.person_window_ms
@@ -457,7 +458,8 @@ class App:
         if self.follower is not None:
             body["replication"] = self.follower.status()
         elif self.hub is not None:
-            body["replication"] = {"standbys": self.hub.status()}
+            body["replication"] = {"standbys": self.hub.status(),
+                                   **(self.gate.status() if self.gate else {"mode": "async"})}
         slot.respond(200, _encode_json(body))
 
     def fence(self, epoch: int) -> None:

@@ -57,8 +57,11 @@ class Committer:
         self._events_max = events_max
         self._metrics = metrics
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        # Called on the loop after each commit's answers (replication sends on).
+        # Called on the loop after each commit (replication sends the new
+        # entries on), and, in sync mode, the gate that holds answers until a
+        # standby has the entries (replication/syncgate.py).
         self.on_commit: Callable[[], None] | None = None
+        self.gate = None
         self._thread = threading.Thread(target=self._run, name="ingest-committer", daemon=True)
         self.in_flight = 0  # items queued or being committed (loop thread's view)
 
@@ -114,13 +117,23 @@ class Committer:
         if self._metrics is not None:
             self._metrics.commit_events.observe(n)
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
-        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, n)
+        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, n, self._store.last_seq)
 
     @staticmethod
     def _fail(batch: list[Work], outcome: Rejected) -> list[list]:
         return [[outcome] * len(work.items) for work in batch]
 
-    def _deliver(self, batch: list[Work], outcomes: list[list], n: int) -> None:
+    def _deliver(self, batch: list[Work], outcomes: list[list], n: int, last_seq: int) -> None:
+        if self.on_commit is not None:
+            self.on_commit()
+        if self.gate is not None:
+            # Even a duplicate or a refusal waits: its answer speaks of state
+            # that must be on the standby too.
+            self.gate.park(last_seq, lambda: self._answer(batch, outcomes, n))
+        else:
+            self._answer(batch, outcomes, n)
+
+    def _answer(self, batch: list[Work], outcomes: list[list], n: int) -> None:
         self.in_flight -= n
         for work, out in zip(batch, outcomes):
             try:
@@ -128,5 +141,3 @@ class Committer:
             except Exception:
                 # One broken answer must not leave the rest of the group unanswered.
                 log.exception("answering a committed request failed")
-        if self.on_commit is not None:
-            self.on_commit()

@@ -42,6 +42,12 @@ class StoreSettings(Struct, forbid_unknown_fields=True):
     map_bytes_max: PositiveInt = 1 << 40
 
 
+class ReplicationSettings(Struct, forbid_unknown_fields=True):
+    mode: Literal["async", "sync"] = "async"
+    sync_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    on_standby_lost: Literal["wait", "async"] = "async"
+
+
 class StatsSettings(Struct, forbid_unknown_fields=True):
     # Hours of the statistics are server time in this IANA zone.
     time_zone: str = "UTC"
@@ -60,6 +66,7 @@ class Config(Struct, forbid_unknown_fields=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
+    replication: ReplicationSettings = msgspec.field(default_factory=ReplicationSettings)
     labs: list[Lab] = msgspec.field(default_factory=list)
 
     @property

@@ -65,7 +65,16 @@ class Server:
         if self.replication_port is not None:
             from ingest.replication.primary import Hub
 
-            hub = Hub(self.store, on_fence=self.app.fence, on_ack=lambda session: None)
+            repl = self.config.replication
+            gate = None
+            if repl.mode == "sync":
+                from ingest.replication.syncgate import SyncGate
+
+                gate = SyncGate(repl.sync_timeout_s, repl.on_standby_lost)
+                self.committer.gate = gate
+                self.app.gate = gate
+            hub = Hub(self.store, on_fence=self.app.fence,
+                      on_ack=(lambda s: gate.on_ack(s.acked, self.store.last_seq)) if gate else (lambda s: None))
             bound = await hub.start(self.host, self.replication_port)
             self.app.hub = hub
             self.committer.on_commit = hub.notify
@@ -115,6 +124,8 @@ class Server:
             await asyncio.sleep(TICK_S)
             self.now = time.monotonic()
             self.date = formatdate(usegmt=True).encode()
+            if self.committer is not None and self.committer.gate is not None:
+                self.committer.gate.check(self.now)
             for conn in list(self.connections):
                 conn.idle_check(self.now, limits.request_seconds_max, limits.keepalive_seconds_max)
 

@@ -1,0 +1,105 @@
+"""Sync replication through real processes: an answer means the standby has it."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+
+from helpers import config_with, event, fresh_tube
+from test_replication_http import replication_port, wait_caught_up
+
+WAIT_S = 30.0
+
+
+def sync_pair(server_factory, policy="async", timeout_s=1.0):
+    cfg = config_with() + f'\n[replication]\nmode = "sync"\nsync_timeout_s = {timeout_s}\non_standby_lost = "{policy}"\n'
+    primary = server_factory(config=cfg, args=("--replication-port", "0"))
+    port = replication_port(primary)
+    standby = server_factory(args=("--follow", f"127.0.0.1:{port}"))
+    wait_caught_up(primary, standby)
+    return primary, standby
+
+
+def test_every_answer_is_already_on_the_standby(server_factory):
+    primary, standby = sync_pair(server_factory)
+    tube = fresh_tube()
+    for i in range(30):
+        ev = event(tube if i < 5 else fresh_tube())
+        status, _, body = primary.post(ev)
+        assert status == 201, body
+        assert standby.last_seq() >= body["seq"]
+    assert primary.status()["replication"]["degraded"] is False
+
+
+def test_standby_lost_policy_async_degrades_then_recovers(server_factory):
+    primary, standby = sync_pair(server_factory, policy="async", timeout_s=1.0)
+    standby.kill()
+    t0 = time.monotonic()
+    status, _, body = primary.post(event(fresh_tube()))
+    assert status == 201, body
+    assert time.monotonic() - t0 >= 0.9  # it waited for the standby first
+    assert primary.status()["replication"]["degraded"] is True
+    assert "SYNC REPLICATION DEGRADED" in primary.stderr_text()
+    again = server_factory(data=standby.data, args=standby.args)
+    wait_caught_up(primary, again)
+    assert primary.post(event(fresh_tube()))[0] == 201
+    deadline = time.monotonic() + WAIT_S
+    while primary.status()["replication"]["degraded"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert primary.status()["replication"]["degraded"] is False
+
+
+def test_standby_lost_policy_wait_holds_the_answer(server_factory):
+    primary, standby = sync_pair(server_factory, policy="wait", timeout_s=0.5)
+    standby.kill()
+    answer = {}
+
+    def write():
+        answer["result"] = primary.post(event(fresh_tube()))
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    t.join(2.0)
+    assert t.is_alive(), "the write was answered without a standby"
+    again = server_factory(data=standby.data, args=standby.args)
+    t.join(WAIT_S)
+    assert not t.is_alive() and answer["result"][0] == 201
+    assert again.last_seq() >= answer["result"][2]["seq"]
+
+
+def test_failover_under_load_loses_no_acknowledged_event(server_factory):
+    primary, standby = sync_pair(server_factory, policy="wait", timeout_s=5.0)
+    acked: dict[str, tuple[dict, int]] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        for _ in range(400):
+            if stop.is_set():
+                return
+            ev = event(fresh_tube())
+            try:
+                status, _, body = primary.post(ev)
+            except OSError:
+                return
+            if status == 201:
+                with lock:
+                    acked[ev["event_id"]] = (ev, body["seq"])
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(load, i) for i in range(6)]
+        deadline = time.monotonic() + 10
+        while len(acked) < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        primary.kill()
+        stop.set()
+        for f in futures:
+            f.result(timeout=WAIT_S)
+    assert len(acked) > 0
+    status, _, body = standby.request("POST", "/v1/admin/promote", {})
+    assert status == 200 and body["result"] == "promoted", body
+    for ev, seq in acked.values():
+        status, _, body = standby.post(ev)
+        assert status == 200 and body["result"] == "duplicate", (ev["event_id"], body)
+        assert body["original"]["seq"] == seq
