@@ -145,13 +145,31 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int = 0, real: bool = True) -> dict:
+def replication_config(directory: str, mode: str) -> str:
+    """A config file: the shipped one with [replication] mode set."""
+    from importlib import resources
+
+    text = resources.files("ingest").joinpath("default_config.toml").read_text()
+    text = text.replace('mode = "async"', f'mode = "{mode}"', 1)
+    path = os.path.join(directory, f"config-{mode}.toml")
+    Path(path).write_text(text)
+    return path
+
+
+def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int = 0, real: bool = True,
+             standby: list[str] | None = None) -> dict:
     # Build enough distinct requests that no thread wraps around within the run.
     per_s = args.expect_per_s if not batch else max(args.expect_per_s // batch, 100)
     count = int(per_s * args.duration * 1.3 / args.threads) + 1000
     env = {"COUNT": str(count), "BATCH": str(batch), "RUN_ID": str(int(time.time()) % 90000 + 1)}
     proc = start(cmd, port)
+    follower = None
     try:
+        if standby is not None:
+            # The standby shares the load generator's core: this machine has two.
+            follower = subprocess.Popen(["taskset", "-c", LOAD_CPU, *standby], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+            wait_ready(port + 1)  # the standby listens right above the primary
         res = run_wrk(port, path, args.duration, args.connections, args.threads, env, proc.pid)
         res["events_per_s"] = res["window_requests_per_s"] * (batch or 1)
         if real:
@@ -160,6 +178,8 @@ def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int =
             res["events_per_commit"] = res["bound"] / res["commits"] if res["commits"] else 0.0
     finally:
         stop(proc)
+        if follower is not None:
+            stop(follower)
     res["name"] = name
     return res
 
@@ -176,7 +196,8 @@ def main() -> int:
     parser.add_argument("--batch-connections", type=int, default=16)
     parser.add_argument("--expect-per-s", type=int, default=90_000, help="sizes the pre-built request pool")
     parser.add_argument("--port", type=int, default=18900)
-    parser.add_argument("--only", choices=["noop", "single", "batch"], action="append")
+    parser.add_argument("--only", choices=["noop", "single", "batch", "async", "sync"], action="append",
+                        help="scenarios (default: noop, single, batch); async/sync add a standby")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -194,6 +215,15 @@ def main() -> int:
         if "single" in only:
             results.append(scenario("durable single-event", serve + ["--data", f"{data}/single"],
                                     args.port + 1, "/v1/bindings", args))
+        for mode in ("async", "sync"):
+            if mode in only:
+                repl_port = args.port + 3
+                primary = serve + ["--data", f"{data}/{mode}-primary", "--replication-port", str(repl_port),
+                                   "--config", replication_config(data, mode)]
+                follower = [py, "-m", "ingest", "serve", "--port", str(args.port + 2), "--log-level", "WARNING",
+                            "--data", f"{data}/{mode}-standby", "--follow", f"127.0.0.1:{repl_port}"]
+                results.append(scenario(f"durable single, {mode} standby", primary, args.port + 1, "/v1/bindings",
+                                        args, standby=follower))
         if "batch" in only:
             b_args = argparse.Namespace(**{**vars(args), "connections": args.batch_connections})
             results.append(scenario(f"durable batch of {args.batch}", serve + ["--data", f"{data}/batch"],
