@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the node's HTTP address")
     status.set_defaults(func=_status)
 
+    drill = sub.add_parser("drill", help="failover drill: kill the primary, promote, check every acknowledged event")
+    drill.add_argument("--failovers", type=int, default=3)
+    drill.add_argument("--seconds", type=float, default=3.0, help="load between failovers (randomized)")
+    drill.add_argument("--mode", choices=["sync", "async"], default="sync")
+    drill.add_argument("--threads", type=int, default=4, help="client threads driving the load")
+    drill.add_argument("--rate", type=float, default=200.0, help="events per second of the steady load")
+    drill.add_argument("--base-port", type=int, default=18700, help="HTTP ports base, base+1; replication +100")
+    drill.add_argument("--workdir", default=None, help="data directories, logs, tails (default: a temp dir)")
+    drill.add_argument("--report", default=None, help="JSON report path (default: in the workdir)")
+    drill.add_argument("--seed", type=int, default=None)
+    drill.set_defaults(func=lambda args: __import__("ingest.drill", fromlist=["main"]).main(args))
+
     exp = sub.add_parser("export", help="write bindings, tubes or results as CSV (streaming)")
     exp.add_argument("what", choices=["bindings", "tubes", "results"])
     exp.add_argument("--data", default="./data", help="LMDB data directory (default: ./data)")

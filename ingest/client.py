@@ -1,0 +1,73 @@
+"""A small failover client for sampling endpoints, the load tests and the drill.
+
+It knows several server addresses (a site's card lists them), sends each
+event with its own event_id, and on a broken connection, a timeout, or
+`503 not_primary` tries the next address with the same event_id: the server's
+dedup makes a retry safe, so an event is either answered once or not at all.
+The address that answered last is tried first.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+
+class NoPrimary(Exception):
+    """No address took the event before the deadline."""
+
+
+class Client:
+    def __init__(self, addresses: list[str], timeout_s: float = 5.0, deadline_s: float = 60.0,
+                 retry_pause_s: float = 0.05):
+        if not addresses:
+            raise ValueError("at least one server address")
+        self.addresses = list(addresses)
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
+        self.retry_pause_s = retry_pause_s
+        self._current = 0
+        self._conns: dict[str, http.client.HTTPConnection] = {}
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        """POST until a primary answers; returns (status, body) of that answer."""
+        data = json.dumps(body).encode()
+        deadline = time.monotonic() + self.deadline_s
+        while True:
+            for i in range(len(self.addresses)):
+                index = (self._current + i) % len(self.addresses)
+                address = self.addresses[index]
+                try:
+                    status, answer = self._send(address, path, data)
+                except (OSError, http.client.HTTPException):
+                    self._drop(address)
+                    continue
+                if status == 503 and answer.get("error", {}).get("code") in ("not_primary", "shutting_down"):
+                    continue
+                self._current = index
+                return status, answer
+            if time.monotonic() > deadline:
+                raise NoPrimary(f"no primary among {self.addresses} within {self.deadline_s}s")
+            time.sleep(self.retry_pause_s)
+
+    def bind(self, event: dict) -> tuple[int, dict]:
+        return self.post("/v1/bindings", event)
+
+    def _send(self, address: str, path: str, data: bytes) -> tuple[int, dict]:
+        conn = self._conns.get(address)
+        if conn is None:
+            host, _, port = address.rpartition(":")
+            conn = self._conns[address] = http.client.HTTPConnection(host, int(port), timeout=self.timeout_s)
+        conn.request("POST", path, data, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else {}
+
+    def _drop(self, address: str) -> None:
+        conn = self._conns.pop(address, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for address in list(self._conns):
+            self._drop(address)
