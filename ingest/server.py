@@ -126,6 +126,8 @@ class Server:
             self.date = formatdate(usegmt=True).encode()
             if self.committer is not None and self.committer.gate is not None:
                 self.committer.gate.check(self.now)
+            if self.app.hub is not None:
+                self.app.hub.ping()
             for conn in list(self.connections):
                 conn.idle_check(self.now, limits.request_seconds_max, limits.keepalive_seconds_max)
 

@@ -84,6 +84,12 @@ class Session(asyncio.Protocol):
             self.transport.write(self.proto.entries(entries))
             self.cursor = entries[-1][0]
 
+    def ping(self) -> None:
+        # Silence would look like a dead link to the standby (it reconnects
+        # after STANDBY_READ_TIMEOUT_S): say where we are when idle.
+        if self.transport is not None and self.cursor >= 0 and not self._paused:
+            self.transport.write(self.proto.ping(self.hub.store.last_seq))
+
     def pause_writing(self) -> None:
         self._paused = True
 
@@ -113,6 +119,11 @@ class Hub:
         """New entries were committed: send them on."""
         for session in list(self.sessions):
             session.pump()
+
+    def ping(self) -> None:
+        """Called on every server tick."""
+        for session in list(self.sessions):
+            session.ping()
 
     def close(self) -> None:
         if self._server is not None:

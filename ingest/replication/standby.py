@@ -20,6 +20,9 @@ from ingest.store import Store
 log = logging.getLogger("ingest.replication")
 
 RECONNECT_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+# The primary pings every tick (0.5 s); this long without any frame means the
+# link is dead even if no FIN ever arrives (a cut in between, a stalled proxy).
+READ_TIMEOUT_S = 5.0
 # Refusals after which trying again cannot help: an operator must act.
 FATAL = {"self", "stale_primary", "ahead", "gap", "epoch_changed"}
 
@@ -58,6 +61,8 @@ class Follower:
                 code = await self._follow_once()
             except (OSError, asyncio.IncompleteReadError) as exc:
                 code = f"connection: {exc}"
+            else:
+                attempt = 0 if self.connected else attempt
             self.connected = False
             if code in FATAL:
                 self.stopped_because = code
@@ -76,7 +81,10 @@ class Follower:
         try:
             writer.write(proto.hello())
             while True:
-                data = await reader.read(1 << 16)
+                try:
+                    data = await asyncio.wait_for(reader.read(1 << 16), READ_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    return f"nothing from the primary for {READ_TIMEOUT_S:g}s"
                 if not data:
                     return "primary closed the connection"
                 for action in proto.receive(data):

@@ -1,0 +1,77 @@
+"""Replication through a proxy that cuts and stalls the stream, and toward
+something that is not an ingest node: the standby ends equal or refuses,
+never different."""
+from __future__ import annotations
+
+import time
+
+from helpers import event, fresh_tube
+from proxy import Proxy
+from test_replication_http import digest, mixed_load, replication_port, wait_caught_up
+
+
+def test_cuts_and_stalls_end_in_the_same_state(server_factory):
+    primary = server_factory(args=("--replication-port", "0"))
+    proxy = Proxy(replication_port(primary))
+    try:
+        standby = server_factory(args=("--follow", f"127.0.0.1:{proxy.port}"))
+        for round_ in range(6):
+            mixed_load(primary, 2)
+            primary.batch([event(fresh_tube(), site_id="S-F") for _ in range(300)])
+            if round_ % 2 == 0:
+                proxy.cut_all()  # wherever the stream is: often mid-frame
+            else:
+                proxy.flowing.clear()  # stall, then let it flow again
+                time.sleep(0.5)
+                proxy.flowing.set()
+        # every connection from now on is cut after 10 KB: frames split across
+        # connections must never be applied half
+        proxy.cut_after_bytes = 10_000
+        proxy.cut_all()
+        mixed_load(primary, 2)
+        time.sleep(1.0)
+        proxy.cut_after_bytes = None
+        proxy.cut_all()
+        wait_caught_up(primary, standby)
+        assert proxy.cuts >= 4
+        assert "reconnecting" in standby.stderr_text()
+        primary.stop()
+        standby.stop()
+        assert digest(primary) == digest(standby)
+    finally:
+        proxy.close()
+
+
+def test_following_something_that_is_not_an_ingest_node(server_factory):
+    primary = server_factory()
+    # the primary's HTTP port speaks HTTP, not the replication protocol
+    standby = server_factory(args=("--follow", f"127.0.0.1:{primary.port}"))
+    deadline = time.monotonic() + 20
+    while "bad_magic" not in standby.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "bad_magic" in standby.stderr_text()
+    status = standby.status()
+    assert status["replication"]["connected"] is False and status["last_seq"] == 0
+    # and the primary still serves
+    assert primary.post(event(fresh_tube()))[0] == 201
+
+
+def test_a_stalled_link_is_dropped_and_the_standby_reconnects(server_factory):
+    from ingest.replication.standby import READ_TIMEOUT_S
+
+    primary = server_factory(args=("--replication-port", "0"))
+    proxy = Proxy(replication_port(primary))
+    try:
+        standby = server_factory(args=("--follow", f"127.0.0.1:{proxy.port}"))
+        mixed_load(primary, 1)
+        wait_caught_up(primary, standby)
+        proxy.flowing.clear()  # no FIN, no bytes: a silent link
+        mixed_load(primary, 1)
+        deadline = time.monotonic() + READ_TIMEOUT_S + 10
+        while "nothing from the primary" not in standby.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "nothing from the primary" in standby.stderr_text()
+        proxy.flowing.set()
+        wait_caught_up(primary, standby)
+    finally:
+        proxy.close()
