@@ -157,3 +157,53 @@ def test_standby_pointed_at_itself_stops(server_factory):
     while itself.status()["replication"]["stopped_because"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert itself.status()["replication"]["stopped_because"] == "self"
+
+
+def test_lag_is_reported_in_events_and_seconds(server_factory):
+    primary, standby = pair(server_factory)
+    mixed_load(primary, 1)
+    status = wait_caught_up(primary, standby)
+    assert status["replication"]["lag_events"] == 0 and status["replication"]["lag_seconds"] == 0.0
+    [session] = primary.status()["replication"]["standbys"]
+    assert session["lag_events"] == 0 and session["node"] == status["node"]
+    standby.kill()
+    mixed_load(primary, 1)
+    time.sleep(0.3)
+    [session] = primary.status()["replication"]["standbys"] or [None]
+    if session is not None:  # the primary may not have noticed the kill yet
+        assert session["lag_events"] > 0 and session["lag_seconds"] > 0
+
+
+def test_standby_killed_while_applying_resumes_to_the_same_state(server_factory):
+    primary = server_factory(args=("--replication-port", "0"))
+    for _ in range(8):
+        primary.batch([event(fresh_tube(), site_id="S-K") for _ in range(500)])
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
+    deadline = time.monotonic() + WAIT_S
+    while standby.last_seq() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    standby.kill()  # most likely in the middle of catching up
+    again = server_factory(data=standby.data, args=standby.args)
+    wait_caught_up(primary, again)
+    primary.stop()
+    again.stop()
+    assert digest(primary) == digest(again)
+
+
+def test_primary_store_full_replicates_only_what_it_took(server_factory):
+    from helpers import config_with
+
+    small = config_with(store={"map_bytes_initial": 2 << 20, "map_bytes_max": 2 << 20})
+    primary = server_factory(config=small, args=("--replication-port", "0"))
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
+    full = False
+    for _ in range(60):
+        status, _, body = primary.batch([event(fresh_tube(), site_id="S-D") for _ in range(200)])
+        if status == 200 and any(r.get("status") == 507 for r in body["results"]):
+            full = True
+            break
+    assert full, "the small store never filled"
+    wait_caught_up(primary, standby)
+    primary.stop()
+    standby.stop()
+    assert digest(primary) == digest(standby)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from ingest.replication import protocol
@@ -29,6 +30,7 @@ class Session(asyncio.Protocol):
         self.node = ""
         self.cursor = -1  # last seq sent; -1 until the standby said hello
         self.acked = 0
+        self.caught_up_at = time.time()
         self._paused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -51,6 +53,8 @@ class Session(asyncio.Protocol):
                 self._hello(action)
             elif kind is protocol.Acked:
                 self.acked = action.seq
+                if self.acked >= self.hub.store.last_seq:
+                    self.caught_up_at = time.time()
                 self.hub.on_ack(self)
             elif kind is protocol.Fence:
                 self.hub.on_fence(action.epoch)
@@ -98,8 +102,9 @@ class Session(asyncio.Protocol):
         self.pump()
 
     def status(self) -> dict:
+        lag = self.hub.store.last_seq - self.acked
         return {"node": self.node, "peer": self.peer, "sent_seq": max(self.cursor, 0), "acked_seq": self.acked,
-                "lag_events": self.hub.store.last_seq - self.acked}
+                "lag_events": lag, "lag_seconds": 0.0 if lag <= 0 else round(time.time() - self.caught_up_at, 3)}
 
 
 class Hub:

@@ -36,6 +36,8 @@ class Follower:
         self.connected = False
         self.primary_last_seq = 0
         self.applied_at = 0.0
+        # When this standby last had everything the primary had: lag in time.
+        self.caught_up_at = time.time()
         self.stopped_because = ""
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-standby-writer")
         self._task: asyncio.Task | None = None
@@ -102,11 +104,15 @@ class Follower:
                             self._writer_thread, store.apply_log, action.entries, self.window_ms)
                         self.primary_last_seq = max(self.primary_last_seq, action.primary_last_seq)
                         self.applied_at = time.time()
+                        if seq >= self.primary_last_seq:
+                            self.caught_up_at = self.applied_at
                         writer.write(proto.ack(seq))
                     elif kind is protocol.Close:
                         return action.code
                 if proto.primary_last_seq:
                     self.primary_last_seq = max(self.primary_last_seq, proto.primary_last_seq)
+                if self.primary_last_seq <= store.last_seq:
+                    self.caught_up_at = time.time()
         finally:
             writer.close()
 
@@ -116,5 +122,7 @@ class Follower:
             "connected": self.connected,
             "primary_last_seq": self.primary_last_seq,
             "lag_events": max(self.primary_last_seq - self.store.last_seq, 0),
+            "lag_seconds": 0.0 if self.primary_last_seq <= self.store.last_seq
+            else round(time.time() - self.caught_up_at, 3),
             "stopped_because": self.stopped_because or None,
         }
