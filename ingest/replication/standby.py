@@ -41,24 +41,29 @@ class Follower:
         self.stopped_because = ""
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-standby-writer")
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop following; returns once no apply is running."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-        self._writer_thread.shutdown(wait=True)
+        """Stop following; returns once no apply is running.
+
+        One cancel is not enough on Python 3.11: asyncio.wait_for swallows a
+        cancellation that lands as its inner read completes (fixed in 3.12),
+        and promotion would then wait for ever. So a flag the loop checks,
+        and cancels until the task is really done."""
+        self._stopping = True
+        task = self._task
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self._writer_thread.shutdown(wait=True))
         self.connected = False
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping:
             try:
                 code = await self._follow_once()
             except (OSError, asyncio.IncompleteReadError) as exc:
@@ -82,7 +87,7 @@ class Follower:
         proto = protocol.Standby(store.node, store.epoch, store.last_seq)
         try:
             writer.write(proto.hello())
-            while True:
+            while not self._stopping:
                 try:
                     data = await asyncio.wait_for(reader.read(1 << 16), READ_TIMEOUT_S)
                 except asyncio.TimeoutError:
@@ -113,6 +118,7 @@ class Follower:
                     self.primary_last_seq = max(self.primary_last_seq, proto.primary_last_seq)
                 if self.primary_last_seq <= store.last_seq:
                     self.caught_up_at = time.time()
+            return "stopping"
         finally:
             writer.close()
 
