@@ -46,6 +46,7 @@ discards everything and the sending methods raise StateError.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 from ingest.replication import wire
@@ -101,7 +102,7 @@ class StateError(RuntimeError):
     """The caller asked for a message its connection's state does not allow."""
 
 
-class _Endpoint:
+class _Endpoint(ABC):
     def __init__(self, node: str, epoch: int, state: str) -> None:
         self.node = node
         self.epoch = epoch
@@ -127,8 +128,9 @@ class _Endpoint:
             actions += self._close(error.code, str(error))
         return actions
 
+    @abstractmethod
     def _handle(self, frame: Frame) -> list[Action]:
-        raise NotImplementedError
+        """One decoded frame -> actions; each side has its own table."""
 
     def _require(self, state: str) -> None:
         if self.state != state:
