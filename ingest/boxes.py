@@ -6,8 +6,6 @@ Each apply function is a pure function of (store, event), like the others
 """
 from __future__ import annotations
 
-import msgspec
-
 from ingest import errors
 from ingest.events import BoxEvent, HandoverEvent, ReceiveEvent
 from ingest.lifecycle import TRANSITIONS, claim, refuse
@@ -17,12 +15,10 @@ from ingest.records import (
 from ingest.rules import Done, Outcome, Rejected
 from ingest.store import WriteTx
 
-_astuple = msgspec.structs.astuple
 
 
 def apply_box(tx: WriteTx, ev: BoxEvent) -> Outcome:
-    payload = ["box", *_astuple(ev)]
-    repeated = claim(tx, "box", ev.event_id, payload, "packed")
+    payload, repeated = claim(tx, "box", ev, "packed")
     if repeated is not None:
         return repeated
     if tx.box(ev.box) is not None:
@@ -60,8 +56,7 @@ def apply_box(tx: WriteTx, ev: BoxEvent) -> Outcome:
 
 
 def apply_handover(tx: WriteTx, ev: HandoverEvent) -> Outcome:
-    payload = ["handover", *_astuple(ev)]
-    repeated = claim(tx, "handover", ev.event_id, payload, "handed_over")
+    payload, repeated = claim(tx, "handover", ev, "handed_over")
     if repeated is not None:
         return repeated
     box = tx.box(ev.box)
@@ -87,8 +82,7 @@ def apply_receive(tx: WriteTx, ev: ReceiveEvent, other_lab: list[str]) -> Outcom
     """`other_lab`: the found tubes whose barcode belongs to another lab (or
     to none), decided from the lab table before the event was queued and
     stored with it, so that a replay does not depend on configuration."""
-    payload = ["receive", *_astuple(ev), other_lab]
-    repeated = claim(tx, "receive", ev.event_id, payload, "received")
+    payload, repeated = claim(tx, "receive", ev, "received", other_lab)
     if repeated is not None:
         return repeated
     box = tx.box(ev.box)

@@ -65,24 +65,22 @@ def _call(method: str, url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def _promote(args: argparse.Namespace) -> int:
+def _admin(method: str, path: str, args: argparse.Namespace) -> int:
     try:
-        status, body = _call("POST", args.url.rstrip("/") + "/v1/admin/promote")
-    except OSError as exc:
-        print(f"ingest: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(body))
-    return 0 if status == 200 else 1
-
-
-def _status(args: argparse.Namespace) -> int:
-    try:
-        status, body = _call("GET", args.url.rstrip("/") + "/v1/status")
+        status, body = _call(method, args.url.rstrip("/") + path)
     except OSError as exc:
         print(f"ingest: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2))
     return 0 if status == 200 else 1
+
+
+def _promote(args: argparse.Namespace) -> int:
+    return _admin("POST", "/v1/admin/promote", args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _admin("GET", "/v1/status", args)
 
 
 def lmdb_errors() -> tuple[type[BaseException], ...]:

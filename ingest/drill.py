@@ -13,7 +13,6 @@ report is printed and written as JSON.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -192,7 +191,7 @@ class Drill:
             out = []
             from ingest.events import BindingEvent
 
-            for seq, raw in store.log_raw(after, limit=10**9):
+            for _seq, raw in store.log_raw(after, limit=10**9):
                 entry = decode_log_entry(raw)
                 if entry.kind == "binding":
                     fields = BindingEvent.__struct_fields__

@@ -42,14 +42,18 @@ REFUSED = {
 }
 
 
-def claim(tx: WriteTx, kind: str, event_id: str, payload: list, result: str) -> Outcome | None:
-    """Claim `event_id` for this event, or answer the earlier claim."""
-    seen = tx.claim_event(event_id, EventRecord(tx.seq + 1, 0, payload, kind))
+def claim(tx: WriteTx, kind: str, ev, result: str, *extra) -> tuple[list, Outcome | None]:
+    """Claim the event's id: returns its change-log payload (the kind, the
+    event's fields, then `extra`) and None, or the answer to an earlier claim
+    of the id (a Repeat, or event_id_conflict)."""
+    payload = [kind, *_astuple(ev), *extra]
+    seen = tx.claim_event(ev.event_id, EventRecord(tx.seq + 1, 0, payload, kind))
     if seen is None:
-        return None
+        return payload, None
     if seen.kind != kind or seen.payload != payload:
-        return Rejected(errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
-    return Repeat(event_id, result, seen.seq)
+        return payload, Rejected(
+            errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
+    return payload, Repeat(ev.event_id, result, seen.seq)
 
 
 def refuse(tx: WriteTx, event_id: str, rejection: Rejected) -> Rejected:
@@ -58,8 +62,7 @@ def refuse(tx: WriteTx, event_id: str, rejection: Rejected) -> Rejected:
 
 
 def apply_seal(tx: WriteTx, ev: SealEvent) -> Outcome:
-    payload = ["seal", *_astuple(ev)]
-    repeated = claim(tx, "seal", ev.event_id, payload, "sealed")
+    payload, repeated = claim(tx, "seal", ev, "sealed")
     if repeated is not None:
         return repeated
     tube = tx.tube(ev.tube)
@@ -82,8 +85,7 @@ def apply_seal(tx: WriteTx, ev: SealEvent) -> Outcome:
 
 
 def apply_void(tx: WriteTx, ev: VoidEvent) -> Outcome:
-    payload = ["void", *_astuple(ev)]
-    repeated = claim(tx, "void", ev.event_id, payload, "voided")
+    payload, repeated = claim(tx, "void", ev, "voided")
     if repeated is not None:
         return repeated
     bound = tx.event(ev.binding_event_id)

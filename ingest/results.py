@@ -9,8 +9,6 @@ that remembers the last seq it saw never misses one.
 """
 from __future__ import annotations
 
-import msgspec
-
 from ingest import errors
 from ingest.events import ResultEvent
 from ingest.lifecycle import REFUSED, TRANSITIONS, claim, refuse
@@ -18,14 +16,12 @@ from ingest.records import POSITIVE_RESULTS, STATE_NAMES, TUBES_RESULTED, LogEnt
 from ingest.rules import Done, Outcome, Rejected
 from ingest.store import WriteTx
 
-_astuple = msgspec.structs.astuple
 # Results that send a team back to every person of the pool.
 RETEST = frozenset(("positive", "invalid"))
 
 
 def apply_result(tx: WriteTx, ev: ResultEvent) -> Outcome:
-    payload = ["result", *_astuple(ev)]
-    repeated = claim(tx, "result", ev.event_id, payload, "recorded")
+    payload, repeated = claim(tx, "result", ev, "recorded")
     if repeated is not None:
         return repeated
     tube = tx.tube(ev.tube)

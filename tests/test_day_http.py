@@ -9,7 +9,6 @@ the labs.
 """
 from __future__ import annotations
 
-import pytest
 
 from helpers import event, fresh_event_id, fresh_person, gs1_tube, luhn_tube, next_n, now_ms
 

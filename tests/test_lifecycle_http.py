@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import event, fresh_event_id, fresh_person, fresh_tube, now_ms
+from helpers import event, fresh_event_id, fresh_tube, now_ms
 
 
 def seal(server, path_tube, *, event_id=None, site_id="SITE-1", **extra):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 
 from helpers import event, fresh_event_id, fresh_tube, now_ms
 from ingest.store import Store

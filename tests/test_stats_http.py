@@ -2,7 +2,6 @@
 site and in all, per hour of server time in the configured zone."""
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
