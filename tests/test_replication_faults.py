@@ -4,7 +4,6 @@ never different."""
 from __future__ import annotations
 
 import time
-import warnings
 
 from helpers import event, fresh_tube
 from proxy import Proxy
@@ -33,16 +32,10 @@ def test_cuts_and_stalls_end_in_the_same_state(server_factory):
         time.sleep(1.0)
         proxy.cut_after_bytes = None
         proxy.cut_all()
-        try:
-            wait_caught_up(primary, standby)
-        except AssertionError as stalled:
-            # Open bug (issue note): once in several CI runs the standby stays
-            # "connected" without applying. A restart must still converge;
-            # the stall is reported, not hidden.
-            warnings.warn(f"standby stalled, restarting it: {stalled}", stacklevel=1)
-            standby.kill()
-            standby = server_factory(data=standby.data, args=standby.args)
-            wait_caught_up(primary, standby)
+        # On its own: a cut that lands while the standby applies used to kill
+        # its follow task and leave it "connected" for ever
+        # (tests/test_replication_follower.py shows that case alone).
+        wait_caught_up(primary, standby)
         assert proxy.cuts >= 4
         assert "reconnecting" in standby.stderr_text()
         primary.stop()

@@ -369,6 +369,18 @@ def test_wire_errors_close_after_the_good_frames(side):
     assert node.state == "closed"
 
 
+def test_an_apply_handed_out_with_a_close_can_still_be_acked():
+    # [Apply, Close] from one read: the caller applies, then asks for the
+    # ACK of a side that is already closed. Raising here killed the
+    # standby's follow task (the "connected but not applying" stall).
+    primary, standby, _ = handshake()
+    actions = standby.receive(primary.entries([(11, b"a")]) + raw_frame(magic=b"GET "))
+    assert isinstance(actions[0], Apply) and actions[-1].code == "bad_magic"
+    assert standby.ack(11) == b""
+    with pytest.raises(StateError):
+        standby.ack(12)  # never handed out
+
+
 def test_undecodable_hello_closes():
     actions = Primary("p", 3).receive(wire.encode(Type.HELLO, 3, 0, b"\x01"))
     assert [a.code for a in actions] == ["bad_payload"]

@@ -37,12 +37,14 @@ Standby
     any               REFUSE                      Close                               closed
     any               bad frame, unexpected type  Close                               closed
     any but closed    refuse(code, message)       -> bytes                            closed
+    closed            ack(seq) of an Apply        -> b"" (nothing to send)            closed
 
 REFUSE is sent when the peer is sound but must not be followed or served
 (self, stale_primary, ahead): it tells the other side why. A broken
 stream (bad frame, gap, bad ACK) is closed without one, since a peer that
 sends such frames cannot be relied on to read one. In `closed`, `receive`
-discards everything and the sending methods raise StateError.
+discards everything and the sending methods raise StateError, except the
+standby's `ack` for entries it already handed out (see `Standby.ack`).
 """
 from __future__ import annotations
 
@@ -234,6 +236,14 @@ class Standby(_Endpoint):
         return wire.encode(Type.HELLO, self.epoch, self.last_seq, wire.hello(self.node, self.last_seq, self.epoch))
 
     def ack(self, seq: int) -> bytes:
+        """ACK for entries handed out in Apply; b"" once closed.
+
+        `receive` can return [Apply, Close] (a good frame, then a bad one in
+        the same read): the caller carries out the Apply after this side is
+        already closed, and its ACK has nowhere to go. The entries are
+        durable all the same; the next HELLO carries them."""
+        if self.state == CLOSED and seq <= self.last_seq:
+            return b""
         self._require(FOLLOWING)
         if not self._acked <= seq <= self.last_seq:
             raise ValueError(f"ACK {seq} outside [{self._acked}, {self.last_seq}]")

@@ -68,6 +68,12 @@ class Follower:
                 code = await self._follow_once()
             except (OSError, asyncio.IncompleteReadError) as exc:
                 code = f"connection: {exc}"
+            except Exception as exc:
+                # Anything else (a store error while applying, a bug) must not
+                # end this task: a dead task used to leave the status saying
+                # "connected" for ever while nothing was applied any more.
+                log.exception("replication from %s:%d failed", self.host, self.port)
+                code = f"error: {exc!r}"
             else:
                 attempt = 0 if self.connected else attempt
             self.connected = False
@@ -97,7 +103,8 @@ class Follower:
                 for action in proto.receive(data):
                     kind = type(action)
                     if kind is protocol.Send:
-                        writer.write(action.data)
+                        if not _send(writer, action.data):
+                            return "connection lost"
                     elif kind is protocol.Welcomed:
                         if action.epoch > store.epoch:
                             await loop.run_in_executor(self._writer_thread, store.set_epoch, action.epoch)
@@ -111,7 +118,11 @@ class Follower:
                         self.applied_at = time.time()
                         if seq >= self.primary_last_seq:
                             self.caught_up_at = self.applied_at
-                        writer.write(proto.ack(seq))
+                        # The link may have died while the entries were
+                        # applied (a cut, a reset): then there is no one to
+                        # ACK, and the next HELLO says where we stand.
+                        if not _send(writer, proto.ack(seq)):
+                            return "connection lost while applying"
                     elif kind is protocol.Close:
                         return action.code
                 if proto.primary_last_seq:
@@ -123,12 +134,26 @@ class Follower:
             writer.close()
 
     def status(self) -> dict:
+        alive = self._task is not None and not self._task.done()
         return {
             "primary": f"{self.host}:{self.port}",
-            "connected": self.connected,
+            "connected": self.connected and alive,
             "primary_last_seq": self.primary_last_seq,
             "lag_events": max(self.primary_last_seq - self.store.last_seq, 0),
             "lag_seconds": 0.0 if self.primary_last_seq <= self.store.last_seq
             else round(time.time() - self.caught_up_at, 3),
             "stopped_because": self.stopped_because or None,
         }
+
+
+def _send(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """Write unless the connection is gone; False if it is.
+
+    uvloop raises RuntimeError on a write to a transport whose connection
+    was lost (the stdlib loop silently drops it): while an apply runs on the
+    writer thread, a reset can close the transport under us."""
+    if writer.transport.is_closing():
+        return False
+    if data:
+        writer.write(data)
+    return True
