@@ -48,42 +48,10 @@ def config_with(limits: dict | None = None, rules: dict | None = None, store: di
     return "\n".join(parts) + "\n" + LABS_TOML
 
 
-# -- check characters (textbook formulas, as in tests/test_codes.py) ---------
-
-
-def luhn_digit(body: str) -> str:
-    total = 0
-    for i, c in enumerate(reversed(body)):
-        d = int(c) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return str(-total % 10)
-
-
-def gs1_digit(body: str) -> str:
-    total = sum(int(c) * (3 if i % 2 == 0 else 1) for i, c in enumerate(reversed(body)))
-    return str(-total % 10)
-
-
-def mod37_36_char(body: str) -> str:
-    p = 36
-    for c in body:
-        p = (p + ALNUM.index(c)) % 36 or 36
-        p = p * 2 % 37
-    return ALNUM[(1 - p) % 36]
-
-
-def gb11643_char(body17: str) -> str:
-    total = sum(int(c) * pow(2, 17 - i, 11) for i, c in enumerate(body17))
-    return "0123456789X"[(12 - total % 11) % 11]
-
-
-def _base36(n: int, width: int) -> str:
-    out = []
-    for _ in range(width):
-        n, r = divmod(n, 36)
-        out.append(ALNUM[r])
-    assert n == 0, "number too large for the width"
-    return "".join(reversed(out))
+# Check characters by the textbook formulas, shared with the load test's
+# code maker (written from the standards, not from the kernels).
+from loadtest.codes import base36 as _base36  # noqa: E402
+from loadtest.codes import gb11643_char, gs1_digit, luhn_digit, mod37_36_char  # noqa: E402,F401
 
 
 # -- the n-th distinct valid code -------------------------------------------

@@ -63,34 +63,9 @@ def same(twins, name, *args):
     return outcomes[0][1]
 
 
-# Textbook check characters, written from the standards, not from the kernels.
-
-
-def luhn_digit(body):
-    total = 0
-    for i, c in enumerate(reversed(body)):
-        d = int(c) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return str(-total % 10)
-
-
-def gs1_digit(body):
-    total = sum(int(c) * (3 if i % 2 == 0 else 1) for i, c in enumerate(reversed(body)))
-    return str(-total % 10)
-
-
-def mod37_36_char(body):
-    p = 36
-    for c in body:
-        p = (p + ALNUM.index(c)) % 36 or 36
-        p = p * 2 % 37
-    return ALNUM[(1 - p) % 36]
-
-
-def gb11643_char(body17):
-    # GB 11643-1999: weights 2^(17-i) mod 11, check = (12 - S mod 11) mod 11.
-    total = sum(int(c) * pow(2, 17 - i, 11) for i, c in enumerate(body17))
-    return "0123456789X"[(12 - total % 11) % 11]
+# Textbook check characters, written from the standards, not from the kernels
+# (one copy, shared with the test helpers and the load test's code maker).
+from loadtest.codes import gb11643_char, gs1_digit, luhn_digit, mod37_36_char  # noqa: E402
 
 
 def identity_number(region, born, sequence):

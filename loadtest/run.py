@@ -1,0 +1,319 @@
+"""One command for a headless load test: server(s), Locust, checks, report.
+
+    python loadtest/run.py --time 60 --users 40                   # primary + sync standby, 60 s
+    python loadtest/run.py --time 600 --users 60 --shape day       # a campaign day in 10 minutes
+    python loadtest/run.py --time 30 --standby none --workers 2    # Locust master and 2 workers
+
+It starts a primary on its shipped configuration (and, unless `--standby
+none`, a standby following it in sync or async mode) on loopback with fresh
+data directories, runs Locust headless with loadtest/locustfile.py, and then:
+
+- waits for the standby to apply everything and compares the digests of the
+  two stores (they must be equal);
+- checks every event Locust saw acknowledged against the primary's store
+  (through `ingest export`): bindings, voids, seals, boxes and results;
+- writes Locust's CSV files and HTML report, and summary.json / summary.md
+  (requests, failures by kind, p50/p95/p99 latency, the store checks; the
+  figures come from Locust's final statistics, locust-summary.json).
+
+The exit status is 0 only when there was no failure (no wrong answer, no
+transport error), no acknowledged event is missing and the digests agree.
+Locust's own options can be added after `--`, e.g. `-- --loglevel WARNING`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PY = sys.executable
+sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=5) as r:
+        return json.load(r)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on port {port} exited; its log: {log}\n{log.read_text()[-2000:]}")
+        try:
+            status(port)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not come up within {timeout:.0f}s; its log: {log}")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Pair:
+    """A primary and, optionally, a standby, each in its own directory under `out`."""
+
+    def __init__(self, out: Path, standby_mode: str, config: str | None):
+        self.out = out
+        self.config = config
+        self.mode = standby_mode
+        self.port, self.repl_port, self.standby_port = free_port(), free_port(), free_port()
+        self.primary = self.standby = None
+
+    def start(self) -> None:
+        if self.config:
+            config = Path(self.config).read_text()
+        else:
+            config = resources.files("ingest").joinpath("default_config.toml").read_text()
+        if self.mode == "sync":
+            if 'mode = "async"' not in config:
+                raise SystemExit("--standby sync needs a config whose [replication] says mode = \"async\" "
+                                 "(run.py switches it)")
+            config = config.replace('mode = "async"', 'mode = "sync"', 1)
+        (self.out / "config.toml").write_text(config)
+        serve = [PY, "-m", "ingest", "serve", "--host", "127.0.0.1", "--log-level", "WARNING",
+                 "--config", str(self.out / "config.toml")]
+        log = self.out / "primary.log"
+        self.primary = subprocess.Popen(
+            serve + ["--data", str(self.out / "data-primary"), "--port", str(self.port),
+                     "--replication-port", str(self.repl_port)],
+            stdout=log.open("w"), stderr=subprocess.STDOUT)
+        wait_ready(self.port, self.primary, log)
+        if self.mode != "none":
+            log = self.out / "standby.log"
+            self.standby = subprocess.Popen(
+                serve + ["--data", str(self.out / "data-standby"), "--port", str(self.standby_port),
+                         "--follow", f"127.0.0.1:{self.repl_port}"],
+                stdout=log.open("w"), stderr=subprocess.STDOUT)
+            wait_ready(self.standby_port, self.standby, log)
+            self._wait(lambda: status(self.port)["replication"]["standbys"], "the standby to connect")
+
+    def _wait(self, ready, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"gave up waiting for {what} after {timeout:.0f}s")
+            time.sleep(0.2)
+
+    def settle(self) -> dict:
+        """Wait for the standby to apply the primary's whole log; the primary's status at the end."""
+        primary = status(self.port)
+        if self.standby is not None:
+            self._wait(lambda: status(self.standby_port)["last_seq"] >= status(self.port)["last_seq"],
+                       "the standby to catch up", timeout=120)
+        return primary
+
+    def stop(self) -> None:
+        stop(self.standby)
+        stop(self.primary)
+
+
+def run_locust(args, url: str, out: Path, extra: list[str]) -> int:
+    files = str(HERE / "locustfile.py")
+    if args.shape == "day":
+        files += "," + str(HERE / "day_shape.py")
+    common = ["-f", files, "--host", url]
+    env = {**os.environ, "INGEST_LOAD_ACKS": str(out / "acks"), "INGEST_LOAD_SUMMARY": str(out / "locust-summary.json"),
+           "PYTHONUNBUFFERED": "1"}
+    head = [PY, "-m", "locust", *common, "--headless", "-u", str(args.users), "-r", str(args.spawn_rate),
+            "-t", f"{args.time}s", "--stop-timeout", "10", "--csv", str(out / "locust"),
+            "--html", str(out / "report.html"), *extra]
+    workers = []
+    if args.workers:
+        master_port = free_port()
+        head += ["--master", "--expect-workers", str(args.workers), "--master-bind-host", "127.0.0.1",
+                 "--master-bind-port", str(master_port)]
+        for _ in range(args.workers):
+            workers.append(subprocess.Popen(
+                [PY, "-m", "locust", *common, "--worker", "--master-host", "127.0.0.1",
+                 "--master-port", str(master_port)],
+                env=env, stdout=subprocess.DEVNULL, stderr=(out / "workers.log").open("a")))
+    try:
+        return subprocess.call(head, env=env, timeout=args.time + 300)
+    finally:
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+
+
+# -- end-of-run checks -----------------------------------------------------------
+
+
+def read_acks(directory: Path) -> dict[str, list]:
+    acks: dict[str, list] = {"binding": [], "void": [], "seal": [], "box": [], "receive": [], "result": []}
+    for path in sorted(directory.glob("acks-*.jsonl")):
+        with path.open() as f:
+            for line in f:
+                record = json.loads(line)
+                acks[record[0]].append(record[1:])
+    return acks
+
+
+def export(data: Path, what: str, out: Path) -> Path:
+    path = out / f"{what}.csv"
+    subprocess.run([PY, "-m", "ingest", "export", what, "--data", str(data), "--out", str(path)], check=True)
+    return path
+
+
+def check_store(data: Path, acks: dict[str, list], out: Path) -> dict:
+    """Every acknowledged event, looked up in the store: counts acknowledged and missing, by kind."""
+    bindings: dict[str, tuple[str, str, bool]] = {}
+    with export(data, "bindings", out).open() as f:
+        for row in csv.DictReader(f):
+            bindings[row["event_id"]] = (row["tube"], row["person"], row["voided_seq"] not in ("", "0"))
+    tubes: dict[str, dict] = {}
+    with export(data, "tubes", out).open() as f:
+        for row in csv.DictReader(f):
+            tubes[row["tube"]] = row
+    results: dict[str, set[str]] = {}
+    with export(data, "results", out).open() as f:
+        for row in csv.DictReader(f):
+            results.setdefault(row["tube"], set()).add(row["result"])
+
+    def later_than(state: str) -> set[str]:
+        order = ["open", "sealed", "boxed", "in_transit", "received", "resulted"]
+        return set(order[order.index(state):])
+
+    checks = {
+        "binding": lambda eid, tube, person: bindings.get(eid, (None, None))[:2] == (tube, person),
+        "void": lambda eid, tube, person: bindings.get(eid, (None, None, False)) == (tube, person, True),
+        "seal": lambda tube: tubes.get(tube, {}).get("state") in later_than("sealed"),
+        "box": lambda box, listed: all(tubes.get(t, {}).get("box") == box for t in listed),
+        "receive": lambda box, listed: all(tubes.get(t, {}).get("state") in later_than("received") for t in listed),
+        "result": lambda tube, result: result in results.get(tube, set()),
+    }
+    report = {}
+    for kind, records in acks.items():
+        missing = [r for r in records if not checks[kind](*r)]
+        report[kind] = {"acknowledged": len(records), "missing": len(missing), "first_missing": missing[:5]}
+    for name in ("bindings", "tubes", "results"):
+        (out / f"{name}.csv").unlink()  # large, and person codes: not left lying around
+    return report
+
+
+def digest(data: Path) -> str:
+    from ingest.store import Store
+
+    store = Store(str(data), map_bytes_initial=1 << 24)
+    try:
+        return store.digest()
+    finally:
+        store.close()
+
+
+# -- the summary ---------------------------------------------------------------
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    s = summary["locust"]
+    lines = [
+        f"# Load test: {summary['verdict']}", "",
+        f"Command: `{summary['command']}`", "",
+        f"- {summary['seconds']} s, {summary['users']} users, shape `{summary['shape']}`, "
+        f"standby: {summary['standby']}, Locust workers: {summary['workers'] or 'none (one process)'}",
+        f"- requests: {s['requests']} ({s['requests_per_s']:.0f}/s), failures: {s['failures']}",
+        f"- latency: p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms, "
+        f"max {s['max_ms']:.0f} ms", "",
+        "| failure | request | occurrences |", "|---|---|---|",
+        *[f"| {f['error']} | {f['request']} | {f['occurrences']} |" for f in s["failures_by_kind"]],
+        "" if s["failures_by_kind"] else "| (none) | | |", "",
+        "| acknowledged | in the store | missing |", "|---|---|---|",
+        *[f"| {k} | {v['acknowledged'] - v['missing']} of {v['acknowledged']} | {v['missing']} |"
+          for k, v in summary["store"].items()], "",
+    ]
+    if summary.get("standby") != "none":
+        lines += [f"Primary and standby digests: {'equal' if summary['digests_equal'] else 'DIFFERENT'} "
+                  f"(last sequence number {summary['last_seq']}).", ""]
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python loadtest/run.py", *argv])
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--time", type=int, default=60, help="seconds of load (default 60)")
+    p.add_argument("--users", type=int, default=40, help="peak simulated users (default 40)")
+    p.add_argument("--spawn-rate", type=float, default=20.0, help="users started per second (default 20)")
+    p.add_argument("--standby", choices=["sync", "async", "none"], default="sync",
+                   help="a standby following the primary, and its mode (default sync)")
+    p.add_argument("--shape", choices=["flat", "day"], default="flat",
+                   help="flat: all users for the whole run; day: a campaign day compressed into --time")
+    p.add_argument("--workers", type=int, default=0, help="Locust workers (0: one Locust process)")
+    p.add_argument("--out", default=None, help="results directory (default loadtest/results/<time>)")
+    p.add_argument("--config", default=None,
+                   help="server configuration (default: the shipped one); the model expects its rules")
+    p.add_argument("--keep-data", action="store_true", help="keep the data directories")
+    args = p.parse_args(argv)
+
+    out = Path(args.out or HERE / "results" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "acks", ignore_errors=True)
+    for name in ("data-primary", "data-standby"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    pair = Pair(out, args.standby, args.config)
+    print(f"loadtest: results in {out}", flush=True)
+    try:
+        pair.start()
+        print(f"loadtest: primary on 127.0.0.1:{pair.port}"
+              + (f", {args.standby} standby on 127.0.0.1:{pair.standby_port}" if pair.standby else ""), flush=True)
+        code = run_locust(args, f"http://127.0.0.1:{pair.port}", out, extra)
+        primary_status = pair.settle()
+    finally:
+        pair.stop()
+    print("loadtest: checking every acknowledged event against the store", flush=True)
+    store = check_store(out / "data-primary", read_acks(out / "acks"), out)
+    summary = {
+        "command": command,
+        "seconds": args.time, "users": args.users, "shape": args.shape, "standby": args.standby,
+        "workers": args.workers, "locust_exit": code, "last_seq": primary_status["last_seq"],
+        "replication": primary_status.get("replication"),
+        "locust": json.loads((out / "locust-summary.json").read_text()), "store": store,
+    }
+    if pair.standby is not None:
+        summary["digests_equal"] = digest(out / "data-primary") == digest(out / "data-standby")
+    lost = sum(v["missing"] for v in store.values())
+    ok = (code == 0 and summary["locust"]["failures"] == 0 and lost == 0
+          and summary.get("digests_equal", True) and summary["locust"]["requests"] > 0)
+    summary["verdict"] = "pass" if ok else "FAIL"
+    write_summary(out, summary)
+    if not args.keep_data:
+        for name in ("data-primary", "data-standby"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    print((out / "summary.md").read_text())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
