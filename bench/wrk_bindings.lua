@@ -96,3 +96,10 @@ end
 -- No response() callback on purpose: defining one makes wrk copy every
 -- response's headers and body into Lua, which halves what one wrk thread can
 -- drive. wrk counts non-2xx answers itself; bench_ingest.py reports them.
+
+-- At the end only (no per-response cost): percentiles wrk's --latency table
+-- does not print, for bench/capacity.py.
+function done(summary, latency, requests)
+  io.write(string.format("LATENCY_US p50=%d p95=%d p99=%d p999=%d\n", latency:percentile(50),
+    latency:percentile(95), latency:percentile(99), latency:percentile(99.9)))
+end

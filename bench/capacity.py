@@ -1,0 +1,352 @@
+"""Capacity report: can this machine take a campaign at its peak, with a sync standby?
+
+    pip install -e '.[bench]'  &&  apt-get install wrk
+    python bench/capacity.py                                   # 30 s per scenario, writes ./capacity-report/
+    python bench/capacity.py --duration 60 --out docs          # what docs/capacity.md records
+    python bench/capacity.py --people 12000000 --hours 24 --peak-factor 5
+    python bench/capacity.py --compare docs/capacity.json      # and set the new run beside an old one
+
+Measures sustained durable ingest on this machine, in one run:
+
+- the load generator's own ceiling: wrk against a no-op server on the same
+  HTTP stack, as requests per second per core of wrk;
+- single-event and batch ingest, without a standby and with a sync standby
+  (every answer waits for the standby's fsync as well).
+
+The server runs on CPU 0; wrk (and the standby, when there is one) on CPU 1.
+Events/s is counted by the server itself over the steady middle of each
+scenario; latency percentiles are wrk's, over the whole scenario; the
+per-second p99 in the chart is the server's own histogram (the upper bound
+of the bucket holding the 99th percentile). A scenario whose wrk used more
+than 90% of its core is marked generator-bound: its figure is a lower bound
+on the server, not the server's.
+
+The campaign (people, hours, peak factor; the day shape of loadtest/day.py)
+is an input: the report computes the peak rate it needs, whether each
+measured rate holds it, the headroom and the time to ingest everyone.
+Writes capacity.json (to compare runs), capacity.md and capacity.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_ingest as bi  # noqa: E402
+from campaign import Campaign  # noqa: E402
+
+GENERATOR_BOUND_CPU = 0.90
+WARMUP_SHARE, TAIL_SHARE = 0.2, 0.1  # of each scenario: not in the steady window
+
+
+def scrape(port: int) -> dict:
+    """The counters the report follows: answers, events bound, the write routes' latency histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    answered = bound = 0.0
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("ingest_http_request_duration_seconds") and ('route="noop"' in name
+                                                                       or 'route="post_' in name):
+            if name.startswith("ingest_http_request_duration_seconds_count"):
+                answered += float(value)
+            elif name.startswith("ingest_http_request_duration_seconds_bucket"):
+                le = name.split('le="', 1)[1].split('"', 1)[0]
+                bound_s = math.inf if le == "+Inf" else float(le)
+                buckets[bound_s] = buckets.get(bound_s, 0.0) + float(value)
+        elif name.startswith("ingest_events_total") and 'outcome="bound"' in name:
+            bound += float(value)
+    return {"answered": answered, "bound": bound, "buckets": buckets}
+
+
+def p99_of(before: dict, after: dict) -> float:
+    """99th percentile (ms, upper bucket bound) of the answers between two scrapes."""
+    delta = sorted((le, after["buckets"].get(le, 0.0) - before["buckets"].get(le, 0.0)) for le in after["buckets"])
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return float("nan")
+    for le, cumulative in delta:
+        if cumulative >= 0.99 * total:
+            return le * 1000 if le != math.inf else float("nan")
+    return float("nan")
+
+
+def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress, batch: int = 0,
+                 standby: list[str] | None = None, standby_port: int | None = None) -> dict:
+    per_s = args.expect_per_s if not batch else max(args.expect_per_s // batch, 100)
+    env = {"COUNT": str(int(per_s * args.duration * 1.3) + 1000), "BATCH": str(batch),
+           "RUN_ID": str(int(time.time()) % 90000 + 1)}
+    server = bi.start(cmd, port)
+    follower = None
+    try:
+        if standby is not None:
+            follower = subprocess.Popen(["taskset", "-c", bi.LOAD_CPU, *standby], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+            bi.wait_ready(standby_port)
+            _wait_connected(port)
+        wrk = subprocess.Popen(
+            ["taskset", "-c", bi.LOAD_CPU, "wrk", "-t1", f"-c{args.batch_connections if batch else args.connections}",
+             f"-d{args.duration}s", "--latency", "-s", str(bi.LUA), f"http://127.0.0.1:{port}{path}"],
+            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # wrk builds its requests before its clock starts: time 0 is the first answer.
+        first = scrape(port)
+        while wrk.poll() is None and scrape(port)["answered"] <= first["answered"]:
+            time.sleep(0.05)
+        samples = []
+        t0 = time.monotonic()
+        prev = scrape(port)
+        prev_t, prev_s, prev_w = t0, bi.cpu_seconds(server.pid), bi.cpu_seconds(wrk.pid)
+        while wrk.poll() is None:
+            time.sleep(1.0)
+            try:
+                now, cur_s, cur_w = time.monotonic(), bi.cpu_seconds(server.pid), bi.cpu_seconds(wrk.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                break  # wrk ended between the poll and the read
+            cur = scrape(port)
+            dt = now - prev_t
+            samples.append({
+                "t": round(now - t0, 2),
+                "events_per_s": ((cur["bound"] - prev["bound"]) if name != "generator ceiling"
+                                 else (cur["answered"] - prev["answered"])) / dt,
+                "p99_ms": p99_of(prev, cur),
+                "server_cpu": (cur_s - prev_s) / dt, "wrk_cpu": (cur_w - prev_w) / dt,
+                "_events": cur["bound"] if name != "generator ceiling" else cur["answered"],
+            })
+            prev, prev_t, prev_s, prev_w = cur, now, cur_s, cur_w
+            progress.update(1)
+        out, err = wrk.communicate(timeout=60)
+        if wrk.returncode != 0:
+            raise RuntimeError(f"wrk failed: {err or out}")
+    finally:
+        bi.stop(server)
+        if follower is not None:
+            bi.stop(follower)
+    res = {"name": name, **bi.parse_wrk(out), **_latency_line(out), "series": samples}
+    steady = [s for s in samples if args.duration * WARMUP_SHARE <= s["t"] <= args.duration * (1 - TAIL_SHARE)]
+    if len(steady) >= 2:
+        span = steady[-1]["t"] - steady[0]["t"]
+        res["events_per_s"] = (steady[-1]["_events"] - steady[0]["_events"]) / span if span else 0.0
+        res["server_cpu"] = sum(s["server_cpu"] for s in steady[1:]) / (len(steady) - 1)
+        res["wrk_cpu"] = sum(s["wrk_cpu"] for s in steady[1:]) / (len(steady) - 1)
+    else:
+        raise RuntimeError(f"{name}: too short to find a steady window; use a longer --duration")
+    for s in samples:
+        del s["_events"]
+    res["generator_bound"] = res["wrk_cpu"] > GENERATOR_BOUND_CPU
+    return res
+
+
+def _latency_line(out: str) -> dict:
+    for line in out.splitlines():
+        if line.startswith("LATENCY_US"):
+            fields = dict(kv.split("=") for kv in line.split()[1:])
+            return {f"{k}_ms": int(v) / 1000 for k, v in fields.items()}
+    return {}
+
+
+def _wait_connected(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=5) as r:
+            if json.load(r).get("replication", {}).get("standbys"):
+                return
+        time.sleep(0.1)
+    raise RuntimeError("the standby did not connect")
+
+
+def measure(args, progress) -> list[dict]:
+    py = sys.executable
+    port = args.port
+    serve = [py, "-m", "ingest", "serve", "--port", str(port), "--log-level", "WARNING"]
+    data = tempfile.mkdtemp(prefix="ingest-capacity-")
+    results = []
+    try:
+        results.append(run_scenario("generator ceiling", [py, str(HERE / "noop_server.py"), "--port", str(port)],
+                                    port, "/v1/bindings", args, progress))
+        sync_config = bi.replication_config(data, "sync")
+        for batch in (0, args.batch):
+            kind = f"batch of {batch}" if batch else "single-event"
+            path = "/v1/bindings/batch" if batch else "/v1/bindings"
+            results.append(run_scenario(f"{kind}, no standby", serve + ["--data", f"{data}/{kind}"], port, path,
+                                        args, progress, batch=batch))
+            shutil.rmtree(f"{data}/{kind}", ignore_errors=True)
+            primary = serve + ["--data", f"{data}/{kind}-p", "--replication-port", str(port + 2),
+                               "--config", sync_config]
+            standby = [py, "-m", "ingest", "serve", "--port", str(port + 1), "--log-level", "WARNING",
+                       "--data", f"{data}/{kind}-s", "--follow", f"127.0.0.1:{port + 2}"]
+            results.append(run_scenario(f"{kind}, sync standby", primary, port, path, args, progress, batch=batch,
+                                        standby=standby, standby_port=port + 1))
+            shutil.rmtree(f"{data}/{kind}-p", ignore_errors=True)
+            shutil.rmtree(f"{data}/{kind}-s", ignore_errors=True)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    return results
+
+
+# -- the report ------------------------------------------------------------------
+
+
+def build_report(results: list[dict], campaign: Campaign, command: str) -> dict:
+    generator = results[0]
+    scenarios = []
+    for r in results[1:]:
+        scenarios.append({**{k: v for k, v in r.items() if k != "series"}, **campaign.verdict(r["events_per_s"]),
+                          "series": r["series"]})
+    return {
+        "command": command,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "implementation": _implementation()},
+        "campaign": campaign.as_dict(),
+        "generator": {"requests_per_s": generator["events_per_s"], "wrk_cpu": generator["wrk_cpu"],
+                      "ceiling_requests_per_s": generator["events_per_s"] / max(generator["wrk_cpu"], 1e-9),
+                      "series": generator["series"]},
+        "scenarios": scenarios,
+    }
+
+
+def _implementation() -> str:
+    out = subprocess.run([sys.executable, "-c", "import ingest.codes as c; print(c.IMPLEMENTATION)"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def markdown(report: dict, compare: dict | None) -> str:
+    c = report["campaign"]
+    g = report["generator"]
+    headline = next(s for s in report["scenarios"] if s["name"] == "single-event, sync standby")
+    lines = [
+        "# Capacity report", "",
+        f"Command: `{report['command']}`  ",
+        f"Run: {report['when']} on {report['machine']['cpus']} CPUs, {report['machine']['platform']}, "
+        f"Python {report['machine']['python']}, kernels: {report['machine']['implementation']}.", "",
+        "## The campaign (inputs)", "",
+        f"- {c['people']:,} people in {c['hours']:g} hours: a mean of **{c['mean_events_per_s']:,.0f} events/s**",
+        f"- stated peak factor {c['peak_factor']:g}; the day shape's own peak factor is "
+        f"{c['shape_peak_factor']:.2f} (busiest hour over the day's mean; loadtest/day.py)",
+        f"- required peak: mean × max(factors) = **{c['required_peak_events_per_s']:,.0f} events/s**", "",
+        "## Verdict", "",
+        f"**{c['people']:,} people in {c['hours']:g} hours at a peak factor of {c['peak_factor']:g}: "
+        f"{'holds' if headline['holds'] else 'does NOT hold'}** on this machine with a sync standby, "
+        f"one event per request: {headline['sustained_events_per_s']:,.0f} events/s sustained against "
+        f"{c['required_peak_events_per_s']:,.0f} needed at the peak, a headroom of "
+        f"**{headline['headroom']:.1f}×**; everyone would be ingested in "
+        f"{headline['hours_for_all_people']:.1f} hours of such load.", "",
+        "## Measured", "",
+        f"Load generator ceiling (wrk, one thread, against a no-op server): {g['requests_per_s']:,.0f} req/s "
+        f"at {g['wrk_cpu']:.0%} of its core, i.e. **{g['ceiling_requests_per_s']:,.0f} req/s per core of wrk**.", "",
+        "| scenario | events/s | p50 ms | p95 ms | p99 ms | server CPU | wrk CPU | bound by | holds the peak | "
+        "headroom | hours for everyone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["scenarios"]:
+        lines.append(
+            f"| {s['name']} | {s['events_per_s']:,.0f} | {s.get('p50_ms', float('nan')):.2f} | "
+            f"{s.get('p95_ms', float('nan')):.2f} | {s.get('p99_ms', float('nan')):.2f} | {s['server_cpu']:.0%} | "
+            f"{s['wrk_cpu']:.0%} | {'generator (lower bound)' if s['generator_bound'] else 'server'} | "
+            f"{'yes' if s['holds'] else 'NO'} | {s['headroom']:.1f}× | {s['hours_for_all_people']:.2f} |")
+    lines += [
+        "", "Events/s: counted by the server over the steady middle of each scenario. Latency: wrk, whole "
+        "scenario. non-2xx answers: " + ", ".join(f"{s['name']}: {s['non_2xx']}" for s in report["scenarios"]) + ".",
+        "", "![throughput and p99 over time](capacity.png)", "",
+        "## Hour by hour", "",
+        "Events/s each open hour needs under the day shape (without the peak factor's minute-scale bursts):", "",
+        "| " + " | ".join(f"{h['hour']:02d}h" for h in c["hourly_events_per_s"]) + " |",
+        "|" + "---|" * len(c["hourly_events_per_s"]),
+        "| " + " | ".join(f"{h['events_per_s']:,.0f}" for h in c["hourly_events_per_s"]) + " |", "",
+    ]
+    if compare:
+        old = {s["name"]: s for s in compare.get("scenarios", [])}
+        lines += ["## Against the earlier run", "", f"Earlier: `{compare.get('command', '?')}` "
+                  f"({compare.get('when', '?')})", "",
+                  "| scenario | earlier events/s | now events/s | now / earlier | earlier p99 ms | now p99 ms |",
+                  "|---|---|---|---|---|---|"]
+        for s in report["scenarios"]:
+            o = old.get(s["name"])
+            if o:
+                lines.append(f"| {s['name']} | {o['events_per_s']:,.0f} | {s['events_per_s']:,.0f} | "
+                             f"{s['events_per_s'] / o['events_per_s']:.2f} | {o.get('p99_ms', float('nan')):.2f} | "
+                             f"{s.get('p99_ms', float('nan')):.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for s in report["scenarios"]:
+        t = [x["t"] for x in s["series"]]
+        top.plot(t, [x["events_per_s"] for x in s["series"]], label=s["name"])
+        bottom.plot(t, [x["p99_ms"] for x in s["series"]], label=s["name"])
+    need = report["campaign"]["required_peak_events_per_s"]
+    top.axhline(need, color="black", linestyle="--", linewidth=1)
+    top.text(0.01, need * 1.08, f"the campaign's peak needs {need:,.0f} events/s", transform=top.get_yaxis_transform())
+    top.set_yscale("log")
+    top.set_ylabel("events/s (log)")
+    top.set_title("Durable ingest on this machine, per second")
+    top.legend(fontsize=8, loc="lower right")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("server p99 ms (bucket bound, log)")
+    bottom.set_xlabel("seconds into the scenario")
+    for ax in (top, bottom):
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=30, help="seconds per scenario (default 30)")
+    p.add_argument("--people", type=int, default=35_000_000)
+    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--peak-factor", type=float, default=4.0)
+    p.add_argument("--connections", type=int, default=256, help="wrk connections, single events")
+    p.add_argument("--batch", type=int, default=1000, help="events per batch request")
+    p.add_argument("--batch-connections", type=int, default=16)
+    p.add_argument("--expect-per-s", type=int, default=90_000, help="sizes wrk's pre-built request pool")
+    p.add_argument("--port", type=int, default=18950)
+    p.add_argument("--out", default="capacity-report", help="directory for capacity.{json,md,png}")
+    p.add_argument("--compare", default=None, help="an earlier capacity.json to set beside this run")
+    args = p.parse_args()
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        print("capacity: needs wrk and taskset (Debian/Ubuntu: apt-get install wrk util-linux)", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    campaign = Campaign(args.people, args.hours, args.peak_factor)
+    compare = json.loads(Path(args.compare).read_text()) if args.compare else None
+    command = "python bench/capacity.py " + " ".join(sys.argv[1:])
+    with tqdm(total=5 * args.duration, unit="s", desc="capacity", dynamic_ncols=True) as progress:
+        results = measure(args, progress)
+    report = build_report(results, campaign, command)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "capacity.json").write_text(json.dumps(report, indent=2) + "\n")
+    chart(report, out / "capacity.png")
+    (out / "capacity.md").write_text(markdown(report, compare))
+    print((out / "capacity.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
