@@ -283,6 +283,22 @@ def markdown(report: dict, compare: dict | None) -> str:
                              f"{s['events_per_s'] / o['events_per_s']:.2f} | {o.get('p99_ms', float('nan')):.2f} | "
                              f"{s.get('p99_ms', float('nan')):.2f} |")
         lines.append("")
+    lines += [
+        "## How to read and remake this report", "",
+        "- *events/s* is durable ingest: every event counted was fsynced (and, with a sync standby, applied and "
+        "fsynced by the standby) before its answer. The server had one core (CPU 0); wrk and the standby "
+        "shared the other.",
+        "- *bound by*: `server` when wrk stayed under 90% of its core, so the figure is the server's; "
+        "`generator` marks a lower bound. The generator ceiling above is what wrk can send per core.",
+        "- *holds the peak*: sustained events/s ≥ the required peak; *headroom* = sustained / required; "
+        "*hours for everyone*: the campaign's people at the sustained rate.",
+        "- Real phones send one event per request; batches are what offline phones replaying a backlog send. "
+        "The verdict uses the most demanding realistic case: single events with a sync standby.",
+        "- Remake it: `pip install -e '.[bench]'`, `apt-get install wrk`, then the command at the top; "
+        "`--people/--hours/--peak-factor` change the campaign, `--compare OLD/capacity.json` sets a new run "
+        "beside an old one. The load test that checks every answer under a campaign day is in "
+        "[loadtest.md](loadtest.md).", "",
+    ]
     return "\n".join(lines)
 
 
