@@ -233,6 +233,16 @@ def digest(data: Path) -> str:
 # -- the summary ---------------------------------------------------------------
 
 
+def _locust_figures(out: Path) -> dict:
+    """Locust's final figures (locustfile.py writes them on quitting); an empty run if it never got there."""
+    path = out / "locust-summary.json"
+    if not path.exists():
+        print(f"loadtest: Locust wrote no summary (it did not start or crashed); see {out}", file=sys.stderr)
+        return {"requests": 0, "failures": 0, "requests_per_s": 0.0, "p50_ms": 0, "p95_ms": 0, "p99_ms": 0,
+                "max_ms": 0, "by_request": {}, "failures_by_kind": []}
+    return json.loads(path.read_text())
+
+
 def write_summary(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     s = summary["locust"]
@@ -299,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.time, "users": args.users, "shape": args.shape, "standby": args.standby,
         "workers": args.workers, "locust_exit": code, "last_seq": primary_status["last_seq"],
         "replication": primary_status.get("replication"),
-        "locust": json.loads((out / "locust-summary.json").read_text()), "store": store,
+        "locust": _locust_figures(out), "store": store,
     }
     if pair.standby is not None:
         summary["digests_equal"] = digest(out / "data-primary") == digest(out / "data-standby")
