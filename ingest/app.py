@@ -452,6 +452,7 @@ class App:
             "epoch": self.store.epoch,
             "implementation": codes.IMPLEMENTATION,
             "last_seq": self.store.last_seq,
+            "log_first_seq": self.store.log_start,
             "draining": self.draining,
             "in_flight": self.committer.in_flight if self.committer else 0,
         }

@@ -46,6 +46,9 @@ class ReplicationSettings(Struct, forbid_unknown_fields=True):
     mode: Literal["async", "sync"] = "async"
     sync_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
     on_standby_lost: Literal["wait", "async"] = "async"
+    # Change-log entries kept (the newest); 0 keeps them all. A standby that
+    # needs an older one gets a snapshot of the whole store instead.
+    log_keep_entries: Annotated[int, Meta(ge=0)] = 0
 
 
 class StatsSettings(Struct, forbid_unknown_fields=True):

@@ -51,7 +51,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         st = self.config.store
-        self.store = Store(self.data_dir, st.map_bytes_initial, st.map_bytes_max, self.config.stats.time_zone)
+        self.store = Store(self.data_dir, st.map_bytes_initial, st.map_bytes_max, self.config.stats.time_zone,
+                           self.config.replication.log_keep_entries)
         self.metrics = Metrics(
             codes.IMPLEMENTATION,
             connections=lambda: len(self.connections),

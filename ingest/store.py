@@ -14,7 +14,8 @@ Tables (LMDB named databases), described in docs/storage.md:
   positives seq (u64 BE)    -> tube          positive/invalid results, in log order
   stats    scope \0 hour    -> [int] counters (records.STAT_FIELDS); scope "all" or
                                "site:<id>", hour "YYYY-MM-DDTHH" (server time) or "total"
-  log      seq (u64 BE)     -> LogEntry      the ordered change log
+  log      seq (u64 BE)     -> LogEntry      the ordered change log; with retention
+                               (log_keep) only its newest entries
 
 Every change goes into `log` in the same transaction as the change itself, so
 the log and the tables can never disagree. Only one thread writes (the
@@ -51,6 +52,17 @@ _NODE = b"node"
 _EPOCH = b"epoch"
 
 T = TypeVar("T")
+
+# Log entries a write transaction may delete beyond the ones it appends, so
+# that retention catches up in bounded steps (a lowered setting, or a store
+# from before it) instead of in one long transaction that holds up ingest.
+TRIM_STEP = 1000
+# Files of a snapshot on its way, in the data directory (a store's own disk,
+# so the final rename is atomic). Whatever is left of them at open is the
+# debris of a killed process: removed, never used.
+SNAPSHOT_OUT_PREFIX = "snapshot-out-"
+SNAPSHOT_IN = "snapshot-in.mdb"
+CLOSE_WAIT_S = 120.0
 
 
 def seq_key(seq: int) -> bytes:
@@ -216,12 +228,29 @@ class WriteTx:
 
 class Store:
     def __init__(self, path: str, map_bytes_initial: int = 1 << 30, map_bytes_max: int = 1 << 40,
-                 time_zone: str = "UTC"):
+                 time_zone: str = "UTC", log_keep: int = 0):
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.hour_of = HourLabels(time_zone)
+        self.map_bytes_initial = map_bytes_initial
         self.map_bytes_max = map_bytes_max
+        # Change-log retention: keep the newest `log_keep` entries (0: all).
+        # Trimmed inside write transactions (`_trim`), on every node alike.
+        self.log_keep = log_keep
         self._data_file = os.path.join(path, "data.mdb")
+        for name in os.listdir(path):
+            if name == SNAPSHOT_IN or name.startswith(SNAPSHOT_OUT_PREFIX):
+                os.unlink(os.path.join(path, name))
+        # LMDB may only change the map size while this process has no open
+        # transaction; every transaction passes this gate. A hot copy holds
+        # a read transaction for its whole length without holding the gate
+        # (that would stop ingest): it is counted, and growing waits for it.
+        self._gate = threading.Lock()
+        self._copies = 0
+        self._copies_done = threading.Condition(self._gate)
+        self._open()
+
+    def _open(self) -> None:
         # writemap: transactions write straight into the map and a commit is
         # one msync, instead of a malloc'd copy of every dirty page and a
         # pwrite per page; that halves the CPU of the commit path
@@ -231,8 +260,8 @@ class Store:
         # failed allocation is a clean StoreFull.
         # readahead off: access is random and the store outgrows RAM.
         self.env = lmdb.open(
-            path,
-            map_size=map_bytes_initial,
+            self.path,
+            map_size=self.map_bytes_initial,
             max_dbs=len(TABLES) + 4,
             sync=True,
             metasync=True,
@@ -244,9 +273,7 @@ class Store:
         # written through the map yet when its blocks are allocated here.
         self._allocate(self.env.info()["map_size"])
         self.dbs = {name: self.env.open_db(name) for name in TABLES}
-        # LMDB may only change the map size while this process has no open
-        # transaction; every transaction passes this gate.
-        self._gate = threading.Lock()
+        # One transaction, not _read: a snapshot swap reopens with the gate held.
         with self.env.begin(write=True, db=self.dbs[b"meta"]) as txn:
             fmt = txn.get(_FORMAT)
             if txn.get(_NODE) is None:
@@ -254,14 +281,29 @@ class Store:
             if fmt is None:
                 txn.put(_FORMAT, FORMAT_VERSION.to_bytes(4, "big"))
             elif int.from_bytes(fmt, "big") != FORMAT_VERSION:
-                raise StoreError(f"{path}: store format {int.from_bytes(fmt, 'big')}, this build reads {FORMAT_VERSION}")
-        self.last_seq = self._read_last_seq()
-        self.node = self._read(lambda txn: txn.get(_NODE, db=self.dbs[b"meta"])).decode()
-        raw = self._read(lambda txn: txn.get(_EPOCH, db=self.dbs[b"meta"]))
-        self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
+                raise StoreError(f"{self.path}: store format {int.from_bytes(fmt, 'big')}, "
+                                 f"this build reads {FORMAT_VERSION}")
+            raw = txn.get(_LAST_SEQ)
+            self.last_seq = 0 if raw is None else int.from_bytes(raw, "big")
+            self.node = bytes(txn.get(_NODE)).decode()
+            raw = txn.get(_EPOCH)
+            self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
+            self.log_start = self._first_seq(txn)
+
+    def _first_seq(self, txn: lmdb.Transaction) -> int:
+        """The oldest seq still in the log (last_seq + 1 when it is empty)."""
+        cur = txn.cursor(db=self.dbs[b"log"])
+        if cur.first():
+            return int.from_bytes(cur.key(), "big")
+        raw = txn.get(_LAST_SEQ, db=self.dbs[b"meta"])
+        return (0 if raw is None else int.from_bytes(raw, "big")) + 1
 
     def close(self) -> None:
-        self.env.close()
+        with self._gate:
+            # A hot copy's transaction must end before the environment does.
+            if not self._copies_done.wait_for(lambda: self._copies == 0, timeout=CLOSE_WAIT_S):
+                return  # the process is exiting; closing under the copy would crash it
+            self.env.close()
 
     # -- writing ------------------------------------------------------------
 
@@ -282,6 +324,7 @@ class Store:
                 tx.flush()
                 if tx.seq != self.last_seq:
                     txn.put(_LAST_SEQ, seq_key(tx.seq), db=self.dbs[b"meta"])
+                log_start = self._trim(txn, tx.seq, tx.seq - self.last_seq) if self.log_keep else None
                 txn.commit()  # fsync here; py-lmdb releases the GIL meanwhile
             except lmdb.MapFullError:
                 txn.abort()
@@ -297,7 +340,24 @@ class Store:
                 txn.abort()
                 raise
             self.last_seq = tx.seq
+            if log_start is not None:
+                self.log_start = log_start
             return result
+
+    def _trim(self, txn: lmdb.Transaction, last_seq: int, appended: int) -> int:
+        """Delete the oldest log entries beyond the newest `log_keep`, at most
+        `appended + TRIM_STEP` of them; returns the oldest seq left."""
+        if last_seq <= self.log_keep:
+            return self._first_seq(txn)
+        cutoff = seq_key(last_seq - self.log_keep)  # delete keys <= this
+        budget = appended + TRIM_STEP
+        cur = txn.cursor(db=self.dbs[b"log"])
+        if cur.first():
+            while budget > 0 and cur.key() <= cutoff:
+                budget -= 1
+                if not cur.delete():  # deletes and moves to the next; False once empty
+                    break
+        return self._first_seq(txn)
 
     def _allocate(self, size: int) -> None:
         """Give data.mdb real disk blocks up to `size` bytes, or raise StoreFull."""
@@ -356,7 +416,96 @@ class Store:
         new = min(size * 2, self.map_bytes_max)
         self._allocate(new)
         with self._gate:
+            # Writes wait here for a running hot copy: rare (the map doubles)
+            # and the alternative, resizing under its transaction, is
+            # undefined behaviour in LMDB.
+            self._copies_done.wait_for(lambda: self._copies == 0)
             self.env.set_mapsize(new)
+
+    # -- snapshots (a standby too far behind for the retained log) ----------
+
+    def snapshot(self, fd: int) -> int:
+        """Write a compacted hot copy of the store to `fd` (LMDB's own copy,
+        consistent as of one read transaction); returns that copy's last_seq.
+
+        Runs beside ingest: the copy holds a read transaction, not the gate,
+        and py-lmdb releases the GIL while it copies. Call it off the loop."""
+        with self._gate:
+            txn = self.env.begin(buffers=False)
+            self._copies += 1
+        try:
+            raw = txn.get(_LAST_SEQ, db=self.dbs[b"meta"])
+            try:
+                self.env.copyfd(fd, compact=True, txn=txn)
+            except lmdb.Error:
+                # LMDB refuses to compact a store that leaked a page; a
+                # plain copy of the same transaction is as good, only larger.
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                self.env.copyfd(fd, compact=False, txn=txn)
+            os.fsync(fd)
+            return 0 if raw is None else int.from_bytes(raw, "big")
+        finally:
+            txn.abort()
+            with self._gate:
+                self._copies -= 1
+                self._copies_done.notify_all()
+
+    def install_snapshot(self, path: str, last_seq: int, size: int, sha256: str) -> None:
+        """Make the received copy at `path` this store, atomically.
+
+        The copy is checked (the bytes the primary sent, as they are on this
+        disk; then an LMDB file of our format whose last_seq is the announced
+        one) and given this node's identity and the higher of the two epochs
+        *before* it is renamed over data.mdb: a process killed at any point
+        leaves either the old store or the whole new one, never a mixture and
+        never a store that thinks it is the primary. Writer thread only;
+        reads wait at the gate for the moment of the swap."""
+        # Bytes first: LMDB maps the file, and a short one is a SIGBUS, not
+        # an error.
+        h = hashlib.sha256()
+        got = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                got += len(chunk)
+        if got != size or h.hexdigest() != sha256:
+            raise StoreError(f"snapshot: {got} bytes on disk with sha256 {h.hexdigest()}, sent {size} with {sha256}")
+        try:
+            check = lmdb.open(path, subdir=False, lock=False, max_dbs=len(TABLES) + 4, sync=True, metasync=True)
+        except lmdb.Error as exc:
+            raise StoreError(f"snapshot: not a usable store: {exc}") from None
+        try:
+            meta = check.open_db(b"meta", create=False)
+            with check.begin(write=True, db=meta) as txn:
+                fmt = txn.get(_FORMAT)
+                if fmt is None or int.from_bytes(fmt, "big") != FORMAT_VERSION:
+                    raise StoreError(f"snapshot: store format {fmt!r}, this build reads {FORMAT_VERSION}")
+                raw = txn.get(_LAST_SEQ)
+                if (0 if raw is None else int.from_bytes(raw, "big")) != last_seq:
+                    raise StoreError(f"snapshot: holds last_seq {raw!r}, announced {last_seq}")
+                for name in TABLES:
+                    check.open_db(name, txn=txn, create=False)  # every table is there
+                raw = txn.get(_EPOCH)
+                if self.epoch > (0 if raw is None else int.from_bytes(raw, "big")):
+                    txn.put(_EPOCH, self.epoch.to_bytes(8, "big"))  # never forget a higher epoch
+                txn.put(_NODE, self.node.encode())
+            check.sync(True)
+        except lmdb.Error as exc:
+            raise StoreError(f"snapshot: not a usable store: {exc}") from None
+        finally:
+            check.close()
+        with self._gate:
+            self._copies_done.wait_for(lambda: self._copies == 0)
+            self.env.close()
+            os.replace(path, self._data_file)
+            dir_fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself is durable
+            finally:
+                os.close(dir_fd)
+            # Still inside the gate: no read may meet the closed environment.
+            self._open()
 
     # -- reading ------------------------------------------------------------
 
@@ -364,10 +513,6 @@ class Store:
         with self._gate:
             with self.env.begin(buffers=False) as txn:
                 return fn(txn)
-
-    def _read_last_seq(self) -> int:
-        raw = self._read(lambda txn: txn.get(_LAST_SEQ, db=self.dbs[b"meta"]))
-        return 0 if raw is None else int.from_bytes(raw, "big")
 
     def tube(self, code: str) -> tuple[Tube, list[Member]] | None:
         """The tube's head and its members in position order."""
@@ -475,13 +620,13 @@ class Store:
 
     def sizes(self) -> dict[str, int]:
         """Bytes in use, bytes mapped, and entries per table (for /metrics)."""
-        info = self.env.info()
-        stat = self.env.stat()
-        out = {
-            "used_bytes": (info["last_pgno"] + 1) * stat["psize"],
-            "map_bytes": info["map_size"],
-        }
+        out = {}
+
         def counts(txn: lmdb.Transaction) -> None:
+            # Inside the gate: a snapshot swap closes the environment.
+            info = self.env.info()
+            out["used_bytes"] = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+            out["map_bytes"] = info["map_size"]
             for name in TABLES:
                 out[f"entries_{name.decode()}"] = txn.stat(self.dbs[name])["entries"]
         self._read(counts)
