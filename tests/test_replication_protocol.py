@@ -3,6 +3,7 @@
 Bytes go from one state machine to the other by hand, cut at arbitrary
 places, the way TCP may deliver them.
 """
+import hashlib
 import random
 import struct
 import zlib
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 from ingest.replication import wire
 from ingest.replication.protocol import (
-    Acked, Apply, Close, Fence, Hello, Primary, Send, Standby, StateError, Welcomed,
+    Acked, Apply, Close, Fence, Hello, Primary, Send, SnapshotBegin, SnapshotChunk, SnapshotEnd, Standby,
+    StateError, Welcomed,
 )
 from ingest.replication.wire import FRAME_BYTES_MAX, HEADER, HEADER_SIZE, Frame, FrameDecoder, Type, WireError
 
@@ -24,6 +26,9 @@ SAMPLES = [
     Frame(Type.ACK, 3, 44, b""),
     Frame(Type.REFUSE, 2**64 - 1, 0, wire.refuse("stale_primary", "peer is at epoch 4")),
     Frame(Type.PING, 0, 2**64 - 1, b""),
+    Frame(Type.SNAPSHOT_BEGIN, 3, 900, wire.snapshot_begin(900, 5 << 30)),
+    Frame(Type.SNAPSHOT_CHUNK, 3, 1 << 20, bytes(range(256)) * 4),
+    Frame(Type.SNAPSHOT_END, 3, 900, wire.snapshot_end(900, 5 << 30, "ab" * 32)),
 ]
 
 
@@ -76,6 +81,8 @@ def test_payload_helpers_round_trip():
     assert wire.decode_hello(wire.hello("n1", 7, 2)) == wire.HelloPayload("n1", 7, 2)
     assert wire.decode_welcome(wire.welcome("n2", 9)) == wire.WelcomePayload("n2", 9)
     assert wire.decode_refuse(wire.refuse("gap", "why")) == wire.RefusePayload("gap", "why")
+    assert wire.decode_snapshot_begin(wire.snapshot_begin(5, 6)) == wire.SnapshotBeginPayload(5, 6)
+    assert wire.decode_snapshot_end(wire.snapshot_end(5, 6, "x")) == wire.SnapshotEndPayload(5, 6, "x")
     batch = [(1, b"a"), (2, bytes(range(256)))]
     assert wire.decode_entries(wire.entries(batch)) == batch
     assert wire.decode_entries(wire.entries([])) == []
@@ -118,14 +125,15 @@ def test_every_flipped_bit_is_refused_never_misread():
 def test_bad_header_fields():
     cases = {
         "bad_magic": raw_frame(magic=b"HTTP"),
-        "bad_version": raw_frame(version=2),
+        "bad_version": raw_frame(version=wire.VERSION + 1),
+        "bad_version_1": raw_frame(version=1),  # before snapshots
         "bad_type": raw_frame(type=99),
         "too_large": raw_frame(length=FRAME_BYTES_MAX + 1),
     }
     for code, data in cases.items():
         with pytest.raises(WireError) as exc:
             decode_all(data)
-        assert exc.value.code == code
+        assert exc.value.code == code.removesuffix("_1")
 
 
 def test_oversize_length_is_refused_before_its_payload_arrives():
@@ -437,3 +445,134 @@ def test_full_conversation_in_memory():
     assert applied == log
     assert acked == sorted(acked) and acked[-1] == 1000
     assert (primary.state, standby.state) == ("streaming", "following")
+
+
+# -- snapshots -------------------------------------------------------------
+
+SNAPSHOT = bytes(random.Random(7).randbytes(10_000))
+
+
+def send_snapshot(primary, last_seq=500, data=SNAPSHOT, chunk=3000):
+    out = primary.snapshot_begin(last_seq, len(data))
+    for i in range(0, len(data), chunk):
+        out += primary.snapshot_chunk(data[i:i + chunk])
+    return out + primary.snapshot_end()
+
+
+def received(actions):
+    return b"".join(a.data for a in actions if isinstance(a, SnapshotChunk))
+
+
+def test_snapshot_then_entries_from_its_seq():
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    actions = standby.receive(send_snapshot(primary) + primary.ping(510) + primary.entries([(501, b"a")]))
+    assert actions[0] == SnapshotBegin(500, len(SNAPSHOT))
+    assert received(actions) == SNAPSHOT
+    end = [a for a in actions if isinstance(a, SnapshotEnd)]
+    assert end == [SnapshotEnd(500, len(SNAPSHOT), hashlib.sha256(SNAPSHOT).hexdigest())]
+    assert actions[-1] == Apply([(501, b"a")], 510)
+    assert standby.last_seq == 501 and standby.state == "following"
+    assert primary.receive(standby.ack(500) + standby.ack(501)) == [Acked(500), Acked(501)]
+
+
+def test_snapshot_chunked_by_the_network_anywhere():
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    data = send_snapshot(primary, chunk=777)
+    rng = random.Random(3)
+    actions = []
+    while data:
+        cut = rng.randrange(1, 500)
+        actions += standby.receive(data[:cut])
+        data = data[cut:]
+    assert received(actions) == SNAPSHOT and isinstance(actions[-1], SnapshotEnd)
+
+
+def test_a_corrupted_chunk_is_refused_by_its_checksum():
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    data = bytearray(send_snapshot(primary))
+    data[len(data) // 2] ^= 0x10  # inside some chunk's payload
+    actions = standby.receive(bytes(data))
+    assert actions[-1].code == "bad_checksum" and standby.state == "closed"
+    assert not any(isinstance(a, SnapshotEnd) for a in actions)
+
+
+def test_a_forged_chunk_with_a_good_crc_fails_the_sha256():
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    good = send_snapshot(primary, chunk=len(SNAPSHOT))
+    frames = decode_all(good)
+    forged = frames[1].payload[:-1] + bytes([frames[1].payload[-1] ^ 1])
+    data = wire.encode(*frames[0]) + wire.encode(Type.SNAPSHOT_CHUNK, 3, 0, forged) + wire.encode(*frames[2])
+    actions = standby.receive(data)
+    assert actions[-1].code == "bad_snapshot" and standby.state == "closed"
+    assert not any(isinstance(a, SnapshotEnd) for a in actions)
+
+
+@pytest.mark.parametrize("offset", [1, 2999, 3001, 10_000])
+def test_a_chunk_out_of_place_closes(offset):
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    standby.receive(primary.snapshot_begin(500, len(SNAPSHOT)) + primary.snapshot_chunk(SNAPSHOT[:3000]))
+    actions = standby.receive(wire.encode(Type.SNAPSHOT_CHUNK, 3, offset, SNAPSHOT[3000:3001]))
+    assert [a.code for a in actions] == ["bad_snapshot"] or offset == 3000
+
+
+def test_an_end_before_every_byte_closes():
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    standby.receive(primary.snapshot_begin(500, len(SNAPSHOT)) + primary.snapshot_chunk(SNAPSHOT[:3000]))
+    sha = hashlib.sha256(SNAPSHOT[:3000]).hexdigest()
+    actions = standby.receive(wire.encode(Type.SNAPSHOT_END, 3, 500, wire.snapshot_end(500, 3000, sha)))
+    assert [a.code for a in actions] == ["bad_snapshot"]
+
+
+def test_a_cut_mid_snapshot_installs_nothing_and_a_retry_starts_over():
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    data = send_snapshot(primary)
+    for cut in (0, 40, len(data) // 2, len(data) - 1):
+        primary, standby, _ = handshake(standby_last=0, primary_last=510)
+        actions = standby.receive(send_snapshot(primary)[:cut])
+        assert not any(isinstance(a, SnapshotEnd) for a in actions)
+        assert standby.last_seq == 0  # the next HELLO asks from where it was
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    assert isinstance(standby.receive(data)[-1], SnapshotEnd)
+
+
+def test_a_snapshot_behind_the_standby_closes():
+    primary, standby, _ = handshake(standby_last=15, primary_last=510)
+    actions = standby.receive(wire.encode(Type.SNAPSHOT_BEGIN, 3, 14, wire.snapshot_begin(14, 10)))
+    assert [a.code for a in actions] == ["bad_snapshot"]
+
+
+def test_entries_inside_a_snapshot_are_unexpected():
+    primary, standby, _ = handshake(standby_last=0, primary_last=510)
+    standby.receive(primary.snapshot_begin(500, len(SNAPSHOT)))
+    actions = standby.receive(wire.encode(Type.ENTRIES, 3, 1, wire.entries([(1, b"")])))
+    assert [a.code for a in actions] == ["unexpected"]
+
+
+def test_pings_and_acks_go_on_during_a_snapshot():
+    primary, standby, _ = handshake(standby_last=10, primary_last=510)
+    standby.receive(primary.entries([(11, b"a")]))
+    begin = primary.snapshot_begin(500, len(SNAPSHOT))
+    assert standby.receive(begin + primary.ping(520)) == [SnapshotBegin(500, len(SNAPSHOT))]
+    assert standby.primary_last_seq == 520
+    # the ACK of entries applied before the BEGIN arrived
+    assert primary.receive(standby.ack(11)) == [Acked(11)]
+
+
+def test_primary_snapshot_misuse_raises():
+    primary, _, _ = handshake(primary_last=510)
+    primary.entries([(11, b"a"), (12, b"b")])
+    with pytest.raises(ValueError):
+        primary.snapshot_begin(11, 10)  # behind what was sent
+    primary.snapshot_begin(500, 10)
+    with pytest.raises(StateError):
+        primary.entries([(13, b"c")])
+    with pytest.raises(ValueError):
+        primary.snapshot_chunk(b"x" * 11)
+    primary.snapshot_chunk(b"x" * 4)
+    with pytest.raises(ValueError):
+        primary.snapshot_end()
+    primary.snapshot_chunk(b"x" * 6)
+    primary.snapshot_end()
+    with pytest.raises(ValueError):
+        primary.entries([(13, b"c")])  # entries continue from the snapshot's seq
+    primary.entries([(501, b"c")])

@@ -15,6 +15,11 @@ Primary (one per standby connection)
     streaming       ACK, non-decreasing, sent   Acked                                 streaming
                     ACK going back or unsent    Close(bad_ack)                        closed
                     entries(), ping()           -> bytes                              streaming
+                    snapshot_begin(seq, size)   -> bytes (seq >= last sent)           snapshotting
+    snapshotting    snapshot_chunk(data)        -> bytes (never past size)            snapshotting
+                    snapshot_end()              -> bytes (all size bytes sent);       streaming
+                                                entries continue from the snapshot
+                    ping(), ACK                 as in streaming                       snapshotting
     any             REFUSE                      [Fence if higher epoch], Close        closed
     any             frame with a higher epoch   Fence, Send(REFUSE stale_primary),    closed
                                                 Close
@@ -32,12 +37,27 @@ Standby
     following         ENTRIES contiguous          Apply                               following
                       ENTRIES not contiguous      Close(gap)                          closed
                       PING                        (records primary_last_seq)          following
+                      SNAPSHOT_BEGIN, not behind  SnapshotBegin                       receiving
+                      SNAPSHOT_BEGIN behind us    Close(bad_snapshot)                 closed
                       frame of another epoch      Close(epoch_changed)                closed
                       ack(seq)                    -> bytes                            following
+    receiving         SNAPSHOT_CHUNK at offset    SnapshotChunk                       receiving
+                      CHUNK elsewhere, past size  Close(bad_snapshot)                 closed
+                      SNAPSHOT_END, size and      SnapshotEnd (install it, then ACK   following
+                      sha256 of the chunks match  its seq); entries continue from it
+                      SNAPSHOT_END otherwise      Close(bad_snapshot)                 closed
+                      PING                        (records primary_last_seq)          receiving
+                      frame of another epoch      Close(epoch_changed)                closed
     any               REFUSE                      Close                               closed
     any               bad frame, unexpected type  Close                               closed
     any but closed    refuse(code, message)       -> bytes                            closed
     closed            ack(seq) of an Apply        -> b"" (nothing to send)            closed
+
+A snapshot is checked twice: every chunk by its frame's crc32, and the whole
+by a sha256 over all chunks that the standby recomputes (a lost, repeated or
+reordered chunk fails here even if each frame was sound). Neither side knows
+files: the caller writes the chunks somewhere and installs them on
+SnapshotEnd; a cut before that leaves nothing installed.
 
 REFUSE is sent when the peer is sound but must not be followed or served
 (self, stale_primary, ahead): it tells the other side why. A broken
@@ -48,6 +68,7 @@ standby's `ack` for entries it already handed out (see `Standby.ack`).
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
@@ -60,6 +81,8 @@ STREAMING = "streaming"
 CONNECTING = "connecting"
 AWAITING_WELCOME = "awaiting_welcome"
 FOLLOWING = "following"
+SNAPSHOTTING = "snapshotting"
+RECEIVING = "receiving"
 CLOSED = "closed"
 
 
@@ -97,7 +120,36 @@ class Close(NamedTuple):
     message: str
 
 
-Action = Send | Apply | Acked | Welcomed | Hello | Fence | Close
+class SnapshotBegin(NamedTuple):
+    last_seq: int  # the store as of this seq follows; keep serving the old one meanwhile
+    size: int
+
+
+class SnapshotChunk(NamedTuple):
+    data: bytes  # the next bytes of the copy, in order
+
+
+class SnapshotEnd(NamedTuple):
+    last_seq: int  # install the copy (it checked out), then ACK this seq
+    size: int
+    sha256: str
+
+
+Action = Send | Apply | Acked | Welcomed | Hello | Fence | Close | SnapshotBegin | SnapshotChunk | SnapshotEnd
+
+
+class _Transfer:
+    """A snapshot under way: where it ends, how far it got, its running sha256."""
+
+    def __init__(self, last_seq: int, size: int):
+        self.last_seq = last_seq
+        self.size = size
+        self.offset = 0
+        self.sha256 = hashlib.sha256()
+
+    def add(self, data: bytes) -> None:
+        self.offset += len(data)
+        self.sha256.update(data)
 
 
 class StateError(RuntimeError):
@@ -162,6 +214,7 @@ class Primary(_Endpoint):
         self.peer: str | None = None
         self._acked = 0
         self._sent = 0
+        self._transfer: _Transfer | None = None
 
     def welcome(self, last_seq: int) -> bytes:
         self._require(WELCOMING)
@@ -178,8 +231,39 @@ class Primary(_Endpoint):
         return wire.encode(Type.ENTRIES, self.epoch, self._sent, wire.entries(batch))
 
     def ping(self, last_seq: int) -> bytes:
-        self._require(STREAMING)
+        if self.state != SNAPSHOTTING:
+            self._require(STREAMING)
         return wire.encode(Type.PING, self.epoch, last_seq)
+
+    def snapshot_begin(self, last_seq: int, size: int) -> bytes:
+        """Announce a copy of the store as of `last_seq`, `size` bytes long."""
+        self._require(STREAMING)
+        if last_seq < self._sent:
+            raise ValueError(f"a snapshot at seq {last_seq} would go back behind seq {self._sent} already sent")
+        self.state = SNAPSHOTTING
+        self._transfer = _Transfer(last_seq, size)
+        return wire.encode(Type.SNAPSHOT_BEGIN, self.epoch, last_seq, wire.snapshot_begin(last_seq, size))
+
+    def snapshot_chunk(self, data: bytes) -> bytes:
+        self._require(SNAPSHOTTING)
+        t = self._transfer
+        if not data or t.offset + len(data) > t.size:
+            raise ValueError(f"a chunk of {len(data)} bytes at offset {t.offset} of {t.size}")
+        offset = t.offset
+        t.add(data)
+        return wire.encode(Type.SNAPSHOT_CHUNK, self.epoch, offset, data)
+
+    def snapshot_end(self) -> bytes:
+        """The copy is sent; entries continue from its last seq."""
+        self._require(SNAPSHOTTING)
+        t = self._transfer
+        if t.offset != t.size:
+            raise ValueError(f"snapshot ends at {t.offset} of {t.size} bytes")
+        self.state = STREAMING
+        self._transfer = None
+        self._sent = t.last_seq
+        return wire.encode(Type.SNAPSHOT_END, self.epoch, t.last_seq,
+                           wire.snapshot_end(t.last_seq, t.size, t.sha256.hexdigest()))
 
     def _handle(self, frame: Frame) -> list[Action]:
         if frame.type == Type.REFUSE:
@@ -193,7 +277,7 @@ class Primary(_Endpoint):
             return [Fence(frame.epoch), *self._refuse("stale_primary", f"peer is at epoch {frame.epoch}")]
         if frame.epoch < self.epoch:
             return self._close("epoch_changed", f"frame of epoch {frame.epoch}, welcomed at {self.epoch}")
-        if frame.type == Type.ACK and self.state == STREAMING:
+        if frame.type == Type.ACK and self.state in (STREAMING, SNAPSHOTTING):
             return self._ack(frame.seq)
         return self._unexpected(frame)
 
@@ -224,6 +308,7 @@ class Standby(_Endpoint):
         self.primary: str | None = None
         self._acked = last_seq
         self._primary_last_seq = last_seq
+        self._transfer: _Transfer | None = None
 
     @property
     def primary_last_seq(self) -> int:
@@ -244,7 +329,8 @@ class Standby(_Endpoint):
         durable all the same; the next HELLO carries them."""
         if self.state == CLOSED and seq <= self.last_seq:
             return b""
-        self._require(FOLLOWING)
+        if self.state != RECEIVING:  # an ACK of entries from before a snapshot may trail its BEGIN
+            self._require(FOLLOWING)
         if not self._acked <= seq <= self.last_seq:
             raise ValueError(f"ACK {seq} outside [{self._acked}, {self.last_seq}]")
         self._acked = seq
@@ -256,16 +342,50 @@ class Standby(_Endpoint):
             return self._close(refused.code, refused.message)
         if frame.type == Type.WELCOME and self.state == AWAITING_WELCOME:
             return self._welcome(frame.epoch, wire.decode_welcome(frame.payload))
-        if self.state != FOLLOWING:
+        if self.state not in (FOLLOWING, RECEIVING):
             return self._unexpected(frame)
         if frame.epoch != self.epoch:
             return self._close("epoch_changed", f"frame of epoch {frame.epoch}, welcomed at {self.epoch}")
-        if frame.type == Type.ENTRIES:
-            return self._entries(frame.seq, wire.decode_entries(frame.payload))
         if frame.type == Type.PING:
             self._primary_last_seq = max(self._primary_last_seq, frame.seq)
             return []
+        if self.state == RECEIVING:
+            if frame.type == Type.SNAPSHOT_CHUNK:
+                return self._snapshot_chunk(frame.seq, frame.payload)
+            if frame.type == Type.SNAPSHOT_END:
+                return self._snapshot_end(wire.decode_snapshot_end(frame.payload))
+        elif frame.type == Type.ENTRIES:
+            return self._entries(frame.seq, wire.decode_entries(frame.payload))
+        elif frame.type == Type.SNAPSHOT_BEGIN:
+            return self._snapshot_begin(wire.decode_snapshot_begin(frame.payload))
         return self._unexpected(frame)
+
+    def _snapshot_begin(self, begin: wire.SnapshotBeginPayload) -> list[Action]:
+        if begin.last_seq < self.last_seq:
+            return self._close("bad_snapshot", f"snapshot at seq {begin.last_seq}, this node has {self.last_seq}")
+        self.state = RECEIVING
+        self._transfer = _Transfer(begin.last_seq, begin.size)
+        self._primary_last_seq = max(self._primary_last_seq, begin.last_seq)
+        return [SnapshotBegin(begin.last_seq, begin.size)]
+
+    def _snapshot_chunk(self, offset: int, data: bytes) -> list[Action]:
+        t = self._transfer
+        if offset != t.offset or not data or t.offset + len(data) > t.size:
+            return self._close("bad_snapshot", f"chunk of {len(data)} bytes at offset {offset}; "
+                                               f"expected offset {t.offset} of {t.size}")
+        t.add(data)
+        return [SnapshotChunk(data)]
+
+    def _snapshot_end(self, end: wire.SnapshotEndPayload) -> list[Action]:
+        t = self._transfer
+        sha256 = t.sha256.hexdigest()
+        if (end.last_seq, end.size, end.sha256) != (t.last_seq, t.offset, sha256) or t.offset != t.size:
+            return self._close("bad_snapshot", f"snapshot ends at {end.size} bytes, sha256 {end.sha256}, seq "
+                                               f"{end.last_seq}; received {t.offset} of {t.size}, sha256 {sha256}")
+        self.state = FOLLOWING
+        self._transfer = None
+        self.last_seq = t.last_seq
+        return [SnapshotEnd(t.last_seq, t.size, sha256)]
 
     def _welcome(self, epoch: int, welcome: wire.WelcomePayload) -> list[Action]:
         if welcome.node == self.node:

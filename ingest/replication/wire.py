@@ -12,15 +12,22 @@
                   knows it is no longer the primary.
     seq      u64  the change-log position the frame is about (HELLO/WELCOME:
                   the sender's last seq; ENTRIES: the batch's last; ACK: the
-                  seq made durable; PING: the primary's last), so lag can be
-                  read without decoding a payload.
+                  seq made durable; PING: the primary's last; SNAPSHOT_BEGIN/
+                  END: the snapshot's last seq; SNAPSHOT_CHUNK: the chunk's
+                  byte offset in the snapshot), so lag can be read without
+                  decoding a payload.
     length   u32  payload bytes, checked against FRAME_BYTES_MAX as soon as
                   the header is in, before any of the payload is buffered.
     crc32    u32  over the header (this field zeroed) and the payload: a
                   flipped bit anywhere is a refused frame, never a wrong one.
 
 All integers are big-endian. Payloads are msgpack arrays (array_like
-msgspec structs): field order is the format, as in the store.
+msgspec structs): field order is the format, as in the store. The one
+exception is SNAPSHOT_CHUNK, whose payload is the file's bytes as they are.
+
+Version 2 added the SNAPSHOT_* frames (a standby too far behind for the
+retained log gets a copy of the whole store); a version-1 peer is refused
+with bad_version rather than sent frames it cannot read.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from typing import NamedTuple
 import msgspec
 
 MAGIC = b"INGR"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">4sHHQQII")
 HEADER_SIZE = HEADER.size
 assert HEADER_SIZE == 32, HEADER_SIZE
@@ -51,6 +58,9 @@ class Type(enum.IntEnum):
     ACK = 4  # standby -> primary: everything up to seq is durable here
     REFUSE = 5  # either way: why the sender is closing; nothing follows it
     PING = 6  # primary -> standby: keepalive carrying the primary's last seq
+    SNAPSHOT_BEGIN = 7  # primary -> standby: a copy of the store follows, at this last seq, this many bytes
+    SNAPSHOT_CHUNK = 8  # primary -> standby: the copy's next bytes (header seq: their offset)
+    SNAPSHOT_END = 9  # primary -> standby: the copy is whole; its sha256; entries follow from its last seq
 
 
 class Frame(NamedTuple):
@@ -161,10 +171,23 @@ class RefusePayload(msgspec.Struct, array_like=True, frozen=True):
     message: str
 
 
+class SnapshotBeginPayload(msgspec.Struct, array_like=True, frozen=True):
+    last_seq: int
+    size: int
+
+
+class SnapshotEndPayload(msgspec.Struct, array_like=True, frozen=True):
+    last_seq: int
+    size: int
+    sha256: str  # hex, of all the chunks' bytes in order: the copy end to end
+
+
 _encoder = msgspec.msgpack.Encoder()
 _hello = msgspec.msgpack.Decoder(HelloPayload)
 _welcome = msgspec.msgpack.Decoder(WelcomePayload)
 _refuse = msgspec.msgpack.Decoder(RefusePayload)
+_snapshot_begin = msgspec.msgpack.Decoder(SnapshotBeginPayload)
+_snapshot_end = msgspec.msgpack.Decoder(SnapshotEndPayload)
 # A batch is a bare array of [seq, raw log-entry bytes] pairs: the entries
 # stay the bytes the primary stored, so the standby stores exactly them.
 _entries = msgspec.msgpack.Decoder(list[tuple[int, bytes]])
@@ -209,3 +232,19 @@ def entries(batch: list[tuple[int, bytes]]) -> bytes:
 
 def decode_entries(payload: bytes) -> list[tuple[int, bytes]]:
     return _decode(_entries, payload)
+
+
+def snapshot_begin(last_seq: int, size: int) -> bytes:
+    return _encoder.encode(SnapshotBeginPayload(last_seq, size))
+
+
+def decode_snapshot_begin(payload: bytes) -> SnapshotBeginPayload:
+    return _decode(_snapshot_begin, payload)
+
+
+def snapshot_end(last_seq: int, size: int, sha256: str) -> bytes:
+    return _encoder.encode(SnapshotEndPayload(last_seq, size, sha256))
+
+
+def decode_snapshot_end(payload: bytes) -> SnapshotEndPayload:
+    return _decode(_snapshot_end, payload)
