@@ -1,6 +1,7 @@
 """A TCP proxy for fault tests: it forwards bytes both ways and can cut every
 connection (mid-frame, wherever the stream happens to be), cut each
-connection after N bytes, or stall the stream. Threads only; loopback only."""
+connection after N bytes, stall the stream, or hold each connection's
+stream after N bytes until released. Threads only; loopback only."""
 from __future__ import annotations
 
 import socket
@@ -13,8 +14,10 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cut_after_bytes: int | None = None
+        self.hold_after_bytes: int | None = None
         self.flowing = threading.Event()
         self.flowing.set()
+        self.released = threading.Event()  # ends every hold (hold_after_bytes)
         self.cuts = 0
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -39,12 +42,21 @@ class Proxy:
                 threading.Thread(target=self._pump, args=(src, dst, budget), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, budget: list) -> None:
+        sent = 0
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 self.flowing.wait(30)  # a stall holds the bytes, bounded
+                hold = self.hold_after_bytes
+                if hold is not None and sent + len(data) > hold and not self.released.is_set():
+                    part = max(hold - sent, 0)
+                    dst.sendall(data[:part])
+                    sent += part
+                    data = data[part:]
+                    self.released.wait(30)  # bounded, like a stall
+                sent += len(data)
                 if budget[0] is not None:
                     if len(data) >= budget[0]:
                         dst.sendall(data[: budget[0]])

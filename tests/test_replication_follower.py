@@ -1,12 +1,22 @@
 """The standby's follow loop (ingest/replication/standby.py) against a
 scripted primary on 127.0.0.1: what the loop does when the link dies while
-an apply runs on the writer thread."""
+an apply runs on the writer thread.
+
+The scenario runs in a process of its own (python this_file.py DIR): it
+needs real threads and a real uvloop, and the test process may have been
+monkey-patched by then (importing locust patches threading with gevent)."""
 from __future__ import annotations
 
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uvloop
 
@@ -18,11 +28,12 @@ from ingest.store import Store
 
 NOW = 1_700_000_000_000
 WAIT_S = 20.0
+MAP = 8 << 20  # the whole map is allocated on disk: keep test stores small
 
 
 def source_log(path, n: int) -> tuple[list[tuple[int, bytes]], str]:
     """n real change-log entries, and the digest of the store that made them."""
-    src = Store(path)
+    src = Store(path, map_bytes_initial=MAP)
     try:
         src.write(lambda tx: [rules.apply_binding(
             tx, BindingEvent(f"e{i}", "S1", "D1", f"T{i // 10:08d}", f"P{i:016d}", 10, NOW), "LAB", 0)
@@ -72,9 +83,16 @@ async def until(condition, what: str) -> None:
     raise AssertionError(f"not within {WAIT_S}s: {what}")
 
 
-def test_a_reset_while_applying_reconnects_and_catches_up(tmp_path, monkeypatch):
+def test_a_reset_while_applying_reconnects_and_catches_up(tmp_path):
+    out = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True, text=True,
+                         timeout=5 * WAIT_S)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert out.stdout.strip() == "caught up", out.stdout[-3000:]
+
+
+def reset_while_applying(tmp_path: Path) -> None:
     log, digest = source_log(str(tmp_path / "src"), 30)
-    store = Store(str(tmp_path / "standby"))
+    store = Store(str(tmp_path / "standby"), map_bytes_initial=MAP)
     entered, release = threading.Event(), threading.Event()
     apply_log = store.apply_log
 
@@ -93,7 +111,7 @@ def test_a_reset_while_applying_reconnects_and_catches_up(tmp_path, monkeypatch)
         standby_writers.append(writer)
         return reader, writer
 
-    monkeypatch.setattr(asyncio, "open_connection", recording_open)
+    asyncio.open_connection = recording_open  # a process of its own: no one else sees it
 
     async def main() -> None:
         primary = ScriptedPrimary(log, first_batch=10)
@@ -117,7 +135,13 @@ def test_a_reset_while_applying_reconnects_and_catches_up(tmp_path, monkeypatch)
                 writer.transport.abort()
 
     try:
-        uvloop.run(main())
+        # Bounded as a whole: a hang fails with the place it hung.
+        uvloop.run(asyncio.wait_for(main(), 3 * WAIT_S))
         assert store.digest() == digest
     finally:
         store.close()
+    print("caught up")
+
+
+if __name__ == "__main__":
+    reset_while_applying(Path(sys.argv[1]))

@@ -4,21 +4,32 @@ per standby, streaming the change log from where the standby stands.
 Only moves bytes: the conversation is ingest.replication.protocol.Primary.
 After every group commit the server calls `Hub.notify()`, and each session
 sends what its standby does not have yet, as long as the socket takes it.
+
+A standby whose next entry is no longer in the retained log (the store's
+`log_keep`) gets a snapshot instead: LMDB's hot copy, made on a Hub thread
+into a temporary file in the data directory while ingest goes on, sent in
+chunks as the socket drains, then the entries after it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol
-from ingest.store import Store
+from ingest.store import SNAPSHOT_OUT_PREFIX, Store
 
 log = logging.getLogger("ingest.replication")
 
 # Entries read from the log per frame; frames stay well under the wire limit.
 ENTRIES_PER_FRAME = 1000
+# Snapshot bytes per frame: well under the 8 MiB frame limit, and large
+# enough that the per-frame cost (a thread hop to read it) stays small.
+SNAPSHOT_CHUNK_BYTES = 1 << 20
 
 
 class Session(asyncio.Protocol):
@@ -32,6 +43,9 @@ class Session(asyncio.Protocol):
         self.acked = 0
         self.caught_up_at = time.time()
         self._paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.snapshot: dict | None = None  # a snapshot under way: its seq and bytes sent
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -42,6 +56,7 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.sessions.discard(self)
         self.transport = None
+        self._writable.set()  # a snapshot waiting to send sees the end and stops
         log.info("standby %s (%s) disconnected", self.node or "?", self.peer)
 
     def data_received(self, data: bytes) -> None:
@@ -81,12 +96,69 @@ class Session(asyncio.Protocol):
 
     def pump(self) -> None:
         store = self.hub.store
-        while self.transport is not None and not self._paused and 0 <= self.cursor < store.last_seq:
+        while (self.transport is not None and not self._paused and self.snapshot is None
+               and 0 <= self.cursor < store.last_seq):
             entries = store.log_raw(self.cursor, ENTRIES_PER_FRAME)
-            if not entries:
-                break
+            if not entries or entries[0][0] != self.cursor + 1:
+                # What it needs next was trimmed (before it came, or while it
+                # lagged): the log cannot bring it up to date any more.
+                self._start_snapshot()
+                return
             self.transport.write(self.proto.entries(entries))
             self.cursor = entries[-1][0]
+
+    def _start_snapshot(self) -> None:
+        store = self.hub.store
+        log.warning("standby %s (%s) needs seq %d, the log starts at %d: sending a snapshot",
+                    self.node, self.peer, self.cursor + 1, store.log_start)
+        self.snapshot = {"last_seq": None, "bytes_sent": 0, "bytes_total": None}
+        asyncio.get_running_loop().create_task(self._send_snapshot())
+
+    async def _send_snapshot(self) -> None:
+        # Never cancelled: the copy runs on a thread that writes to the file,
+        # which must stay open until it returns. A lost connection is noticed
+        # at each step instead.
+        store = self.hub.store
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        fd, path = tempfile.mkstemp(prefix=SNAPSHOT_OUT_PREFIX, suffix=".mdb", dir=store.path)
+        try:
+            with os.fdopen(fd, "rb") as f:
+                last_seq = await loop.run_in_executor(self.hub.pool, store.snapshot, f.fileno())
+                size = os.fstat(f.fileno()).st_size
+                f.seek(0)  # the copy wrote through the same descriptor
+                if self.transport is None:
+                    return
+                self.snapshot.update(last_seq=last_seq, bytes_total=size)
+                log.info("snapshot for %s: %d bytes at seq %d, copied in %.1fs", self.node, size, last_seq,
+                         time.monotonic() - started)
+                self.transport.write(self.proto.snapshot_begin(last_seq, size))
+                while True:
+                    await self._writable.wait()
+                    if self.transport is None:
+                        return
+                    data = await loop.run_in_executor(self.hub.pool, f.read, SNAPSHOT_CHUNK_BYTES)
+                    if self.transport is None:
+                        return
+                    if not data:
+                        break
+                    self.transport.write(self.proto.snapshot_chunk(data))
+                    self.snapshot["bytes_sent"] += len(data)
+                self.transport.write(self.proto.snapshot_end())
+            log.info("snapshot sent to %s: %d bytes at seq %d in %.1fs; streaming from there", self.node, size,
+                     last_seq, time.monotonic() - started)
+            self.cursor = last_seq
+            self.snapshot = None
+            self.pump()
+        except Exception:
+            log.exception("snapshot for %s (%s) failed; closing its connection", self.node, self.peer)
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def ping(self) -> None:
         # Silence would look like a dead link to the standby (it reconnects
@@ -96,15 +168,18 @@ class Session(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._writable.clear()
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._writable.set()
         self.pump()
 
     def status(self) -> dict:
         lag = self.hub.store.last_seq - self.acked
         return {"node": self.node, "peer": self.peer, "sent_seq": max(self.cursor, 0), "acked_seq": self.acked,
-                "lag_events": lag, "lag_seconds": 0.0 if lag <= 0 else round(time.time() - self.caught_up_at, 3)}
+                "lag_events": lag, "lag_seconds": 0.0 if lag <= 0 else round(time.time() - self.caught_up_at, 3),
+                "snapshot": self.snapshot}
 
 
 class Hub:
@@ -114,6 +189,9 @@ class Hub:
         self.on_fence = on_fence
         self.on_ack = on_ack
         self._server: asyncio.AbstractServer | None = None
+        # Hot copies and their reads: off the loop, and not on the default
+        # executor, which promotion and others share.
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-snapshot")
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -136,6 +214,9 @@ class Hub:
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.close()
+        # A copy still running ends with the store's close; its file is
+        # removed at the next open if not before.
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def status(self) -> list[dict]:
         return [s.status() for s in self.sessions if s.cursor >= 0]

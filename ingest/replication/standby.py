@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol
-from ingest.store import Store
+from ingest.store import SNAPSHOT_IN, Store
 
 log = logging.getLogger("ingest.replication")
 
@@ -23,6 +24,9 @@ RECONNECT_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 # The primary pings every tick (0.5 s); this long without any frame means the
 # link is dead even if no FIN ever arrives (a cut in between, a stalled proxy).
 READ_TIMEOUT_S = 5.0
+# A connect to a host that drops SYNs would otherwise wait for the kernel's
+# own timeout (minutes), with the status saying nothing.
+CONNECT_TIMEOUT_S = 5.0
 # Refusals after which trying again cannot help: an operator must act.
 FATAL = {"self", "stale_primary", "ahead", "gap", "epoch_changed"}
 
@@ -39,6 +43,7 @@ class Follower:
         # When this standby last had everything the primary had: lag in time.
         self.caught_up_at = time.time()
         self.stopped_because = ""
+        self.snapshot: dict | None = None  # a snapshot being received: its seq and bytes
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-standby-writer")
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -58,7 +63,11 @@ class Follower:
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task], timeout=0.5)
-        await asyncio.get_running_loop().run_in_executor(None, lambda: self._writer_thread.shutdown(wait=True))
+        # The writer thread runs its jobs in order: once this no-op has run,
+        # no apply is running or queued. (Not shutdown(wait=True) on the
+        # default executor: one thread fewer to join at the loop's end.)
+        await asyncio.get_running_loop().run_in_executor(self._writer_thread, _nothing)
+        self._writer_thread.shutdown(wait=False)
         self.connected = False
 
     async def _run(self) -> None:
@@ -88,9 +97,13 @@ class Follower:
 
     async def _follow_once(self) -> str:
         loop = asyncio.get_running_loop()
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return f"no connection within {CONNECT_TIMEOUT_S:g}s"
         store = self.store
         proto = protocol.Standby(store.node, store.epoch, store.last_seq)
+        incoming = None  # the snapshot file being received, if any
         try:
             writer.write(proto.hello())
             while not self._stopping:
@@ -123,6 +136,23 @@ class Follower:
                         # ACK, and the next HELLO says where we stand.
                         if not _send(writer, proto.ack(seq)):
                             return "connection lost while applying"
+                    elif kind is protocol.SnapshotBegin:
+                        incoming = await loop.run_in_executor(self._writer_thread, self._incoming)
+                        self.snapshot = {"last_seq": action.last_seq, "bytes_received": 0,
+                                         "bytes_total": action.size}
+                        log.warning("receiving a snapshot of %d bytes at seq %d (this node is at seq %d, "
+                                    "behind the primary's retained log)", action.size, action.last_seq,
+                                    store.last_seq)
+                    elif kind is protocol.SnapshotChunk:
+                        await loop.run_in_executor(self._writer_thread, incoming.write, action.data)
+                        self.snapshot["bytes_received"] += len(action.data)
+                    elif kind is protocol.SnapshotEnd:
+                        await loop.run_in_executor(self._writer_thread, self._install, incoming, action)
+                        incoming = None
+                        self.snapshot = None
+                        log.warning("installed the snapshot: now at seq %d", store.last_seq)
+                        if not _send(writer, proto.ack(store.last_seq)):
+                            return "connection lost after the snapshot"
                     elif kind is protocol.Close:
                         return action.code
                 if proto.primary_last_seq:
@@ -132,6 +162,28 @@ class Follower:
             return "stopping"
         finally:
             writer.close()
+            if incoming is not None:  # cut mid-snapshot: nothing was installed
+                self.snapshot = None
+                await loop.run_in_executor(self._writer_thread, self._discard, incoming)
+
+    def _incoming(self):
+        """A fresh file for a snapshot (writer thread). A fixed name: what a
+        killed process left of one is simply overwritten (or removed at open)."""
+        return open(os.path.join(self.store.path, SNAPSHOT_IN), "wb")
+
+    def _install(self, incoming, end: protocol.SnapshotEnd) -> None:
+        incoming.flush()
+        os.fsync(incoming.fileno())
+        incoming.close()
+        self.store.install_snapshot(incoming.name, end.last_seq, end.size, end.sha256)
+
+    @staticmethod
+    def _discard(incoming) -> None:
+        incoming.close()
+        try:
+            os.unlink(incoming.name)
+        except FileNotFoundError:
+            pass
 
     def status(self) -> dict:
         alive = self._task is not None and not self._task.done()
@@ -143,6 +195,7 @@ class Follower:
             "lag_seconds": 0.0 if self.primary_last_seq <= self.store.last_seq
             else round(time.time() - self.caught_up_at, 3),
             "stopped_because": self.stopped_because or None,
+            "snapshot": self.snapshot,
         }
 
 
@@ -157,3 +210,7 @@ def _send(writer: asyncio.StreamWriter, data: bytes) -> bool:
     if data:
         writer.write(data)
     return True
+
+
+def _nothing() -> None:
+    pass
