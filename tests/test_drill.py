@@ -27,6 +27,11 @@ def test_sync_mode_loses_nothing_across_20_failovers(tmp_path):
     assert report["kill_to_first_write_s_max"] < 5
     kinds = [t["event"] for t in report["timeline"]]
     assert kinds.count("killed") == 20 and kinds.count("promoted") == 20
+    # the drill keeps a short log: once it no longer starts at seq 1, a node
+    # rejoining from an empty directory can only catch up by a snapshot
+    trimmed = [f for f in report["failovers"] if f["rejoin_primary_log_first_seq"] > 1]
+    assert trimmed, "the log was never trimmed: no rejoin needed a snapshot"
+    assert all(f["rejoined_by_snapshot"] for f in trimmed)
 
 
 def test_async_mode_replays_the_unreplicated_tail(tmp_path):
