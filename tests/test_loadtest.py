@@ -208,7 +208,6 @@ def test_the_model_agrees_with_the_server_on_the_lifecycle(server):
 def test_the_headless_run_fails_when_the_server_breaks_a_rule(tmp_path):
     """A server that lets a person into a second tube at once (window 0 h)
     answers 201 where the rules say 409: the run must fail and say so."""
-    pytest.importorskip("locust")
     config = tmp_path / "lenient.toml"
     config.write_text(config_with(rules={"person_other_tube_window_hours": 0}))
     out = tmp_path / "run"
