@@ -211,13 +211,18 @@ def build_report(results: list[dict], campaign: Campaign, command: str) -> dict:
         "command": command,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "implementation": _implementation()},
+                    "implementation": _implementation(), "commit": _commit()},
         "campaign": campaign.as_dict(),
         "generator": {"requests_per_s": generator["events_per_s"], "wrk_cpu": generator["wrk_cpu"],
                       "ceiling_requests_per_s": generator["events_per_s"] / max(generator["wrk_cpu"], 1e-9),
                       "series": generator["series"]},
         "scenarios": scenarios,
     }
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 def _implementation() -> str:
@@ -234,7 +239,8 @@ def markdown(report: dict, compare: dict | None) -> str:
         "# Capacity report", "",
         f"Command: `{report['command']}`  ",
         f"Run: {report['when']} on {report['machine']['cpus']} CPUs, {report['machine']['platform']}, "
-        f"Python {report['machine']['python']}, kernels: {report['machine']['implementation']}.", "",
+        f"Python {report['machine']['python']}, kernels: {report['machine']['implementation']}"
+        f"{', code at ' + report['machine']['commit'] if report['machine'].get('commit') else ''}.", "",
         "## The campaign (inputs)", "",
         f"- {c['people']:,} people in {c['hours']:g} hours: a mean of **{c['mean_events_per_s']:,.0f} events/s**",
         f"- stated peak factor {c['peak_factor']:g}; the day shape's own peak factor is "
