@@ -233,6 +233,10 @@ def digest(data: Path) -> str:
 # -- the summary ---------------------------------------------------------------
 
 
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def _locust_figures(out: Path) -> dict:
     """Locust's final figures (locustfile.py writes them on quitting); an empty run if it never got there."""
     path = out / "locust-summary.json"
@@ -261,6 +265,9 @@ def write_summary(out: Path, summary: dict) -> None:
         *[f"| {k} | {v['acknowledged'] - v['missing']} of {v['acknowledged']} | {v['missing']} |"
           for k, v in summary["store"].items()], "",
     ]
+    logs = summary.get("server_log_lines", {})
+    lines += [f"Server warnings and errors logged: primary {logs.get('primary', 0)}, "
+              f"standby {logs.get('standby', 0)} (see primary.log, standby.log).", ""]
     if summary.get("standby") != "none":
         lines += [f"Primary and standby digests: {'equal' if summary['digests_equal'] else 'DIFFERENT'} "
                   f"(last sequence number {summary['last_seq']}).", ""]
@@ -311,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         "replication": primary_status.get("replication"),
         "locust": _locust_figures(out), "store": store,
     }
+    # At WARNING level a server logs only what an operator must see (a sync
+    # standby lost and the fall back to async, a store error): count them.
+    summary["server_log_lines"] = {name: _lines(out / f"{name}.log") for name in ("primary", "standby")}
     if pair.standby is not None:
         summary["digests_equal"] = digest(out / "data-primary") == digest(out / "data-standby")
     lost = sum(v["missing"] for v in store.values())
