@@ -2,6 +2,8 @@
 
     ingest serve [--data DIR] [--host H] [--port P] [--config FILE]
     ingest export bindings|tubes|results [--data DIR] [--site S] [--since MS] [--until MS] [--out FILE]
+    ingest drill [--hosts A,B [--remote 'ssh {host} {command}'] ...]
+    ingest tail --data DIR --after SEQ
 
 With no options it serves on 127.0.0.1:8080 with ./data and the shipped
 configuration: nothing else to install or run.
@@ -117,11 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--mode", choices=["sync", "async"], default="sync")
     drill.add_argument("--threads", type=int, default=4, help="client threads driving the load")
     drill.add_argument("--rate", type=float, default=200.0, help="events per second of the steady load")
-    drill.add_argument("--base-port", type=int, default=18700, help="HTTP ports base, base+1; replication +100")
-    drill.add_argument("--workdir", default=None, help="data directories, logs, tails (default: a temp dir)")
+    drill.add_argument("--base-port", type=int, default=18700,
+                       help="on this machine: HTTP ports base, base+1; replication +100")
+    drill.add_argument("--workdir", default=None,
+                       help="tails and the report, and on this machine the data directories and logs "
+                            "(default: a temp dir)")
+    real = drill.add_argument_group("against two real hosts (docs/operations.md)")
+    real.add_argument("--hosts", default=None, metavar="A,B",
+                      help="run the nodes on these hosts; HOST or HOST:HTTP_PORT:REPLICATION_PORT each")
+    real.add_argument("--remote", default="ssh -o BatchMode=yes {host} {command}", metavar="TEMPLATE",
+                      help="how to run a shell command on a host; {host} and {command} are filled in "
+                           "shell-quoted, the result runs in /bin/sh here (default: %(default)s)")
+    real.add_argument("--remote-dir", default="/var/lib/ingest-drill",
+                      help="the drill's directory on each host: data-NODE/, NODE.log, NODE.pid, config "
+                           "(default: %(default)s)")
+    real.add_argument("--http-port", type=int, default=18700, help="HTTP port on each host (default: %(default)s)")
+    real.add_argument("--replication-port", type=int, default=18800,
+                      help="replication port on each host (default: %(default)s)")
+    real.add_argument("--python", default="python3",
+                      help="the Python on the hosts that has ingest installed (default: %(default)s)")
     drill.add_argument("--report", default=None, help="JSON report path (default: in the workdir)")
     drill.add_argument("--seed", type=int, default=None)
     drill.set_defaults(func=lambda args: __import__("ingest.drill", fromlist=["main"]).main(args))
+
+    tail = sub.add_parser("tail", help="binding events in a store's log after a seq, as JSON lines "
+                                       "(a dead primary's unreplicated tail)")
+    tail.add_argument("--data", required=True, help="LMDB data directory (of a stopped node)")
+    tail.add_argument("--after", type=int, required=True, metavar="SEQ",
+                      help="the last seq the new primary has (its last_seq after promotion)")
+    tail.set_defaults(func=lambda args: __import__("ingest.tail", fromlist=["main"]).main(args))
 
     exp = sub.add_parser("export", help="write bindings, tubes or results as CSV (streaming)")
     exp.add_argument("what", choices=["bindings", "tubes", "results"])

@@ -1,7 +1,9 @@
 """`ingest drill`: prove failover on demand.
 
-On one machine (two data directories, loopback ports) it starts a primary and
-a standby, drives a steady load of bindings through ingest.client, and then,
+On one machine (two data directories, loopback ports), or on two real hosts
+(`--hosts`, each node driven through a shell command template such as
+`ssh {host} {command}`: ingest/drillnodes.py), it starts a primary and a
+standby, drives a steady load of bindings through ingest.client, and then,
 `failovers` times: waits until the standby has caught up, SIGKILLs the
 primary at a random moment, promotes the standby, writes out the dead
 primary's log entries the new primary does not have (its unreplicated tail)
@@ -14,29 +16,24 @@ report is printed and written as JSON.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import random
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from ingest import _codes_py
 from ingest.client import Client, NoPrimary
-from ingest.records import decode_log_entry
-from ingest.store import Store
+from ingest.drillnodes import LocalNode, RemoteNode, parse_hosts
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Change-log retention of the drill's nodes: small enough that a rejoin from
 # an empty directory soon needs a snapshot, large enough to hold any
 # unreplicated tail (the standby has caught up shortly before each kill).
 LOG_KEEP = 500
-SNAPSHOT_INSTALLED = "installed the snapshot"
 
 
 def _check_char(body: str, alphabet: str, ok) -> str:
@@ -63,64 +60,18 @@ class Events:
                 "person": person, "pool_size": 10, "scanned_at": int(time.time() * 1000)}
 
 
-class Node:
-    def __init__(self, name: str, workdir: Path, http_port: int, repl_port: int, config: Path):
-        self.name = name
-        self.data = workdir / f"data-{name}"
-        self.log = workdir / f"{name}.log"
-        self.http_port = http_port
-        self.repl_port = repl_port
-        self.config = config
-        self.proc: subprocess.Popen | None = None
+def drill_config(mode: str) -> str:
+    """The shipped configuration with the drill's replication settings."""
+    from importlib import resources
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    def start(self, follow: "Node | None") -> None:
-        cmd = [sys.executable, "-m", "ingest", "serve", "--data", str(self.data), "--port", str(self.http_port),
-               "--replication-port", str(self.repl_port), "--config", str(self.config), "--log-level", "WARNING"]
-        if follow is not None:
-            cmd += ["--follow", f"127.0.0.1:{follow.repl_port}"]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                self.status()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"node {self.name} exited; see {self.log}") from None
-                time.sleep(0.05)
-        raise RuntimeError(f"node {self.name} did not start; see {self.log}")
-
-    def status(self) -> dict:
-        with urllib.request.urlopen(f"http://{self.address}/v1/status", timeout=5) as r:
-            return json.loads(r.read())
-
-    def promote(self) -> dict:
-        req = urllib.request.Request(f"http://{self.address}/v1/admin/promote", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    text = resources.files("ingest").joinpath("default_config.toml").read_text()
+    return text.replace('mode = "async"', f'mode = "{mode}"', 1).replace(
+        "sync_timeout_s = 10.0", "sync_timeout_s = 2.0", 1).replace(
+        "log_keep_entries = 0", f"log_keep_entries = {LOG_KEEP}", 1)
 
 
 class Drill:
-    def __init__(self, workdir: Path, base_port: int, mode: str, failovers: int, seconds_between: float,
+    def __init__(self, workdir: Path, nodes: list, mode: str, failovers: int, seconds_between: float,
                  threads: int, seed: int | None, rate: float = 200.0):
         self.workdir = workdir
         self.mode = mode
@@ -131,16 +82,9 @@ class Drill:
         # standby's catch-up on the same machine.
         self.interval_s = threads / rate
         self.random = random.Random(seed)
-        config = workdir / "config.toml"
-        from importlib import resources
-
-        text = resources.files("ingest").joinpath("default_config.toml").read_text()
-        text = text.replace('mode = "async"', f'mode = "{mode}"', 1).replace(
-            "sync_timeout_s = 10.0", "sync_timeout_s = 2.0", 1).replace(
-            "log_keep_entries = 0", f"log_keep_entries = {LOG_KEEP}", 1)
-        config.write_text(text)
-        self.nodes = [Node("a", workdir, base_port, base_port + 100, config),
-                      Node("b", workdir, base_port + 1, base_port + 101, config)]
+        # Two nodes with the same methods (ingest/drillnodes.py): local
+        # processes or servers on real hosts; the steps below are the same.
+        self.nodes = nodes
         stamp = int(time.time() * 1000) % 36**4
         self.events = Events("".join(ALNUM[(stamp // 36**i) % 36] for i in range(3, -1, -1)))
         self.load_error: BaseException | None = None
@@ -150,7 +94,7 @@ class Drill:
         self.stop_load = threading.Event()
         self.t0 = time.monotonic()
         self.timeline: list[dict] = []
-        self.report: dict = {"mode": mode, "failovers": []}
+        self.report: dict = {"mode": mode, "nodes": {n.name: n.address for n in nodes}, "failovers": []}
 
     def note(self, what: str, **extra) -> None:
         self.timeline.append({"t": round(time.monotonic() - self.t0, 3), "event": what, **extra})
@@ -181,7 +125,7 @@ class Drill:
         finally:
             client.close()
 
-    def _wait_healthy(self, primary: Node, standby: Node, timeout: float = 120) -> dict:
+    def _wait_healthy(self, primary, standby, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = standby.status()
@@ -192,36 +136,37 @@ class Drill:
             time.sleep(0.1)
         raise RuntimeError("the standby did not catch up")
 
-    def _tail(self, dead: Node, after: int) -> list[dict]:
-        """Bindings in the dead primary's log that the new primary lacks."""
-        store = Store(str(dead.data))
-        try:
-            if store.log_start > after + 1:
-                # Retention trimmed part of the tail: replaying the rest would
-                # pass for a complete check and hide the loss.
-                raise RuntimeError(f"node {dead.name}'s log starts at seq {store.log_start}; its tail after "
-                                   f"seq {after} is no longer all there (LOG_KEEP {LOG_KEEP} too small)")
-            out = []
-            from ingest.events import BindingEvent
-
-            for _seq, raw in store.log_raw(after, limit=10**9):
-                entry = decode_log_entry(raw)
-                if entry.kind == "binding":
-                    fields = BindingEvent.__struct_fields__
-                    out.append({k: v for k, v in zip(fields, entry.payload) if v is not None})
-            return out
-        finally:
-            store.close()
+    def _first_ack_after(self, t: float, timeout: float = 30) -> float | None:
+        """When the first write after `t` was acknowledged. Waited for: the
+        new primary may hold its first answers (sync mode, until a standby
+        has the entries or sync_timeout_s) past the rejoin; the load goes on,
+        so one comes unless the load died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                # acked_at is appended under the lock, so it is sorted
+                i = bisect.bisect_right(self.acked_at, t)
+                if i < len(self.acked_at):
+                    return self.acked_at[i]
+            if self.stop_load.is_set() or time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
 
     @staticmethod
-    def _snapshots_installed(node: Node) -> int:
-        """Snapshots the node has installed so far (its log outlives restarts)."""
+    def _tail(dead, after: int) -> list[dict]:
+        """Bindings in the dead primary's log that the new primary lacks."""
         try:
-            return node.log.read_text(errors="replace").count(SNAPSHOT_INSTALLED)
-        except FileNotFoundError:
-            return 0
+            return dead.tail_after(after)
+        except RuntimeError as exc:
+            # Retention may have trimmed part of the tail: replaying the rest
+            # would pass for a complete check and hide the loss.
+            raise RuntimeError(f"cannot write out node {dead.name}'s tail after seq {after} (the drill's "
+                               f"nodes keep {LOG_KEEP} log entries): {exc}") from None
 
     def run(self) -> dict:
+        config = drill_config(self.mode)
+        for node in self.nodes:
+            node.setup(config)
         primary, standby = self.nodes
         primary.start(None)
         standby.start(primary)
@@ -237,6 +182,10 @@ class Drill:
             lag = standby.status()["replication"]["lag_events"]
             killed_at = time.monotonic()
             primary.kill()
+            # The kill returns once the process is gone; an answer before
+            # that may still be the old primary's (a remote kill takes a
+            # round trip).
+            dead_at = time.monotonic()
             self.note("killed", node=primary.name, last_seq=before["last_seq"], standby_lag_events=lag)
             promoted = standby.promote()
             self.note("promoted", node=standby.name, epoch=promoted["epoch"], last_seq=promoted["last_seq"])
@@ -245,23 +194,23 @@ class Drill:
             tail_file.write_text("".join(json.dumps(ev) + "\n" for ev in tail))
             replayed_new = sum(1 for ev in tail if replay.bind(ev)[0] == 201)
             self.note("tail replayed", written_out=len(tail), newly_bound=replayed_new, file=str(tail_file))
-            shutil.rmtree(primary.data, ignore_errors=True)
-            installs_before = self._snapshots_installed(primary)
+            primary.wipe()
+            installs_before = primary.snapshots_installed()
             log_first_seq = standby.status()["log_first_seq"]
             primary.start(standby)
             self.note("rejoined as standby", node=primary.name, primary_log_first_seq=log_first_seq)
-            with self.lock:
-                first = next((t for t in self.acked_at if t > killed_at), None)
             self.report["failovers"].append({
                 "killed": primary.name, "promoted": standby.name, "standby_lag_events_before_kill": lag,
-                "kill_to_first_write_s": round(first - killed_at, 3) if first else None,
                 "tail_written_out": len(tail), "tail_newly_bound": replayed_new,
                 "rejoin_primary_log_first_seq": log_first_seq,
             })
             primary, standby = standby, primary
             self._wait_healthy(primary, standby)
-            self.report["failovers"][-1]["rejoined_by_snapshot"] = \
-                self._snapshots_installed(standby) > installs_before
+            first = self._first_ack_after(dead_at)
+            self.report["failovers"][-1].update({
+                "kill_to_first_write_s": round(first - killed_at, 3) if first else None,
+                "rejoined_by_snapshot": standby.snapshots_installed() > installs_before,
+            })
         self._wait_healthy(primary, standby)
         self.stop_load.set()
         for w in workers:
@@ -290,16 +239,39 @@ class Drill:
         return self.report
 
 
+def make_nodes(args, workdir: Path, hosts: list[tuple[str, int, int]] | None) -> list:
+    """Local nodes on loopback ports, or, with --hosts, one node per host."""
+    if hosts is None:
+        return [LocalNode("a", workdir, args.base_port, args.base_port + 100),
+                LocalNode("b", workdir, args.base_port + 1, args.base_port + 101)]
+    return [RemoteNode(name, host, http_port, repl_port, args.remote_dir, args.remote, args.python)
+            for name, (host, http_port, repl_port) in zip("ab", hosts)]
+
+
 def main(args) -> int:
+    hosts = None
+    if args.hosts:
+        try:
+            hosts = parse_hosts(args.hosts, args.http_port, args.replication_port)
+            if "{command}" not in args.remote:
+                raise ValueError(f"--remote {args.remote!r} has no {{command}}")
+            if not args.remote_dir.startswith("/"):
+                raise ValueError("--remote-dir must be an absolute path")
+        except ValueError as exc:
+            print(f"ingest: {exc}", file=sys.stderr)
+            return 2
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ingest-drill-"))
+    nodes = make_nodes(args, workdir, hosts)
     workdir.mkdir(parents=True, exist_ok=True)
-    drill = Drill(workdir, args.base_port, args.mode, args.failovers, args.seconds, args.threads, args.seed,
-                  args.rate)
+    drill = Drill(workdir, nodes, args.mode, args.failovers, args.seconds, args.threads, args.seed, args.rate)
     try:
         report = drill.run()
     finally:
         for node in drill.nodes:
-            node.kill()
+            try:
+                node.kill()
+            except Exception as exc:  # noqa: BLE001 - one node's cleanup must not skip the other's
+                print(f"ingest: could not kill node {node.name} ({node.address}): {exc}", file=sys.stderr)
     out = Path(args.report) if args.report else workdir / "drill-report.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"mode {report['mode']}, {len(report['failovers'])} failovers: "
