@@ -134,6 +134,32 @@ class Checked:
         """POST and check; returns the answer when it was the expected one."""
         return self._call("POST", name, path, body, expect)
 
+    def post_items(self, name: str, path: str, body: dict, expects: list[Expect]) -> list[dict] | None:
+        """POST a batch answered item by item (bindings, results); each item is checked in order.
+
+        Returns the items' answers when every one was the expected one."""
+        with self.user.client.post(path, data=json.dumps(body).encode(), headers=JSON, name=name,
+                                   catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"wrong answer to {name}: status {resp.status_code}")
+                return None
+            try:
+                results = resp.json().get("results", [])
+            except (ValueError, AttributeError):
+                resp.failure(f"wrong answer to {name}: body is not a JSON object")
+                return None
+            if len(results) != len(expects):
+                resp.failure(f"wrong answer to {name}: results and items differ in number")
+                return None
+            for expect, got in zip(expects, results):
+                reason = mismatch(expect, got.get("status", 0) if isinstance(got, dict) else 0, got)
+                if reason:
+                    resp.failure(f"wrong answer to {name} item: {reason}")
+                    return None
+                if expect.on_answer:
+                    expect.on_answer(got)
+            return results
+
     def get(self, name: str, path: str, expect: Expect) -> dict | None:
         return self._call("GET", name, path, None, expect)
 
@@ -297,24 +323,10 @@ class SiteUser(FastHttpUser):
 
     def _replay(self, backlog: list[dict]) -> None:
         expects = [item_expect(self.model.bind(ev, self.lab)) for ev in backlog]
-        with self.client.post("/v1/bindings/batch", data=json.dumps({"events": backlog}).encode(), headers=JSON,
-                              name="offline backlog (batch)", catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"wrong answer to offline backlog: status {resp.status_code}")
-                return
-            results = resp.json().get("results", [])
-            if len(results) != len(backlog):
-                resp.failure("wrong answer to offline backlog: results and events differ in number")
-                return
-            for ev, expect, got in zip(backlog, expects, results):
-                reason = mismatch(expect, got.get("status", 0), got)
-                if reason:
-                    resp.failure(f"wrong answer to offline backlog item: {reason}")
-                    return
-                if expect.on_answer:
-                    expect.on_answer(got)
-                if got.get("result") == "bound":
-                    ACKS.write("binding", ev["event_id"], ev["tube"], ev["person"])
+        answers = self.http.post_items("offline backlog (batch)", "/v1/bindings/batch", {"events": backlog}, expects)
+        for ev, got in zip(backlog, answers or ()):
+            if got.get("result") == "bound":
+                ACKS.write("binding", ev["event_id"], ev["tube"], ev["person"])
 
     def _bad_scan(self, tube: str, pool: int) -> None:
         kind = self.rng.randrange(3)
@@ -395,19 +407,8 @@ class LabUser(FastHttpUser):
         ACKS.write("receive", box, tubes)
         items = [{"event_id": f"res-{tube}", "lab_id": lab, "tube": tube, "tested_at": int(time.time() * 1000),
                   "result": "positive" if self.rng.random() < POSITIVE_SHARE else "negative"} for tube in tubes]
-        expects = [model.result(item) for item in items]
-        with self.client.post("/v1/results", data=json.dumps({"results": items}).encode(), headers=JSON,
-                              name="results", catch_response=True) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"wrong answer to results: status {resp.status_code}")
-                return
-            results = resp.json().get("results", [])
-            for item, expect, got in zip(items, expects, results):
-                reason = mismatch(expect, got.get("status", 0), got)
-                if reason:
-                    resp.failure(f"wrong answer to results item: {reason}")
-                    return
-                if expect.on_answer:
-                    expect.on_answer(got)
-                if got.get("result") == "recorded":
-                    ACKS.write("result", item["tube"], item["result"])
+        answers = self.http.post_items("results", "/v1/results", {"results": items},
+                                       [model.result(item) for item in items])
+        for item, got in zip(items, answers or ()):
+            if got.get("result") == "recorded":
+                ACKS.write("result", item["tube"], item["result"])
