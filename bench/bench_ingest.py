@@ -91,12 +91,25 @@ def answered(port: int) -> float:
     )
 
 
-def run_wrk(port: int, path: str, duration: int, connections: int, threads: int, env: dict, server_pid: int) -> dict:
+def wrk_env(expect_per_s: int, duration: int, threads: int, batch: int) -> dict:
+    """wrk_bindings.lua's settings: enough distinct requests that no thread wraps around within the run."""
+    per_s = expect_per_s if not batch else max(expect_per_s // batch, 100)
+    count = int(per_s * duration * 1.3 / threads) + 1000
+    return {"COUNT": str(count), "BATCH": str(batch), "RUN_ID": str(int(time.time()) % 90000 + 1)}
+
+
+def start_wrk(port: int, path: str, duration: int, connections: int, threads: int, env: dict) -> subprocess.Popen:
+    """wrk on the load generator's core, with the bindings script, latency percentiles on."""
     cmd = [
         "taskset", "-c", LOAD_CPU, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
         "-s", str(LUA), f"http://127.0.0.1:{port}{path}",
     ]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def run_wrk(port: int, path: str, duration: int, connections: int, threads: int, env: dict, server_pid: int) -> dict:
+    proc = start_wrk(port, path, duration, connections, threads, env)
     # wrk builds its request pool before its clock starts; the steady-state
     # window is found from the server's own answer count, and both processes'
     # CPU is sampled in it. wrk at 100% means the generator set the figure.
@@ -158,10 +171,7 @@ def replication_config(directory: str, mode: str) -> str:
 
 def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int = 0, real: bool = True,
              standby: list[str] | None = None) -> dict:
-    # Build enough distinct requests that no thread wraps around within the run.
-    per_s = args.expect_per_s if not batch else max(args.expect_per_s // batch, 100)
-    count = int(per_s * args.duration * 1.3 / args.threads) + 1000
-    env = {"COUNT": str(count), "BATCH": str(batch), "RUN_ID": str(int(time.time()) % 90000 + 1)}
+    env = wrk_env(args.expect_per_s, args.duration, args.threads, batch)
     proc = start(cmd, port)
     follower = None
     try:

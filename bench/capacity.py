@@ -88,9 +88,7 @@ def p99_of(before: dict, after: dict) -> float:
 
 def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress, batch: int = 0,
                  standby: list[str] | None = None, standby_port: int | None = None) -> dict:
-    per_s = args.expect_per_s if not batch else max(args.expect_per_s // batch, 100)
-    env = {"COUNT": str(int(per_s * args.duration * 1.3) + 1000), "BATCH": str(batch),
-           "RUN_ID": str(int(time.time()) % 90000 + 1)}
+    env = bi.wrk_env(args.expect_per_s, args.duration, 1, batch)
     server = bi.start(cmd, port)
     follower = None
     try:
@@ -99,10 +97,7 @@ def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress
                                         stderr=subprocess.DEVNULL)
             bi.wait_ready(standby_port)
             _wait_connected(port)
-        wrk = subprocess.Popen(
-            ["taskset", "-c", bi.LOAD_CPU, "wrk", "-t1", f"-c{args.batch_connections if batch else args.connections}",
-             f"-d{args.duration}s", "--latency", "-s", str(bi.LUA), f"http://127.0.0.1:{port}{path}"],
-            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wrk = bi.start_wrk(port, path, args.duration, args.batch_connections if batch else args.connections, 1, env)
         # wrk builds its requests before its clock starts: time 0 is the first answer.
         first = scrape(port)
         while wrk.poll() is None and scrape(port)["answered"] <= first["answered"]:

@@ -199,16 +199,14 @@ def check_store(data: Path, acks: dict[str, list], out: Path) -> dict:
         for row in csv.DictReader(f):
             results.setdefault(row["tube"], set()).add(row["result"])
 
-    def later_than(state: str) -> set[str]:
-        order = ["open", "sealed", "boxed", "in_transit", "received", "resulted"]
-        return set(order[order.index(state):])
-
+    order = ["open", "sealed", "boxed", "in_transit", "received", "resulted"]
+    sealed_or_later, received_or_later = set(order[1:]), set(order[4:])
     checks = {
         "binding": lambda eid, tube, person: bindings.get(eid, (None, None))[:2] == (tube, person),
         "void": lambda eid, tube, person: bindings.get(eid, (None, None, False)) == (tube, person, True),
-        "seal": lambda tube: tubes.get(tube, {}).get("state") in later_than("sealed"),
+        "seal": lambda tube: tubes.get(tube, {}).get("state") in sealed_or_later,
         "box": lambda box, listed: all(tubes.get(t, {}).get("box") == box for t in listed),
-        "receive": lambda box, listed: all(tubes.get(t, {}).get("state") in later_than("received") for t in listed),
+        "receive": lambda box, listed: all(tubes.get(t, {}).get("state") in received_or_later for t in listed),
         "result": lambda tube, result: result in results.get(tube, set()),
     }
     report = {}

@@ -109,6 +109,17 @@ class Site:
         return self.send("POST", "/v1/bindings", ev, self.model.bind(ev, self.lab))
 
 
+def _post_items(server, path: str, body: dict, expects: list[Expect]) -> dict:
+    """POST a batch answered item by item; every item must match its expectation, in order."""
+    status, _, answer = server.request("POST", path, body)
+    assert status == 200
+    for expect, got in zip(expects, answer["results"], strict=True):
+        assert mismatch(expect, got["status"], got) is None, (expect, got)
+        if expect.on_answer:
+            expect.on_answer(got)
+    return answer
+
+
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
@@ -136,12 +147,7 @@ def test_the_model_agrees_with_the_server_on_every_binding_rule(server):
     a = s.event(tube3, p8, pool=10)
     backlog = [a, dict(a), s.event(tube3, p8, pool=10), s.event(tube3, p9, pool=10), s.event(tube3, people[1], pool=10)]
     expects = [item_expect(s.model.bind(ev, s.lab)) for ev in backlog]
-    status, _, answer = server.request("POST", "/v1/bindings/batch", {"events": backlog})
-    assert status == 200
-    for expect, got in zip(expects, answer["results"], strict=True):
-        assert mismatch(expect, got["status"], got) is None, (expect, got)
-        if expect.on_answer:
-            expect.on_answer(got)
+    answer = _post_items(server, "/v1/bindings/batch", {"events": backlog}, expects)
     assert [r["status"] for r in answer["results"]] == [201, 200, 200, 201, 409]
 
     # bad codes
@@ -191,13 +197,8 @@ def test_the_model_agrees_with_the_server_on_the_lifecycle(server):
              for t in tubes[:2]]
     items.append({**items[0], "event_id": "res-other-lab", "lab_id": "DEMO-GS1"})
     expects = [s.model.result(item) for item in items]
-    for round_ in range(2):  # the second time, the recorded one is a duplicate
-        status, _, answer = server.request("POST", "/v1/results", {"results": items})
-        assert status == 200
-        for expect, got in zip(expects, answer["results"], strict=True):
-            assert mismatch(expect, got["status"], got) is None, (round_, expect, got)
-            if expect.on_answer:
-                expect.on_answer(got)
+    for _ in range(2):  # the second time, the recorded one is a duplicate
+        answer = _post_items(server, "/v1/results", {"results": items}, expects)
         expects = [s.model.result(item) for item in items]
     assert [r["status"] for r in answer["results"]] == [200, 409, 403]
 
