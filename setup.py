@@ -7,6 +7,7 @@ Options, as uvloop does them, through the environment:
   INGEST_CYTHON_ANNOTATE=1  also write the HTML annotation next to each .pyx
 """
 import os
+from pathlib import Path
 
 from setuptools import Extension, setup
 
@@ -20,7 +21,9 @@ except ImportError as exc:  # pragma: no cover - install-time only
         f"(pip does this itself from pyproject.toml) and retry"
     ) from exc
 
-KERNELS = ["_codes"]
+# Every ext/<name>.pyx is a kernel, built as ingest.<name>; its Python twin
+# is ingest/<name>_py.py (ingest/kernels.py picks one at import).
+KERNELS = sorted(path.stem for path in Path(__file__).parent.joinpath("ext").glob("*.pyx"))
 
 extensions = [
     Extension(

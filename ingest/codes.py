@@ -9,27 +9,14 @@ into the kernel's table, and human reasons for a refused person code.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-if os.environ.get("INGEST_PURE_PYTHON") == "1":
-    from ingest import _codes_py as _impl
+from ingest import kernels
 
-    IMPLEMENTATION = "python"
-else:
-    try:
-        from ingest import _codes as _impl
-    except ImportError as exc:
-        raise ImportError(
-            "the compiled extension ingest._codes is missing or broken "
-            f"({exc}). Reinstall with `pip install -e .`, which builds it "
-            "(a C compiler is needed), or set INGEST_PURE_PYTHON=1 to run "
-            "the slow pure-Python twin knowingly."
-        ) from exc
-
-    IMPLEMENTATION = "cython"
+_impl = kernels.load("_codes", "_codes_py")
+IMPLEMENTATION = kernels.IMPLEMENTATION
 
 __all__ = [
     "DEMO_SCHEMES",
