@@ -3,209 +3,31 @@
 `RequestParser.feed(data, now)` returns the requests completed by `data`
 (several when a client pipelines) and raises `HttpError` when the bytes are
 not a request we will serve; the caller answers it and closes. Parsing is
-httptools' (llhttp); this module only applies our limits and keeps what the
+httptools' (llhttp); the parser only applies our limits and keeps what the
 application needs. No I/O, no clock: `now` is passed in, so every case is a
-unit test (tests/test_http.py).
+unit test (tests/test_http_parser.py).
+
+    parser = RequestParser(header_bytes_max, body_bytes_max)
+    parser.feed(data, now) -> list[Request]   # or raises HttpError(.requests)
+    parser.in_request, parser.started_at      # a request is partly received, since when
+    parser.interim                            # `100 Continue` bytes to send; the caller clears it
+    response(status, body, date, content_type, keep_alive, extra, head) -> bytes
+
+The parser and `response` run in a compiled kernel (``ext/_http.pyx`` ->
+``ingest._http``); ``INGEST_PURE_PYTHON=1`` swaps in its plain-Python twin
+``ingest._http_py`` (same behaviour, byte for byte, slower).
+``IMPLEMENTATION`` says which one runs. `Request` and `HttpError` are plain
+Python classes (``ingest/http_types.py``) that both construct.
 """
 from __future__ import annotations
 
-from http import HTTPStatus
+from ingest import kernels
+from ingest.http_types import HttpError, Request
 
-import httptools
+_impl = kernels.load("_http", "_http_py")
+IMPLEMENTATION = kernels.IMPLEMENTATION
 
-from ingest import errors
-from ingest.errors import ErrorCode
+__all__ = ["IMPLEMENTATION", "HttpError", "Request", "RequestParser", "response"]
 
-
-class HttpError(Exception):
-    """The bytes are not a request we serve. `requests` are those completed
-    before the bad bytes in the same feed: they are answered first."""
-
-    def __init__(self, error: ErrorCode, message: str):
-        super().__init__(message)
-        self.error = error
-        self.message = message
-        self.requests: list[Request] = []
-
-
-class Request:
-    __slots__ = ("method", "path", "query", "content_type", "body", "keep_alive")
-
-    def __init__(self, method: bytes, path: str, query: str, content_type: bytes | None, body: bytes, keep_alive: bool):
-        self.method = method  # HEAD arrives as HEAD; the caller answers without a body
-        self.path = path
-        self.query = query
-        self.content_type = content_type
-        self.body = body
-        self.keep_alive = keep_alive
-
-    def __repr__(self) -> str:  # no body: it may hold person codes
-        return f"<Request {self.method.decode()} {self.path} {len(self.body)}B>"
-
-
-class RequestParser:
-    __slots__ = (
-        "_parser", "_header_bytes_max", "_body_bytes_max", "_done", "_url", "_header_bytes",
-        "_content_type", "_content_length", "_expect_continue", "_has_host", "_body", "_body_len", "_error",
-        "started_at", "interim", "_now", "_in_head", "_head_bytes", "_finished",
-    )
-
-    def __init__(self, header_bytes_max: int, body_bytes_max: int):
-        self._parser = httptools.HttpRequestParser(self)
-        self._header_bytes_max = header_bytes_max
-        self._body_bytes_max = body_bytes_max
-        self._done: list[Request] = []
-        self._error: HttpError | None = None
-        # When the request now being received began; None between requests.
-        self.started_at: float | None = None
-        # Bytes to send before the final answer (`100 Continue`); the caller
-        # sends and clears it after each feed.
-        self.interim = b""
-        self._now = 0.0
-        # Bytes received while a request line or headers are incomplete:
-        # httptools buffers a header that never ends without telling us, so
-        # the limit is applied to what we feed it.
-        self._in_head = True
-        self._head_bytes = 0
-        # After a request that closes the connection nothing more is parsed.
-        self._finished = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self._url = b""
-        self._header_bytes = 0
-        self._content_type = None
-        self._content_length = None
-        self._expect_continue = False
-        self._has_host = False
-        self._body: list[bytes] = []
-        self._body_len = 0
-
-    @property
-    def in_request(self) -> bool:
-        return self.started_at is not None
-
-    def feed(self, data: bytes, now: float) -> list[Request]:
-        if self._finished:
-            return []
-        self._now = now
-        if self._in_head:
-            self._head_bytes += len(data)
-        error = None
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
-            error = self._error
-        except httptools.HttpParserUpgrade:
-            # llhttp completes the upgrade request, then stops: it is refused,
-            # the requests before it are not.
-            error = HttpError(errors.BAD_REQUEST, "protocol upgrade is not supported")
-            if self._done:
-                self._done.pop()
-        except httptools.HttpParserError as exc:
-            error = HttpError(errors.BAD_REQUEST, f"bad HTTP request: {exc}")
-        done = self._done
-        if done:
-            self._done = []
-        if error is None and self._in_head and self._head_bytes > self._header_bytes_max:
-            error = HttpError(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
-        if error is not None:
-            if self._finished:
-                return done  # bytes after a closing request are not ours to judge
-            error.requests = done
-            raise error
-        return done
-
-    def _fail(self, error: ErrorCode, message: str) -> None:
-        self._error = HttpError(error, message)
-        raise self._error
-
-    # httptools callbacks --------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.started_at = self._now
-        self._in_head = True
-        self._reset()
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self._header_bytes_max:
-            self._fail(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._header_bytes_max:
-            self._fail(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
-        n = len(name)
-        if n == 4 and name.lower() == b"host":
-            self._has_host = True
-        elif n == 12 and name.lower() == b"content-type":
-            self._content_type = value.split(b";", 1)[0].strip().lower()
-        elif n == 14 and name.lower() == b"content-length":
-            # llhttp has already rejected a malformed or repeated length.
-            self._content_length = int(value)
-        elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
-            self._expect_continue = True
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_bytes = 0
-        if not self._has_host and self._parser.get_http_version() == "1.1":
-            self._fail(errors.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
-        # Refuse an announced oversize body before the client sends it.
-        if self._content_length is not None and self._content_length > self._body_bytes_max:
-            self._fail(errors.BODY_TOO_LARGE, f"body is larger than {self._body_bytes_max} bytes")
-        if self._expect_continue:
-            self.interim += b"HTTP/1.1 100 Continue\r\n\r\n"
-
-    def on_body(self, body: bytes) -> None:
-        self._body_len += len(body)
-        if self._body_len > self._body_bytes_max:
-            self._fail(errors.BODY_TOO_LARGE, f"body is larger than {self._body_bytes_max} bytes")
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        url = self._url
-        if url[:1] != b"/":
-            # absolute-form ("GET http://host/path"), which servers must accept
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                self._fail(errors.BAD_REQUEST, "bad request target")
-            url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
-        path, _, query = url.decode("latin-1").partition("?")
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        keep_alive = self._parser.should_keep_alive()
-        self._done.append(Request(self._parser.get_method(), path, query, self._content_type, body, keep_alive))
-        self.started_at = None
-        self._in_head = True
-        if not keep_alive:
-            self._finished = True
-
-
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-
-
-def response(
-    status: int,
-    body: bytes,
-    date: bytes,
-    content_type: bytes = b"application/json",
-    keep_alive: bool = True,
-    extra: bytes = b"",
-    head: bool = False,
-) -> bytes:
-    """Serialize one response. `date` is the preformatted `Date` value
-    (refreshed once a second by the server), `extra` more header lines;
-    `head` answers a HEAD: the headers of the body, without it."""
-    return b"".join((
-        _STATUS_LINES[status],
-        b"Date: ", date,
-        b"\r\nContent-Type: ", content_type,
-        b"\r\nContent-Length: ", str(len(body)).encode(),
-        b"\r\n" if keep_alive else b"\r\nConnection: close\r\n",
-        extra,
-        b"\r\n",
-        b"" if head else body,
-    ))
+RequestParser = _impl.RequestParser
+response = _impl.response
