@@ -5,16 +5,34 @@
 Each round handles the same seeded requests. The groups set like beside
 like: a single event as JSON and as msgpack; a batch of 1000 decoded in one
 pass against the same events sent as 1000 single bodies; the HTTP parser (httptools through our sans-IO
-wrapper) on a whole request.
+wrapper) on a whole request, and the response writer, each as the compiled kernel
+(``ingest._http``) beside its Python twin (``ingest._http_py``):
+
+    pytest bench/test_bench_decode.py --benchmark-only -k http
 """
 from __future__ import annotations
+
+import os
 
 import msgspec
 import pytest
 
-from ingest import events
+from ingest import _http_py, events
 from ingest.drill import Events
-from ingest.http import RequestParser
+
+_MISSING = ""
+try:
+    from ingest import _http
+except ImportError as exc:
+    if os.environ.get("INGEST_PURE_PYTHON") != "1":
+        raise
+    _http = None
+    _MISSING = f"ingest._http is not importable ({exc}); only the Python twin runs"
+
+HTTP_IMPLS = [
+    pytest.param(_http_py, id="python"),
+    pytest.param(_http, id="cython", marks=pytest.mark.skipif(_http is None, reason=_MISSING)),
+]
 
 EVENTS = [Events("BDEC").next() for _ in range(1000)]
 JSON_BODIES = [msgspec.json.encode(e) for e in EVENTS]
@@ -52,8 +70,9 @@ def test_decode_1000_single_bodies(benchmark):
 
 
 @pytest.mark.benchmark(group="http: parse 1000 requests")
-def test_parse_requests(benchmark):
-    parser = RequestParser(16_384, 2_097_152)
+@pytest.mark.parametrize("impl", HTTP_IMPLS)
+def test_http_parse(benchmark, impl):
+    parser = impl.RequestParser(16_384, 2_097_152)
 
     def parse():
         n = 0
@@ -62,3 +81,22 @@ def test_parse_requests(benchmark):
         return n
 
     assert benchmark(parse) == 1000
+
+
+# What the server writes for a stored binding: a 201 with a ~150-byte JSON body.
+ANSWER = (b'{"result":"bound","event_id":"scan-0001","tube":"109836900604","lab":"DEMO-LUHN",'
+          b'"count":1,"pool_size":10,"seq":123456}')
+DATE = b"Sun, 22 Nov 2026 10:00:00 GMT"
+
+
+@pytest.mark.benchmark(group="http: 1000 responses")
+@pytest.mark.parametrize("impl", HTTP_IMPLS)
+def test_http_response(benchmark, impl):
+    response = impl.response
+
+    def answer():
+        for _ in range(1000):
+            out = response(201, ANSWER, DATE, b"application/json", True, b"", False)
+        return out
+
+    assert benchmark(answer) == _http_py.response(201, ANSWER, DATE)
