@@ -83,7 +83,7 @@ def test_http_parse(benchmark, impl):
     assert benchmark(parse) == 1000
 
 
-# What the server writes for a stored binding: a 201 with a ~150-byte JSON body.
+# What the server writes for a stored binding: a 201 with a ~120-byte JSON body.
 ANSWER = (b'{"result":"bound","event_id":"scan-0001","tube":"109836900604","lab":"DEMO-LUHN",'
           b'"count":1,"pool_size":10,"seq":123456}')
 DATE = b"Sun, 22 Nov 2026 10:00:00 GMT"
