@@ -10,72 +10,27 @@ Two halves, in the order the API documents them:
    events and a standby runs it, through `changelog.apply_entry`, on the
    change log; the same log always gives the same state. A rejected event leaves the
    transaction exactly as it found it.
+
+   It runs compiled (`ext/_apply.pyx`, the hot path of every binding); the
+   rules are read in `apply_binding_py` below, its plain-Python twin, which
+   `INGEST_PURE_PYTHON=1` selects. Both give the same outcomes and the same
+   store, byte for byte (tests/test_apply_kernel.py).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import msgspec
 
-from ingest import errors
+from ingest import errors, kernels
 from ingest.codes import INVALID_TUBE, TubeSchemes, person_check, person_reason
-from ingest.errors import ErrorCode
 from ingest.events import BindingEvent
 from ingest.records import OPEN, PEOPLE, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube
+from ingest.outcomes import Bound, Done, Duplicate, Outcome, Rejected, Repeat
 from ingest.store import WriteTx
 
+__all__ = ["Bound", "Done", "Duplicate", "Outcome", "Rejected", "Repeat", "apply_binding", "apply_binding_py",
+           "check_stateless"]
+
 _astuple = msgspec.structs.astuple
-
-
-class Bound(msgspec.Struct, tag_field="result", tag="bound", frozen=True):
-    """Stored. It is also the `201` body as it is: msgspec writes the tag as
-    `"result": "bound"`, so a thousand outcomes encode without conversion."""
-
-    event_id: str
-    tube: str
-    lab: str
-    count: int
-    pool_size: int
-    seq: int
-
-
-class Duplicate(NamedTuple):
-    """Already done: `original_*` is the event that did it, and its outcome."""
-
-    event_id: str
-    original_event_id: str
-    tube: str
-    count: int
-    seq: int
-
-
-class Done(NamedTuple):
-    """A lifecycle event applied (`201`): `result` says what happened
-    ("sealed", "voided", ...), `body` the rest of the answer."""
-
-    result: str
-    event_id: str
-    seq: int
-    body: dict
-
-
-class Repeat(NamedTuple):
-    """A lifecycle event seen before with the same payload (`200`)."""
-
-    event_id: str
-    original_result: str
-    seq: int
-
-
-class Rejected(NamedTuple):
-    error: ErrorCode
-    message: str
-    field: str | None = None
-    # Extra members of the error body, e.g. the other tube a person is in.
-    extra: dict | None = None
-
-
-Outcome = Bound | Duplicate | Done | Repeat | Rejected
 
 
 def check_stateless(
@@ -96,7 +51,9 @@ def check_stateless(
     return schemes.labs[idx]
 
 
-def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Outcome:
+def apply_binding_py(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Outcome:
+    """The plain-Python twin of the compiled kernel (ext/_apply.pyx), and the
+    reference for it: the rules are read here."""
     tube = tx.tube(ev.tube)
     history = tx.person(ev.person)
     seq = tx.seq + 1
@@ -159,3 +116,7 @@ def _refusal(ev: BindingEvent, tube: Tube | None, history: list[PersonBinding], 
                     {"other_tube": b.tube},
                 )
     return None
+
+
+# The compiled kernel runs unless INGEST_PURE_PYTHON=1 (ingest/kernels.py).
+apply_binding = apply_binding_py if kernels.PURE_PYTHON else kernels.load("_apply", "rules").apply_binding

@@ -116,23 +116,27 @@ class WriteTx:
     __slots__ = ("txn", "seq", "_events", "_tubes", "_members", "_persons", "_log", "_boxes", "_results",
                  "_positives", "_stats", "at_ms", "_hour", "_hour_of", "_counts")
 
+    # One cursor per table, called with positional arguments only: a keyword
+    # (`db=`, `append=`) makes py-lmdb build and parse a dict on every call,
+    # which was a tenth of the binding apply (docs/benchmarks.md).
+
     def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, object], seq: int,
                  hour_of: HourLabels | None = None, at_ms: int = 0):
         self.txn = txn
         self.seq = seq
-        self._stats = dbs[b"stats"]
+        self._stats = txn.cursor(dbs[b"stats"])
         self._hour_of = hour_of or HourLabels()
         # (scope, bucket) -> counter deltas, written once at the end (flush)
         self._counts: dict[tuple[str, str], list[int]] = {}
         self.set_time(at_ms)
-        self._events = dbs[b"events"]
-        self._tubes = dbs[b"tubes"]
-        self._members = dbs[b"members"]
-        self._persons = dbs[b"persons"]
-        self._log = dbs[b"log"]
-        self._boxes = dbs[b"boxes"]
-        self._results = dbs[b"results"]
-        self._positives = dbs[b"positives"]
+        self._events = txn.cursor(dbs[b"events"])
+        self._tubes = txn.cursor(dbs[b"tubes"])
+        self._members = txn.cursor(dbs[b"members"])
+        self._persons = txn.cursor(dbs[b"persons"])
+        self._log = txn.cursor(dbs[b"log"])
+        self._boxes = txn.cursor(dbs[b"boxes"])
+        self._results = txn.cursor(dbs[b"results"])
+        self._positives = txn.cursor(dbs[b"positives"])
 
     def set_time(self, at_ms: int) -> None:
         """The server time of what is applied next (a replay sets each entry's)."""
@@ -161,46 +165,46 @@ class WriteTx:
                 have = merged.get(key)
                 merged[key] = deltas[:] if have is None else [a + b for a, b in zip(have, deltas)]
         for key, deltas in merged.items():
-            raw = self.txn.get(key, db=self._stats)
+            raw = self._stats.get(key)
             if raw is not None:
                 have = records.decode_counts(raw)
                 deltas = [a + b for a, b in zip(have + [0] * (len(deltas) - len(have)), deltas)]
-            self.txn.put(key, records.encode(deltas), db=self._stats)
+            self._stats.put(key, records.encode(deltas))
         self._counts.clear()
 
     def box(self, code: str) -> Box | None:
-        raw = self.txn.get(code.encode(), db=self._boxes)
+        raw = self._boxes.get(code.encode())
         return None if raw is None else records.decode_box(raw)
 
     def put_box(self, code: str, box: Box) -> None:
-        self.txn.put(code.encode(), records.encode(box), db=self._boxes)
+        self._boxes.put(code.encode(), records.encode(box))
 
     def put_result(self, tube: str, result: Result) -> None:
-        self.txn.put(tube.encode() + b"\x00" + seq_key(result.seq), records.encode(result), db=self._results)
+        self._results.put(tube.encode() + b"\x00" + seq_key(result.seq), records.encode(result))
 
     def put_positive(self, seq: int, tube: str) -> None:
-        self.txn.put(seq_key(seq), tube.encode(), append=True, db=self._positives)
+        self._positives.put(seq_key(seq), tube.encode(), True, True, True)  # dupdata, overwrite, append
 
     def tube(self, code: str) -> Tube | None:
-        raw = self.txn.get(code.encode(), db=self._tubes)
+        raw = self._tubes.get(code.encode())
         return None if raw is None else records.decode_tube(raw)
 
     def put_tube(self, code: str, tube: Tube) -> None:
-        self.txn.put(code.encode(), records.encode(tube), db=self._tubes)
+        self._tubes.put(code.encode(), records.encode(tube))
 
     def member(self, tube: str, position: int) -> Member | None:
-        raw = self.txn.get(member_key(tube, position), db=self._members)
+        raw = self._members.get(member_key(tube, position))
         return None if raw is None else records.decode_member(raw)
 
     def put_member(self, tube: str, position: int, member: Member) -> None:
-        self.txn.put(member_key(tube, position), records.encode(member), db=self._members)
+        self._members.put(member_key(tube, position), records.encode(member))
 
     def person(self, code: str) -> list[PersonBinding]:
-        raw = self.txn.get(code.encode(), db=self._persons)
+        raw = self._persons.get(code.encode())
         return [] if raw is None else records.decode_person(raw)
 
     def put_person(self, code: str, bindings: list[PersonBinding]) -> None:
-        self.txn.put(code.encode(), records.encode(bindings), db=self._persons)
+        self._persons.put(code.encode(), records.encode(bindings))
 
     def claim_event(self, event_id: str, record: EventRecord) -> EventRecord | None:
         """Store `record` under `event_id` unless one is there: then return it.
@@ -208,21 +212,22 @@ class WriteTx:
         One B-tree descent instead of a get and a put on the common path.
         """
         key = event_id.encode()
-        if self.txn.put(key, records.encode(record), overwrite=False, db=self._events):
+        if self._events.put(key, records.encode(record), True, False):  # dupdata, overwrite
             return None
-        return records.decode_event_record(self.txn.get(key, db=self._events))
+        return records.decode_event_record(self._events.get(key))
 
     def event(self, event_id: str) -> EventRecord | None:
-        raw = self.txn.get(event_id.encode(), db=self._events)
+        raw = self._events.get(event_id.encode())
         return None if raw is None else records.decode_event_record(raw)
 
     def release_event(self, event_id: str) -> None:
-        self.txn.delete(event_id.encode(), db=self._events)
+        if self._events.set_key(event_id.encode()):
+            self._events.delete()
 
     def append(self, entry: LogEntry) -> int:
         self.seq += 1
         entry.at_ms = self.at_ms
-        self.txn.put(seq_key(self.seq), records.encode(entry), append=True, db=self._log)
+        self._log.put(seq_key(self.seq), records.encode(entry), True, True, True)  # dupdata, overwrite, append
         return self.seq
 
 

@@ -1,0 +1,133 @@
+# cython: language_level=3
+"""The binding apply, compiled: ``ingest._apply.apply_binding``.
+
+The rules themselves are written, and read, in ``ingest/rules.py``
+(``apply_binding_py``, the plain-Python twin): same checks in the same order,
+same outcomes, byte for byte the same store (tests/test_apply_kernel.py
+replays random event streams through both and compares the digests). This
+file only makes them cheap. The interpreter was a quarter of the binding's
+CPU: a frame per WriteTx method, per helper, per attribute. Here the event
+goes through one C function that talks to the write transaction's cursors
+directly; the LMDB and msgspec calls are the same ones the twin makes.
+
+It is a friend of ``store.WriteTx``: it reads and writes the same slots the
+methods do (the cursors, ``seq``, ``_counts``). A change to WriteTx's
+internals is a change here too; the differential test catches a mismatch.
+"""
+from ingest import errors, records
+from ingest.outcomes import Bound, Duplicate, Rejected
+from ingest.records import (
+    OPEN, PEOPLE, STAT_FIELDS, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube,
+)
+from msgspec.structs import astuple
+
+cdef object _encode = records.encode
+cdef object _decode_tube = records.decode_tube
+cdef object _decode_person = records.decode_person
+cdef object _decode_event_record = records.decode_event_record
+cdef Py_ssize_t _NSTATS = len(STAT_FIELDS)
+cdef int _OPEN = OPEN
+cdef int _PEOPLE = PEOPLE
+cdef int _TUBES_OPENED = TUBES_OPENED
+
+
+cdef inline bytes _seq_key(long long seq):
+    return seq.to_bytes(8, "big")
+
+
+cdef inline void _count(tx, str site, int field):
+    # store.WriteTx.count, inline: deltas per (site, hour), flushed at commit
+    counts = tx._counts
+    key = (site, tx._hour)
+    deltas = counts.get(key)
+    if deltas is None:
+        deltas = [0] * _NSTATS
+        counts[key] = deltas
+    deltas[field] += 1
+
+
+def apply_binding(tx, ev, str lab, long long window_ms):
+    cdef str tube_code = ev.tube
+    cdef str person = ev.person
+    cdef str event_id = ev.event_id
+    cdef str site_id = ev.site_id
+    cdef long long scanned_at = ev.scanned_at
+    cdef long long pool_size = ev.pool_size
+    cdef bytes tube_key = tube_code.encode()
+    cdef bytes person_key = person.encode()
+    cdef bytes event_key = event_id.encode()
+    cdef long long seq, count, position
+    cdef list history, payload
+    cdef Py_ssize_t i, n
+
+    tubes = tx._tubes
+    persons = tx._persons
+    events = tx._events
+    raw = tubes.get(tube_key)
+    tube = None if raw is None else _decode_tube(raw)
+    raw = persons.get(person_key)
+    history = [] if raw is None else _decode_person(raw)
+    seq = tx.seq + 1
+    count = 1 if tube is None else tube.count + 1
+    position = 1 if tube is None else tube.slots + 1
+    payload = list(astuple(ev))
+
+    # Same event id: a retry (same payload) or a client bug (different one).
+    if not events.put(event_key, _encode(EventRecord(seq, count, payload)), True, False):
+        seen = _decode_event_record(events.get(event_key))
+        if seen.payload != payload:
+            return Rejected(errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
+        return Duplicate(event_id, event_id, tube_code, seen.count, seen.seq)
+
+    # From here on the event id is claimed; every refusal must release it.
+    refusal = _refusal(ev, tube_code, site_id, pool_size, scanned_at, tube, history, window_ms)
+    if refusal is not None:
+        if events.set_key(event_key):
+            events.delete()
+        return refusal
+
+    if tube is None:
+        tube = Tube(site_id, lab, pool_size, _OPEN, seq, count, position)
+        _count(tx, site_id, _TUBES_OPENED)
+    else:
+        tube.count = count
+        tube.slots = position
+    tubes.put(tube_key, _encode(tube))
+    tx._members.put(tube_key + b"\x00" + position.to_bytes(2, "big"),
+                    _encode(Member(person, event_id, scanned_at, seq)))
+    history.append(PersonBinding(tube_code, scanned_at, seq, event_id, site_id, position))
+    persons.put(person_key, _encode(history))
+    # store.WriteTx.append, inline
+    tx.seq = seq
+    tx._log.put(_seq_key(seq), _encode(LogEntry("binding", lab, payload, tx.at_ms)), True, True, True)
+    _count(tx, site_id, _PEOPLE)
+    return Bound(event_id, tube_code, lab, count, pool_size, seq)
+
+
+cdef object _refusal(ev, str tube_code, str site_id, long long pool_size, long long scanned_at, tube,
+                     list history, long long window_ms):
+    """rules._refusal: the rules after the event-id check, in the documented order."""
+    for b in history:
+        if b.tube == tube_code and not b.voided_seq:
+            return Duplicate(ev.event_id, b.event_id, tube_code, b.position, b.seq)
+    if tube is not None:
+        if tube.state != _OPEN:
+            return Rejected(errors.TUBE_CLOSED, "tube is sealed and takes no more people", "tube")
+        if tube.site_id != site_id:
+            return Rejected(errors.SITE_MISMATCH, "tube was opened at another site", "site_id")
+        if tube.pool_size != pool_size:
+            return Rejected(
+                errors.POOL_SIZE_MISMATCH, f"tube was opened with pool_size {tube.pool_size}", "pool_size"
+            )
+        if tube.count >= tube.pool_size:
+            return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
+    if not ev.resample:
+        for b in history:
+            if not b.voided_seq and abs(<long long>b.scanned_at - scanned_at) < window_ms:
+                return Rejected(
+                    errors.PERSON_IN_OTHER_TUBE,
+                    f"person was bound to tube {b.tube} within the window; send resample=true to bind again",
+                    "person",
+                    {"other_tube": b.tube},
+                )
+    return None
