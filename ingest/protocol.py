@@ -51,7 +51,7 @@ class Slot:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("server", "app", "transport", "parser", "pending", "waiting", "last_active", "closing",
-                 "_failed", "_reading_paused", "_writing_paused", "_depth_max")
+                 "_failed", "_reading_paused", "_writing_paused", "_depth_max", "_dispatching")
 
     def __init__(self, server: "Server"):
         self.server = server
@@ -68,6 +68,9 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._depth_max = limits.pipeline_depth_max
+        # True while _dispatch runs: an answer given inside a handler must not
+        # start a dispatch of its own (one level deeper per pipelined request).
+        self._dispatching = False
 
     # -- asyncio callbacks -------------------------------------------------
 
@@ -110,24 +113,34 @@ class HttpProtocol(asyncio.Protocol):
             parser.interim = b""
 
     def _dispatch(self) -> None:
-        waiting = self.waiting
-        handle = self.app.handle
-        while not self.pending and not self.closing:
-            if waiting:
-                req = waiting.popleft()
-                slot = Slot(self, req.keep_alive, req.method == b"HEAD")
-                self.pending.append(slot)
-                handle(req, slot)
-            elif self._failed is not None:
-                # Answer the bad request, then close: after a framing error the
-                # byte stream cannot be trusted.
-                exc = self._failed
-                slot = Slot(self, keep_alive=False)
-                slot.route = "unparsed"
-                self.pending.append(slot)
-                slot.respond(exc.error.status, error_json(exc.error, exc.message))
-            else:
-                return
+        # Hands requests to the app one at a time. A request answered inside
+        # its handler comes back here through respond() and flush(); the next
+        # one is then handed over by this loop, not from inside flush(), so
+        # a long pipeline answered at once costs no stack.
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            waiting = self.waiting
+            handle = self.app.handle
+            while not self.pending and not self.closing:
+                if waiting:
+                    req = waiting.popleft()
+                    slot = Slot(self, req.keep_alive, req.method == b"HEAD")
+                    self.pending.append(slot)
+                    handle(req, slot)
+                elif self._failed is not None:
+                    # Answer the bad request, then close: after a framing error the
+                    # byte stream cannot be trusted.
+                    exc = self._failed
+                    slot = Slot(self, keep_alive=False)
+                    slot.route = "unparsed"
+                    self.pending.append(slot)
+                    slot.respond(exc.error.status, error_json(exc.error, exc.message))
+                else:
+                    return
+        finally:
+            self._dispatching = False
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its requests.

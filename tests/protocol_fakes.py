@@ -1,0 +1,92 @@
+"""What an HttpProtocol talks to, without sockets or a loop.
+
+`Transport` records every call the protocol makes on it, in order, so two
+implementations can be compared call for call; `Server` has the attributes
+HttpProtocol reads from ingest.server.Server; `App` answers each request as
+its path says (`/later...` waits until the test answers it, `/raise...`
+raises out of the handler, anything else is answered at once).
+"""
+from __future__ import annotations
+
+from ingest.config import Config, Limits
+from ingest.metrics import Metrics
+
+DATE = b"Sun, 22 Nov 2026 00:00:00 GMT"
+
+
+class Transport:
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+    def abort(self) -> None:
+        self.calls.append(("abort",))
+
+    def pause_reading(self) -> None:
+        self.calls.append(("pause_reading",))
+
+    def resume_reading(self) -> None:
+        self.calls.append(("resume_reading",))
+
+    def written(self) -> bytes:
+        return b"".join(call[1] for call in self.calls if call[0] == "write")
+
+
+class App:
+    """Answers `/later...` only when told (`answer_later`), raises on
+    `/raise...`, answers anything else at once; the answer echoes the method,
+    path and body length, so a misplaced answer shows."""
+
+    def __init__(self):
+        self.later: list = []  # slots waiting for answer_later, oldest first
+        self.handled: list[tuple] = []
+
+    def handle(self, req, slot) -> None:
+        self.handled.append((req.method, req.path))
+        slot.route = "route" + req.path[:3]
+        if req.path.startswith("/raise"):
+            raise RuntimeError("handler failed: " + req.path)
+        if req.path.startswith("/later"):
+            self.later.append((req, slot))
+            return
+        self.answer(req, slot)
+
+    @staticmethod
+    def answer(req, slot, variant: int = 0) -> None:
+        body = b'{"m":"%s","p":"%s","n":%d}' % (req.method, req.path.encode("latin-1"), len(req.body))
+        if variant == 1:
+            slot.respond(404, body, b"application/msgpack")
+        elif variant == 2:
+            slot.respond(503, body, extra=b"Retry-After: 1\r\n")
+        else:
+            slot.respond(200 if req.method != b"POST" else 201, body)
+
+    def answer_later(self, index: int, variant: int = 0) -> None:
+        req, slot = self.later.pop(index % len(self.later))
+        self.answer(req, slot, variant)
+
+
+class Server:
+    """The attributes HttpProtocol reads from ingest.server.Server."""
+
+    def __init__(self, app=None, **limits):
+        self.app = app if app is not None else App()
+        self.config = Config(limits=Limits(**limits))
+        self.metrics = Metrics("test")
+        self.connections: set = set()
+        self.now = 100.0
+        self.date = DATE
+        self.draining = False
+
+
+def connect(impl, server: Server):
+    """A new connection of `impl` (a protocol module) on `server`, and its transport."""
+    conn = impl.HttpProtocol(server)
+    transport = Transport()
+    conn.connection_made(transport)
+    return conn, transport
