@@ -3,21 +3,49 @@ protocol writes, closes, aborts and pauses (tests/protocol_fakes.py).
 
 Answers in order, one request at a time per connection, pipelining and its
 back-pressure, Expect: 100-continue, Connection: close, HTTP/1.0, bad bytes,
-timeouts, draining and the latency count. tests/test_bad_input.py checks the
-same against real servers.
+timeouts, draining and the latency count. Every test runs against both
+implementations: the compiled kernel ``ingest._protocol``
+(``ext/_protocol.pyx``) and its plain-Python twin ``ingest._protocol_py``;
+tests/test_protocol_kernel.py feeds both random streams and checks that they
+agree call for call. tests/test_bad_input.py checks the same against real
+servers.
 """
 from __future__ import annotations
 
-import pytest
+import asyncio
+import os
 
-from ingest import errors, protocol
-from ingest.http import response
+import pytest
 from protocol_fakes import DATE, App, Server, connect
 
+from ingest import _protocol_py, errors, protocol
+from ingest.http import response
 
-@pytest.fixture
-def impl():
-    return protocol
+PURE = os.environ.get("INGEST_PURE_PYTHON") == "1"
+try:
+    from ingest import _protocol as _protocol_c
+except ImportError as exc:
+    _protocol_c = None
+    _C_MISSING = f"ingest._protocol is not importable ({exc})"
+
+
+def _compiled():
+    if _protocol_c is None:
+        if PURE:
+            pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
+        pytest.fail(f"{_C_MISSING}: build it with `pip install -e .`")
+    return _protocol_c
+
+
+@pytest.fixture(params=["python", "cython"])
+def impl(request):
+    return _protocol_py if request.param == "python" else _compiled()
+
+
+def test_the_switch_picks_the_implementation():
+    expected = _protocol_py if PURE else _compiled()
+    assert protocol.HttpProtocol is expected.HttpProtocol and protocol.Slot is expected.Slot
+    assert protocol.IMPLEMENTATION == ("python" if PURE else "cython")
 
 
 def get(path: str = "/x", extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
@@ -220,7 +248,7 @@ def test_too_many_connections_and_draining_are_refused(impl):
     first.connection_lost(None)
     assert server.connections == set() and first.transport is None
     server.draining = True
-    third, t3 = connect(impl, server)
+    _, t3 = connect(impl, server)
     assert t3.calls == [("abort",)]
 
 
@@ -294,6 +322,29 @@ def test_protocol_attributes(impl):
 
 def test_app_is_used(impl):
     app = App()
-    conn, t = connect(impl, Server(app))
+    conn, _ = connect(impl, Server(app))
     conn.data_received(get("/z"))
     assert app.handled == [(b"GET", "/z")]
+
+
+def test_asyncio_runs_it_over_a_socket(impl):
+    """A real loop and socket: asyncio only calls the protocol's methods (the
+    compiled HttpProtocol is no asyncio.Protocol subclass). uvloop does the
+    same in tests/test_bad_input.py's servers."""
+
+    async def main():
+        server = Server()
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(lambda: impl.HttpProtocol(server), "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/a") + get("/b", b"Connection: close\r\n"))
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        listener.close()
+        await listener.wait_closed()
+        return data, server
+
+    data, server = asyncio.run(main())
+    assert data == answer(b"GET", "/a") + answer(b"GET", "/b", keep_alive=False)
+    assert server.connections == set()
