@@ -12,7 +12,7 @@ import time
 
 import msgspec
 
-from ingest import codes, errors, routes
+from ingest import codes, errors, kernels, routes
 from ingest.committer import Committer, Work
 from ingest.config import Config
 from ingest.errors import ErrorCode, error_body, error_json
@@ -189,7 +189,9 @@ class App:
 
     # -- writes ------------------------------------------------------------
 
-    def post_binding(self, req: Request, slot) -> None:
+    def post_binding_py(self, req: Request, slot) -> None:
+        """POST /v1/bindings. The plain-Python twin of ext/_post_binding.pyx,
+        which runs the common case compiled and hands every other to this."""
         media = self._media(req, slot)
         if media is None:
             return
@@ -498,3 +500,7 @@ class App:
             self._error(slot, errors.SHUTTING_DOWN, "draining for shutdown")
         else:
             slot.respond(200, b'{"status":"ready"}')
+
+
+# POST /v1/bindings runs compiled (ext/_post_binding.pyx) unless INGEST_PURE_PYTHON=1.
+App.post_binding = App.post_binding_py if kernels.PURE_PYTHON else kernels.load("_post_binding", "app").post_binding

@@ -1,0 +1,132 @@
+"""POST /v1/bindings compiled (ext/_post_binding.pyx) against its twin
+(App.post_binding_py): on any sequence of requests, the same answers, byte
+for byte, the same counters and the same store.
+
+Each App gets its own store and a committer that commits every submitted
+request at once, on the caller's thread: what is compared is the handler,
+not the timing of group commits (the real servers run the whole HTTP suite
+in both modes for that).
+"""
+import time
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest import app as app_mod
+from ingest import config as config_mod
+from ingest import kernels
+from ingest.http_types import Request
+from ingest.metrics import Metrics
+from ingest.store import Store
+from tests.helpers import hc_person, id_person, luhn_tube, m37_tube
+
+try:
+    from ingest import _post_binding as _kernel
+except ImportError as exc:  # pragma: no cover - only without a build
+    _kernel, _C_MISSING = None, f"ingest._post_binding is not built ({exc})"
+
+NOW = int(time.time() * 1000)
+CONFIG = config_mod.load()
+
+
+def _compiled():
+    if _kernel is None:
+        if kernels.PURE_PYTHON:
+            pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
+        pytest.fail(f"{_C_MISSING}: build it with `python setup.py build_ext --inplace`")
+    return _kernel.post_binding
+
+
+def test_app_selects_the_implementation():
+    expected = app_mod.App.post_binding_py if kernels.PURE_PYTHON else _compiled()
+    assert app_mod.App.post_binding is expected
+
+
+class AtOnce:
+    """A committer that commits each request as it comes."""
+
+    def __init__(self, store, apply):
+        self.store, self.apply, self.in_flight = store, apply, 0
+
+    def submit(self, work):
+        work.done(self.store.write(lambda tx: [self.apply(tx, item) for item in work.items], at_ms=NOW))
+
+
+class Slot:
+    def __init__(self, answers):
+        self.answers, self.route, self.data = answers, "post_binding", None
+
+    def respond(self, status, body, content_type=b"application/json", extra=b""):
+        self.data = b""
+        self.answers.append((status, body, content_type, extra))
+
+
+def _run(path, handler, requests):
+    store = Store(path, map_bytes_initial=1 << 22)
+    try:
+        metrics = Metrics("test")
+        app = app_mod.App(CONFIG, store, None, metrics)
+        app.committer = AtOnce(store, app.apply)
+        answers = []
+        for content_type, body in requests:
+            handler(app, Request(b"POST", "/v1/bindings", "", content_type, body, True), Slot(answers))
+        return answers, dict(metrics.events), store.digest()
+    finally:
+        store.close()
+
+
+TUBES = [luhn_tube(1), luhn_tube(2), m37_tube(3), "109836900600", "99000000001"]  # last two: bad check, no lab
+PERSONS = [hc_person(1), hc_person(2), id_person(3), hc_person(4)[:-1] + "0", "HC"]
+
+event = st.fixed_dictionaries(
+    {
+        "event_id": st.sampled_from(["e1", "e2", "e3", "e4", "bad id!"]),
+        "site_id": st.sampled_from(["S1", "S2"]),
+        "device_id": st.just("D1"),
+        "tube": st.sampled_from(TUBES),
+        "person": st.sampled_from(PERSONS),
+        "pool_size": st.sampled_from([1, 5, 10, 7]),
+        # valid, 10 min ahead (refused), 8 days old (refused)
+        "scanned_at": st.sampled_from([NOW - 60_000, NOW + 600_000, NOW - 8 * 86_400_000]),
+    },
+    optional={"resample": st.booleans(), "operator_id": st.just("op"), "extra": st.just(1)},
+)
+request = st.one_of(
+    event.map(lambda e: (b"application/json", msgspec.json.encode(e))),
+    event.map(lambda e: (b"application/json", msgspec.json.encode(e))),
+    event.map(lambda e: (b"application/msgpack", msgspec.msgpack.encode(e))),
+    st.sampled_from([
+        (b"application/json", b'{"event_id": "e1"'),           # truncated
+        (b"application/json", b"\xff\xfe"),                     # not UTF-8
+        (b"application/json", b'{"event_id": 1}'),              # wrong type
+        (b"text/plain", b"{}"),                                 # media type
+        (None, b"{}"),
+    ]),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(request, min_size=1, max_size=25))
+def test_kernel_and_twin_answer_alike(tmp_path_factory, requests):
+    compiled = _compiled()
+    base = tmp_path_factory.mktemp("twins")
+    twin = _run(str(base / "py"), app_mod.App.post_binding_py, requests)
+    kernel = _run(str(base / "c"), compiled, requests)
+    assert kernel == twin
+
+
+def test_every_kind_of_answer_is_compared(tmp_path):
+    """The stream above reaches bound, duplicate, the 4xx of each stage and
+    a store refusal; a fixed stream proves the comparison sees them."""
+    ok = {"event_id": "e1", "site_id": "S1", "device_id": "D1", "tube": TUBES[0], "person": PERSONS[0],
+          "pool_size": 1, "scanned_at": NOW - 60_000}
+    requests = [(b"application/json", msgspec.json.encode({**ok, **change})) for change in (
+        {}, {}, {"event_id": "e2", "person": PERSONS[1]}, {"tube": TUBES[3]}, {"tube": TUBES[4]},
+        {"person": PERSONS[3]}, {"scanned_at": NOW + 600_000}, {"extra": 1},
+    )] + [(b"text/plain", b"{}")]
+    answers, counts, _ = _run(str(tmp_path / "c"), _compiled(), requests)
+    statuses = [a[0] for a in answers]
+    assert statuses == [201, 200, 409, 422, 422, 422, 422, 400, 415]
+    assert _run(str(tmp_path / "py"), app_mod.App.post_binding_py, requests)[:2] == (answers, counts)
