@@ -19,6 +19,8 @@ from ingest.outcomes import Bound, Duplicate, Rejected
 from ingest.records import (
     OPEN, PEOPLE, STAT_FIELDS, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube,
 )
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from msgspec import Raw
 from msgspec.structs import astuple
 
 cdef object _encode = records.encode
@@ -31,8 +33,23 @@ cdef int _PEOPLE = PEOPLE
 cdef int _TUBES_OPENED = TUBES_OPENED
 
 
-cdef inline bytes _seq_key(long long seq):
-    return seq.to_bytes(8, "big")
+cdef inline bytes _seq_key(unsigned long long seq):
+    # store.seq_key: u64 big-endian, without a Python method call
+    cdef char buf[8]
+    cdef int i
+    for i in range(8):
+        buf[7 - i] = <char>(seq & 0xFF)
+        seq >>= 8
+    return PyBytes_FromStringAndSize(buf, 8)
+
+
+cdef inline bytes _member_key(bytes tube_key, unsigned int position):
+    # store.member_key: tube, NUL, u16 big-endian position
+    cdef char buf[3]
+    buf[0] = 0
+    buf[1] = <char>((position >> 8) & 0xFF)
+    buf[2] = <char>(position & 0xFF)
+    return tube_key + PyBytes_FromStringAndSize(buf, 3)
 
 
 cdef inline void _count(tx, str site, int field):
@@ -57,7 +74,8 @@ def apply_binding(tx, ev, str lab, long long window_ms):
     cdef bytes person_key = person.encode()
     cdef bytes event_key = event_id.encode()
     cdef long long seq, count, position
-    cdef list history, payload
+    cdef list history
+    cdef tuple payload
     cdef Py_ssize_t i, n
 
     tubes = tx._tubes
@@ -70,12 +88,15 @@ def apply_binding(tx, ev, str lab, long long window_ms):
     seq = tx.seq + 1
     count = 1 if tube is None else tube.count + 1
     position = 1 if tube is None else tube.slots + 1
-    payload = list(astuple(ev))
+    # The fields in BindingEvent order, encoded once for the dedup record and
+    # the log entry (a tuple encodes as the same msgpack array as a list).
+    payload = astuple(ev)
+    raw_payload = Raw(_encode(payload))
 
     # Same event id: a retry (same payload) or a client bug (different one).
-    if not events.put(event_key, _encode(EventRecord(seq, count, payload)), True, False):
+    if not events.put(event_key, _encode(EventRecord(seq, count, raw_payload)), True, False):
         seen = _decode_event_record(events.get(event_key))
-        if seen.payload != payload:
+        if seen.payload != list(payload):
             return Rejected(errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
         return Duplicate(event_id, event_id, tube_code, seen.count, seen.seq)
 
@@ -93,13 +114,13 @@ def apply_binding(tx, ev, str lab, long long window_ms):
         tube.count = count
         tube.slots = position
     tubes.put(tube_key, _encode(tube))
-    tx._members.put(tube_key + b"\x00" + position.to_bytes(2, "big"),
+    tx._members.put(_member_key(tube_key, position),
                     _encode(Member(person, event_id, scanned_at, seq)))
     history.append(PersonBinding(tube_code, scanned_at, seq, event_id, site_id, position))
     persons.put(person_key, _encode(history))
     # store.WriteTx.append, inline
     tx.seq = seq
-    tx._log.put(_seq_key(seq), _encode(LogEntry("binding", lab, payload, tx.at_ms)), True, True, True)
+    tx._log.put(_seq_key(seq), _encode(LogEntry("binding", lab, raw_payload, tx.at_ms)), True, True, True)
     _count(tx, site_id, _PEOPLE)
     return Bound(event_id, tube_code, lab, count, pool_size, seq)
 
