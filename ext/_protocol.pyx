@@ -262,7 +262,7 @@ cdef class HttpProtocol:
     # pending: handed to the app, not yet written; waiting: parsed, not yet
     # handed over. Deques, with the methods used per request bound once.
     cdef object _pending, _waiting
-    cdef object _pending_append, _pending_popleft, _waiting_popleft, _waiting_extend
+    cdef object _pending_append, _pending_popleft, _waiting_append, _waiting_popleft, _waiting_extend
 
     def __init__(self, server):
         self.server = server
@@ -297,6 +297,7 @@ cdef class HttpProtocol:
     @waiting.setter
     def waiting(self, value):
         self._waiting = value
+        self._waiting_append = value.append
         self._waiting_popleft = value.popleft
         self._waiting_extend = value.extend
 
@@ -321,18 +322,22 @@ cdef class HttpProtocol:
     def data_received(self, data):
         if self.closing or self._failed is not None:
             return
-        server = self.server
-        self.last_active = server.now
+        now = self.server.now
+        self.last_active = now
         parser = self.parser
         try:
-            requests = parser.feed(data, server.now)
+            requests = parser.feed(data, now)
         except HttpError as exc:
             self._waiting_extend(exc.requests)
             self._failed = exc
             self._dispatch()
             return
         if requests:
-            self._waiting_extend(requests)
+            if type(requests) is list:  # what the parser returns; one append is cheaper than extend()
+                for req in <list>requests:
+                    self._waiting_append(req)
+            else:
+                self._waiting_extend(requests)
             self._dispatch()
             if len(self._waiting) >= self._depth_max:
                 self._pause_reading()
