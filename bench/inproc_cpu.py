@@ -8,18 +8,21 @@ than a loopback benchmark on a noisy machine, and repeatable under callgrind:
     python bench/inproc_cpu.py 20000 --group 64
     valgrind --tool=callgrind python bench/inproc_cpu.py 3000 --group 64
     valgrind --tool=callgrind python bench/inproc_cpu.py 3000 --group 64 --skip-run   # subtract this
+
+`--protocol python` runs the HTTP protocol's Python twin (ingest._protocol_py)
+with every other kernel as selected (see bench/inproc_noop.py).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import shutil
 import tempfile
 import time
 
 from ingest import app as app_mod
 from ingest import config as config_mod
-from ingest import protocol
 from ingest.committer import Committer
 from ingest.drill import Events
 from ingest.metrics import Metrics
@@ -65,8 +68,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("events", type=int)
     parser.add_argument("--group", type=int, default=64, help="requests per group commit (= connections)")
+    parser.add_argument("--protocol", choices=["selected", "cython", "python"], default="selected",
+                        help="which HttpProtocol (default: the one ingest.protocol selects)")
     parser.add_argument("--skip-run", action="store_true", help="build the requests only (callgrind baseline)")
     args = parser.parse_args()
+    protocol = importlib.import_module(
+        {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}[args.protocol])
 
     cfg = config_mod.load()
     data = tempfile.mkdtemp(prefix="ingest-inproc-")
