@@ -7,29 +7,48 @@ Reads run synchronously on the loop thread against committed state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from urllib.parse import parse_qs
 
 import msgspec
 
-from ingest import codes, errors, kernels, routes
+from ingest import boxes, codes, errors, kernels, lifecycle, results, routes
+from ingest.answers import batch_item, outcome_body, outcome_key
 from ingest.committer import Committer, Work
 from ingest.config import Config
 from ingest.errors import ErrorCode, error_body, error_json
-import functools
-from urllib.parse import parse_qs
-
-from ingest import boxes, lifecycle, results
 from ingest.events import (
-    JSON, MSGPACK, BindingEvent, BoxEvent, HandoverEvent, Malformed, ReceiveEvent, SealEvent, VoidEvent,
-    decode_batch, decode_event, decode_lifecycle, decode_results,
+    JSON,
+    MSGPACK,
+    BindingEvent,
+    BoxEvent,
+    HandoverEvent,
+    Malformed,
+    ReceiveEvent,
+    SealEvent,
+    VoidEvent,
+    decode_batch,
+    decode_event,
+    decode_lifecycle,
+    decode_results,
 )
 from ingest.http import Request
 from ingest.metrics import Metrics
 from ingest.records import (
-    BOX_STATE_NAMES, PEOPLE, STAT_FIELDS, STATE_NAMES, VOIDED,
+    BOX_STATE_NAMES,
+    PEOPLE,
+    STAT_FIELDS,
+    STATE_NAMES,
+    VOIDED,
 )
-from ingest.rules import Bound, Done, Duplicate, Rejected, Repeat, apply_binding, check_stateless
+from ingest.rules import (
+    Duplicate,
+    Rejected,
+    apply_binding,
+    check_stateless,
+)
 from ingest.store import Store
 
 log = logging.getLogger("ingest.app")
@@ -39,56 +58,6 @@ _ENCODERS = {JSON: msgspec.json.Encoder().encode, MSGPACK: msgspec.msgpack.Encod
 _CONTENT_TYPE = {JSON: b"application/json", MSGPACK: b"application/msgpack"}
 _encode_json = _ENCODERS[JSON]
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
-
-
-class OriginalBody(msgspec.Struct):
-    event_id: str
-    tube: str
-    count: int
-    seq: int
-    result: str = "bound"
-
-
-class DuplicateBody(msgspec.Struct):
-    event_id: str
-    original: OriginalBody
-    result: str = "duplicate"
-
-
-def outcome_body(outcome: Bound | Duplicate | Rejected) -> tuple[int, object]:
-    """(HTTP status, body) of one outcome; bodies are structs because msgspec
-    encodes those faster than dicts, and a batch encodes a thousand."""
-    kind = type(outcome)
-    if kind is Bound:
-        return 201, outcome
-    if kind is Duplicate:
-        original = OriginalBody(outcome.original_event_id, outcome.tube, outcome.count, outcome.seq)
-        return 200, DuplicateBody(outcome.event_id, original)
-    if kind is Done:
-        return 201, {"result": outcome.result, "event_id": outcome.event_id, "seq": outcome.seq, **outcome.body}
-    if kind is Repeat:
-        return 200, {
-            "result": "duplicate", "event_id": outcome.event_id,
-            "original": {"result": outcome.original_result, "event_id": outcome.event_id, "seq": outcome.seq},
-        }
-    return outcome.error.status, error_body(outcome.error, outcome.message, outcome.field, outcome.extra)
-
-
-class BoundItem(Bound, tag="bound"):
-    """A bound result inside a batch answer: the same body plus its status."""
-
-    status: int = 201
-
-
-def _outcome_key(outcome: Bound | Duplicate | Rejected) -> tuple[str, str]:
-    kind = type(outcome)
-    if kind is Bound:
-        return ("bound", "")
-    if kind is Duplicate or kind is Repeat:
-        return ("duplicate", "")
-    if kind is Done:
-        return (outcome.result, "")
-    return ("rejected", outcome.error.code)
 
 
 class App:
@@ -134,7 +103,7 @@ class App:
         return self._today
 
     def _count(self, outcome) -> None:
-        self.metrics.events[_outcome_key(outcome)] += 1
+        self.metrics.events[outcome_key(outcome)] += 1
 
     def _media(self, req: Request, slot) -> str | None:
         media = _MEDIA.get(req.content_type) if req.content_type else None
@@ -190,7 +159,7 @@ class App:
     # -- writes ------------------------------------------------------------
 
     def post_binding_py(self, req: Request, slot) -> None:
-        """POST /v1/bindings. The plain-Python twin of ext/_post_binding.pyx,
+        """POST /v1/bindings. The plain-Python twin of ext/_binding_routes.pyx,
         which runs the common case compiled and hands every other to this."""
         media = self._media(req, slot)
         if media is None:
@@ -216,7 +185,9 @@ class App:
         status, body = outcome_body(outcome)
         slot.respond(status, _ENCODERS[media](body), _CONTENT_TYPE[media])
 
-    def post_batch(self, req: Request, slot) -> None:
+    def post_batch_py(self, req: Request, slot) -> None:
+        """POST /v1/bindings/batch. The plain-Python twin of
+        ext/_binding_routes.pyx, which runs it compiled."""
         self._post_items(req, slot, decode_batch, self._binding_work)
 
     def post_results(self, req: Request, slot) -> None:
@@ -270,16 +241,8 @@ class App:
         results = []
         events = self.metrics.events
         for outcome in outcomes:
-            events[_outcome_key(outcome)] += 1
-            kind = type(outcome)
-            if kind is Bound:
-                results.append(BoundItem(*msgspec.structs.astuple(outcome)))
-            else:
-                status, body = outcome_body(outcome)
-                if kind is Duplicate:
-                    body = msgspec.structs.asdict(body)
-                body["status"] = status
-                results.append(body)
+            events[outcome_key(outcome)] += 1
+            results.append(batch_item(outcome))
         slot.respond(200, _ENCODERS[media]({"results": results}), _CONTENT_TYPE[media])
 
     def _post_lifecycle(self, req: Request, slot, kind: type, path_field: str, path_value: str, apply) -> None:
@@ -502,5 +465,9 @@ class App:
             slot.respond(200, b'{"status":"ready"}')
 
 
-# POST /v1/bindings runs compiled (ext/_post_binding.pyx) unless INGEST_PURE_PYTHON=1.
-App.post_binding = App.post_binding_py if kernels.PURE_PYTHON else kernels.load("_post_binding", "app").post_binding
+# The binding routes run compiled (ext/_binding_routes.pyx) unless INGEST_PURE_PYTHON=1.
+if kernels.PURE_PYTHON:
+    App.post_binding, App.post_batch = App.post_binding_py, App.post_batch_py
+else:
+    _routes = kernels.load("_binding_routes", "app")
+    App.post_binding, App.post_batch = _routes.post_binding, _routes.post_batch

@@ -1,6 +1,7 @@
-"""POST /v1/bindings compiled (ext/_post_binding.pyx) against its twin
-(App.post_binding_py): on any sequence of requests, the same answers, byte
-for byte, the same counters and the same store.
+"""The binding routes compiled (ext/_binding_routes.pyx) against their twin
+(App.post_binding_py, App.post_batch_py): on any sequence of single and batch
+requests, the same answers, byte for byte, the same counters and the same
+store.
 
 Each App gets its own store and a committer that commits every submitted
 request at once, on the caller's thread: what is compared is the handler,
@@ -23,9 +24,9 @@ from ingest.store import Store
 from tests.helpers import hc_person, id_person, luhn_tube, m37_tube
 
 try:
-    from ingest import _post_binding as _kernel
+    from ingest import _binding_routes as _kernel
 except ImportError as exc:  # pragma: no cover - only without a build
-    _kernel, _C_MISSING = None, f"ingest._post_binding is not built ({exc})"
+    _kernel, _C_MISSING = None, f"ingest._binding_routes is not built ({exc})"
 
 NOW = int(time.time() * 1000)
 CONFIG = config_mod.load()
@@ -36,12 +37,15 @@ def _compiled():
         if kernels.PURE_PYTHON:
             pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
         pytest.fail(f"{_C_MISSING}: build it with `python setup.py build_ext --inplace`")
-    return _kernel.post_binding
+    return {"single": _kernel.post_binding, "batch": _kernel.post_batch}
+
+
+TWIN = {"single": app_mod.App.post_binding_py, "batch": app_mod.App.post_batch_py}
 
 
 def test_app_selects_the_implementation():
-    expected = app_mod.App.post_binding_py if kernels.PURE_PYTHON else _compiled()
-    assert app_mod.App.post_binding is expected
+    expected = TWIN if kernels.PURE_PYTHON else _compiled()
+    assert {"single": app_mod.App.post_binding, "batch": app_mod.App.post_batch} == expected
 
 
 class AtOnce:
@@ -63,15 +67,15 @@ class Slot:
         self.answers.append((status, body, content_type, extra))
 
 
-def _run(path, handler, requests):
+def _run(path, handlers, requests):
     store = Store(path, map_bytes_initial=1 << 22)
     try:
         metrics = Metrics("test")
         app = app_mod.App(CONFIG, store, None, metrics)
         app.committer = AtOnce(store, app.apply)
         answers = []
-        for content_type, body in requests:
-            handler(app, Request(b"POST", "/v1/bindings", "", content_type, body, True), Slot(answers))
+        for route, content_type, body in requests:
+            handlers[route](app, Request(b"POST", "/v1/bindings", "", content_type, body, True), Slot(answers))
         return answers, dict(metrics.events), store.digest()
     finally:
         store.close()
@@ -93,18 +97,29 @@ event = st.fixed_dictionaries(
     },
     optional={"resample": st.booleans(), "operator_id": st.just("op"), "extra": st.just(1)},
 )
-request = st.one_of(
-    event.map(lambda e: (b"application/json", msgspec.json.encode(e))),
-    event.map(lambda e: (b"application/json", msgspec.json.encode(e))),
-    event.map(lambda e: (b"application/msgpack", msgspec.msgpack.encode(e))),
-    st.sampled_from([
-        (b"application/json", b'{"event_id": "e1"'),           # truncated
-        (b"application/json", b"\xff\xfe"),                     # not UTF-8
-        (b"application/json", b'{"event_id": 1}'),              # wrong type
-        (b"text/plain", b"{}"),                                 # media type
-        (None, b"{}"),
-    ]),
+BROKEN = [
+    (b"application/json", b'{"event_id": "e1"'),           # truncated
+    (b"application/json", b"\xff\xfe"),                     # not UTF-8
+    (b"application/json", b'{"event_id": 1}'),              # wrong type
+    (b"text/plain", b"{}"),                                 # media type
+    (None, b"{}"),
+]
+# A batch item that does not decode: the rest of the batch still counts.
+item = st.one_of(event, event, event, st.just({"event_id": 5}), st.just([]))
+single = st.one_of(
+    event.map(lambda e: ("single", b"application/json", msgspec.json.encode(e))),
+    event.map(lambda e: ("single", b"application/json", msgspec.json.encode(e))),
+    event.map(lambda e: ("single", b"application/msgpack", msgspec.msgpack.encode(e))),
+    st.sampled_from([("single", *b) for b in BROKEN]),
 )
+batch = st.one_of(
+    st.lists(item, min_size=1, max_size=12).map(
+        lambda es: ("batch", b"application/json", msgspec.json.encode({"events": es}))),
+    st.lists(item, min_size=1, max_size=6).map(
+        lambda es: ("batch", b"application/msgpack", msgspec.msgpack.encode({"events": es}))),
+    st.sampled_from([("batch", *b) for b in BROKEN] + [("batch", b"application/json", b'{"events": 3}')]),
+)
+request = st.one_of(single, single, batch)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -112,7 +127,7 @@ request = st.one_of(
 def test_kernel_and_twin_answer_alike(tmp_path_factory, requests):
     compiled = _compiled()
     base = tmp_path_factory.mktemp("twins")
-    twin = _run(str(base / "py"), app_mod.App.post_binding_py, requests)
+    twin = _run(str(base / "py"), TWIN, requests)
     kernel = _run(str(base / "c"), compiled, requests)
     assert kernel == twin
 
@@ -122,11 +137,17 @@ def test_every_kind_of_answer_is_compared(tmp_path):
     a store refusal; a fixed stream proves the comparison sees them."""
     ok = {"event_id": "e1", "site_id": "S1", "device_id": "D1", "tube": TUBES[0], "person": PERSONS[0],
           "pool_size": 1, "scanned_at": NOW - 60_000}
-    requests = [(b"application/json", msgspec.json.encode({**ok, **change})) for change in (
-        {}, {}, {"event_id": "e2", "person": PERSONS[1]}, {"tube": TUBES[3]}, {"tube": TUBES[4]},
-        {"person": PERSONS[3]}, {"scanned_at": NOW + 600_000}, {"extra": 1},
-    )] + [(b"text/plain", b"{}")]
+    changes = ({}, {}, {"event_id": "e2", "person": PERSONS[1]}, {"tube": TUBES[3]}, {"tube": TUBES[4]},
+               {"person": PERSONS[3]}, {"scanned_at": NOW + 600_000}, {"extra": 1})
+    requests = [("single", b"application/json", msgspec.json.encode({**ok, **change})) for change in changes]
+    requests += [("single", b"text/plain", b"{}")]
+    # the same again as one batch, after a fresh tube's first event: all duplicates or refusals but one
+    fresh = {**ok, "event_id": "b0", "tube": TUBES[1], "person": PERSONS[2]}
+    requests += [("batch", b"application/json", msgspec.json.encode(
+        {"events": [fresh] + [{**ok, **change} for change in changes] + [{"event_id": 5}]}))]
     answers, counts, _ = _run(str(tmp_path / "c"), _compiled(), requests)
     statuses = [a[0] for a in answers]
-    assert statuses == [201, 200, 409, 422, 422, 422, 422, 400, 415]
-    assert _run(str(tmp_path / "py"), app_mod.App.post_binding_py, requests)[:2] == (answers, counts)
+    assert statuses == [201, 200, 409, 422, 422, 422, 422, 400, 415, 200]
+    items = msgspec.json.decode(answers[-1][1])["results"]
+    assert [i["status"] for i in items] == [201, 200, 200, 409, 422, 422, 422, 422, 400, 400]
+    assert _run(str(tmp_path / "py"), TWIN, requests)[:2] == (answers, counts)

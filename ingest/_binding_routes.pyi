@@ -1,4 +1,4 @@
-"""Stub for the compiled ``ingest._post_binding`` (source ``ext/_post_binding.pyx``).
+"""Stub for the compiled ``ingest._binding_routes`` (source ``ext/_binding_routes.pyx``).
 
 The common case of ``POST /v1/bindings``; ``ingest.app.App.post_binding_py``
 is the plain-Python twin and answers every other case.

@@ -1,0 +1,155 @@
+# cython: language_level=3
+"""POST /v1/bindings and /v1/bindings/batch, compiled: the common cases.
+
+``App.post_binding_py``, ``App.post_batch_py`` and the answers they build
+(ingest/app.py, ingest/answers.py) are the plain-Python twin and the
+reference: media type, decoding, the stateless checks of
+rules.check_stateless, the commit, the answer. A JSON event that passes
+every stateless check and is bound is most of a campaign's traffic, and for
+it the twin walks a dozen Python frames per event; here it is one C function
+on the way in and one on the way out, calling the same decoder, the same
+code kernels and the same committer.
+
+Anything else (another media type, a body that does not decode, a refused
+code or clock, a duplicate or a refusal from the store, a draining server)
+is handed to the twin, which answers it: the kernel never composes an
+error, so it cannot word one differently (tests/test_binding_routes_kernel.py
+compares the two answer by answer). In a batch that is done per item.
+"""
+import time
+
+import msgspec
+
+from ingest import errors, events
+from ingest.answers import BoundItem, batch_item, outcome_key
+from ingest.codes import PERSON_OK, person_check, tube_classify
+from ingest.committer import Work
+from ingest.events import BindingEvent
+from ingest.outcomes import Bound, Rejected
+
+cdef object _decode_json = events._decoders[events.JSON][0].decode
+cdef object _decode_batch = events.decode_batch
+cdef object _BindingEvent = BindingEvent
+cdef object _Bound = Bound
+# The twin's encoder is msgspec's default JSON one too: the same bytes.
+cdef object _encode_json = msgspec.json.Encoder().encode
+cdef object _time_ns = time.time_ns
+cdef tuple _BOUND_KEY = ("bound", "")
+cdef bytes _JSON = b"application/json"
+
+
+cdef class _AnswerOne:
+    """The committer's callback for one bound-or-not event (the twin's lambda)."""
+
+    cdef object app, slot
+
+    def __cinit__(self, app, slot):
+        self.app = app
+        self.slot = slot
+
+    def __call__(self, list outcomes):
+        outcome = outcomes[0]
+        if type(outcome) is not _Bound:
+            self.app._answer_one(self.slot, events.JSON, outcomes)
+            return
+        self.app.metrics.events[_BOUND_KEY] += 1
+        self.slot.respond(201, _encode_json(outcome), _JSON)
+
+
+def post_binding(app, req, slot):
+    cdef long long now_ms, today
+    cdef Py_ssize_t idx = 0
+    if req.content_type != _JSON or app.draining:
+        return app.post_binding_py(req, slot)
+    try:
+        ev = _decode_json(req.body)
+    except Exception:
+        return app.post_binding_py(req, slot)  # decodes again, answers why not
+    now_ms = _time_ns() // 1_000_000
+    today = app._today if now_ms < app._today_until_ms else app._today_yyyymmdd(now_ms)
+    if not _passes(app, ev, now_ms, today, app.schemes.table, &idx):
+        return app.post_binding_py(req, slot)
+    app.committer.submit(Work(((ev, app.schemes.labs[idx]),), _AnswerOne(app, slot)))
+
+
+cdef inline bint _passes(app, ev, long long now_ms, long long today, tuple table, Py_ssize_t* idx):
+    """rules.check_stateless said yes (the twin decides every other case)."""
+    cdef long long scanned_at = ev.scanned_at
+    idx[0] = tube_classify(ev.tube, table)
+    return not (idx[0] < 0 or person_check(ev.person, today) != PERSON_OK
+                or scanned_at > now_ms + <long long>app._future_ms or scanned_at < now_ms - <long long>app._age_ms)
+
+
+cdef void _answer_batch(app, slot, list outcomes):
+    """App._answer_batch: one result per event, in order; bound ones built here."""
+    cdef list results = []
+    cdef Py_ssize_t bound = 0
+    counts = app.metrics.events
+    for outcome in outcomes:
+        if type(outcome) is _Bound:
+            bound += 1
+            results.append(BoundItem(outcome.event_id, outcome.tube, outcome.lab, outcome.count,
+                                     outcome.pool_size, outcome.seq))
+        else:
+            counts[outcome_key(outcome)] += 1
+            results.append(batch_item(outcome))
+    if bound:
+        counts[_BOUND_KEY] += bound
+    slot.respond(200, _encode_json({"results": results}), _JSON)
+
+
+cdef class _AnswerBatch:
+    """The committer's callback for a batch: committed outcomes into their places."""
+
+    cdef object app, slot
+    cdef list outcomes, places
+
+    def __cinit__(self, app, slot, list outcomes, list places):
+        self.app = app
+        self.slot = slot
+        self.outcomes = outcomes
+        self.places = places
+
+    def __call__(self, list committed):
+        cdef Py_ssize_t k
+        for k in range(len(committed)):
+            self.outcomes[<Py_ssize_t>self.places[k]] = committed[k]
+        _answer_batch(self.app, self.slot, self.outcomes)
+
+
+def post_batch(app, req, slot):
+    cdef long long now_ms, today
+    cdef Py_ssize_t i, n, idx = 0
+    cdef list items, outcomes, queued, places
+    if req.content_type != _JSON or app.draining:
+        return app.post_batch_py(req, slot)
+    try:
+        items = _decode_batch(req.body, events.JSON)
+    except Exception:
+        return app.post_batch_py(req, slot)  # decodes again, answers why not
+    now_ms = _time_ns() // 1_000_000
+    today = app._today if now_ms < app._today_until_ms else app._today_yyyymmdd(now_ms)
+    table = app.schemes.table
+    labs = app.schemes.labs
+    n = len(items)
+    outcomes = [None] * n
+    queued = []
+    places = []
+    for i in range(n):
+        item = items[i]
+        if type(item) is not _BindingEvent:  # events.Malformed: why this item did not decode
+            outcomes[i] = Rejected(errors.MALFORMED, item.message, item.field)
+        elif _passes(app, item, now_ms, today, table, &idx):
+            queued.append((item, labs[idx]))
+            places.append(i)
+        else:
+            work = app._binding_work(item)  # the twin decides: a refusal, or a replay it recognises
+            if type(work) is tuple:
+                queued.append(work)
+                places.append(i)
+            else:
+                outcomes[i] = work
+    if not queued:
+        _answer_batch(app, slot, outcomes)
+        return
+    app.committer.submit(Work(queued, _AnswerBatch(app, slot, outcomes, places)))
