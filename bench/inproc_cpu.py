@@ -1,11 +1,12 @@
 """CPU time per binding through the whole server path, without sockets.
 
-Feeds N valid single-event requests to ingest's protocol objects (parser,
+Feeds N valid binding events (single-event requests, or batches with --batch) to ingest's protocol objects (parser,
 handler, rules, store, answer bytes) and commits them in groups, inline, with
 real fsyncs; prints CPU time (user + sys of this process) per event. Steadier
 than a loopback benchmark on a noisy machine, and repeatable under callgrind:
 
     python bench/inproc_cpu.py 20000 --group 64
+    python bench/inproc_cpu.py 20000 --group 4 --batch 1000     # the batch endpoint
     valgrind --tool=callgrind python bench/inproc_cpu.py 3000 --group 64
     valgrind --tool=callgrind python bench/inproc_cpu.py 3000 --group 64 --skip-run   # subtract this
 
@@ -71,6 +72,8 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["selected", "cython", "python"], default="selected",
                         help="which HttpProtocol (default: the one ingest.protocol selects)")
     parser.add_argument("--skip-run", action="store_true", help="build the requests only (callgrind baseline)")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="send POST /v1/bindings/batch with this many events per request (default: single events)")
     args = parser.parse_args()
     protocol = importlib.import_module(
         {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}[args.protocol])
@@ -91,10 +94,15 @@ def main() -> None:
         conns.append(conn)
     events = Events("BNCH")
     requests = []
-    for _ in range(args.events):
-        body = app_mod.msgspec.json.encode(events.next())
-        requests.append(b"POST /v1/bindings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    for _ in range(args.events // (args.batch or 1)):
+        if args.batch:
+            path = b"/v1/bindings/batch"
+            body = app_mod.msgspec.json.encode({"events": [events.next() for _ in range(args.batch)]})
+        else:
+            path = b"/v1/bindings"
+            body = app_mod.msgspec.json.encode(events.next())
+        requests.append(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
     try:
         if args.skip_run:
             print("requests built; run skipped")
@@ -106,7 +114,7 @@ def main() -> None:
             committer.flush()
         spent = time.process_time() - t0
         bound = metrics.events[("bound", "")]
-        print(f"{spent / args.events * 1e6:.2f} us CPU per event, group {args.group}, {bound} bound")
+        print(f"{spent / bound * 1e6:.2f} us CPU per event, group {args.group}, batch {args.batch}, {bound} bound")
     finally:
         store.close()
         shutil.rmtree(data, ignore_errors=True)
