@@ -8,7 +8,6 @@ another id, full tubes, site and pool-size mismatches, the person window,
 resamples; seals and voids are interleaved (shared Python code) so that the
 closed-tube and voided-member paths are taken too.
 """
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -80,7 +79,7 @@ def _run(path: str, apply_binding, steps, group: int):
         # Several events per transaction, as the committer groups them.
         for start in range(0, len(steps), group):
             chunk = steps[start:start + group]
-            outcomes += store.write(lambda tx: [apply(tx, kind, ev) for kind, ev in chunk], at_ms=AT_MS)
+            outcomes += store.write(lambda tx, chunk=chunk: [apply(tx, kind, ev) for kind, ev in chunk], at_ms=AT_MS)
         return outcomes, store.digest(), store.last_seq
     finally:
         store.close()
