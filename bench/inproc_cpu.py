@@ -22,6 +22,8 @@ import shutil
 import tempfile
 import time
 
+import msgspec
+
 from ingest import app as app_mod
 from ingest import config as config_mod
 from ingest.committer import Committer
@@ -65,6 +67,33 @@ class NullTransport:
         pass
 
 
+def connections(protocol, server, n: int) -> list:
+    """n protocol objects of `protocol` (a module), each on a NullTransport."""
+    conns = []
+    for _ in range(n):
+        conn = protocol.HttpProtocol(server)
+        conn.connection_made(NullTransport())
+        conns.append(conn)
+    return conns
+
+
+def binding_requests(events: int, batch: int = 0) -> list[bytes]:
+    """Raw requests carrying `events` fresh valid bindings: one per request,
+    or `batch` per POST /v1/bindings/batch."""
+    source = Events("BNCH")
+    requests = []
+    for _ in range(events // (batch or 1)):
+        if batch:
+            path = b"/v1/bindings/batch"
+            body = msgspec.json.encode({"events": [source.next() for _ in range(batch)]})
+        else:
+            path = b"/v1/bindings"
+            body = msgspec.json.encode(source.next())
+        requests.append(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+    return requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("events", type=int)
@@ -87,22 +116,8 @@ def main() -> None:
     committer.start()
     app.committer = committer
     server = FakeServer(app, cfg, metrics)
-    conns = []
-    for _ in range(args.group):
-        conn = protocol.HttpProtocol(server)
-        conn.connection_made(NullTransport())
-        conns.append(conn)
-    events = Events("BNCH")
-    requests = []
-    for _ in range(args.events // (args.batch or 1)):
-        if args.batch:
-            path = b"/v1/bindings/batch"
-            body = app_mod.msgspec.json.encode({"events": [events.next() for _ in range(args.batch)]})
-        else:
-            path = b"/v1/bindings"
-            body = app_mod.msgspec.json.encode(events.next())
-        requests.append(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+    conns = connections(protocol, server, args.group)
+    requests = binding_requests(args.events, args.batch)
     try:
         if args.skip_run:
             print("requests built; run skipped")

@@ -21,12 +21,10 @@ import argparse
 import importlib
 import time
 
-import msgspec
-from inproc_cpu import FakeServer, NullTransport
+from inproc_cpu import FakeServer, binding_requests, connections
 from noop_server import NoopApp
 
 from ingest import config as config_mod
-from ingest.drill import Events
 from ingest.metrics import Metrics
 
 PROTOCOLS = {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}
@@ -44,17 +42,8 @@ def main() -> None:
     protocol = importlib.import_module(PROTOCOLS[args.protocol])
     metrics = Metrics("bench")
     server = FakeServer(NoopApp(metrics), config_mod.load(), metrics)
-    conns = []
-    for _ in range(args.group):
-        conn = protocol.HttpProtocol(server)
-        conn.connection_made(NullTransport())
-        conns.append(conn)
-    events = Events("BNCH")
-    requests = []
-    for _ in range(args.requests):
-        body = msgspec.json.encode(events.next())
-        requests.append(b"POST /v1/bindings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    conns = connections(protocol, server, args.group)
+    requests = binding_requests(args.requests)
     if args.skip_run:
         print("requests built; run skipped")
         return
