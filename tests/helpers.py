@@ -485,3 +485,15 @@ class ServerFactory:
             except AssertionError as exc:
                 errors.append(str(exc))
         assert not errors, "\n\n".join(errors)
+
+
+def run_python(code: str, pure: bool) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter on this checkout, with the compiled
+    kernels (pure=False) or their twins (INGEST_PURE_PYTHON=1)."""
+    env = {k: v for k, v in os.environ.items() if k != "INGEST_PURE_PYTHON"}
+    if pure:
+        env["INGEST_PURE_PYTHON"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
+    )

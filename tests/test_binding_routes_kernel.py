@@ -21,7 +21,7 @@ from ingest import kernels
 from ingest.http_types import Request
 from ingest.metrics import Metrics
 from ingest.store import Store
-from tests.helpers import hc_person, id_person, luhn_tube, m37_tube
+from helpers import hc_person, id_person, luhn_tube, m37_tube
 
 try:
     from ingest import _binding_routes as _kernel

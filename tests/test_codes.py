@@ -8,14 +8,13 @@ import ast
 import datetime
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from helpers import run_python
 from ingest import _codes_py, codes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -377,49 +376,20 @@ def test_implementation_in_this_process():
     assert codes.person_check is expected.person_check
 
 
-def _run(code, pure):
-    env = {k: v for k, v in os.environ.items() if k != "INGEST_PURE_PYTHON"}
-    if pure:
-        env["INGEST_PURE_PYTHON"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_implementation_is_cython_by_default():
     _compiled()
-    result = _run("from ingest import codes; print(codes.IMPLEMENTATION)", pure=False)
+    result = run_python("from ingest import codes; print(codes.IMPLEMENTATION)", pure=False)
     assert result.stdout.strip() == "cython", result.stderr
 
 
 def test_implementation_is_python_when_forced():
-    result = _run(
+    result = run_python(
         "from ingest import codes, _codes_py;"
         "assert codes.tube_classify is _codes_py.tube_classify;"
         "print(codes.IMPLEMENTATION)",
         pure=True,
     )
     assert result.stdout.strip() == "python", result.stderr
-
-
-def test_missing_extension_fails_loudly():
-    result = _run(
-        "import sys\n"
-        "sys.modules['ingest._codes'] = None\n"
-        "try:\n"
-        "    import ingest.codes\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
-        "else:\n"
-        "    print('imported')\n",
-        pure=False,
-    )
-    message = result.stdout
-    assert "ingest._codes" in message, result.stderr
-    assert "pip install -e ." in message
-    assert "C compiler" in message
-    assert "INGEST_PURE_PYTHON=1" in message
 
 
 # Differential and property tests.

@@ -7,12 +7,11 @@ checks that they agree on everything.
 """
 import ast
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import run_python
 from ingest import _http_py, errors, http
 from ingest.http import HttpError, Request
 
@@ -304,18 +303,8 @@ def test_stub_lists_exactly_the_public_names():
         assert members == public, module.__name__
 
 
-def _run(code, pure):
-    env = {k: v for k, v in os.environ.items() if k != "INGEST_PURE_PYTHON"}
-    if pure:
-        env["INGEST_PURE_PYTHON"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_twin_imported_first_makes_no_cycle():
-    result = _run(
+    result = run_python(
         "from ingest import _http_py\n"
         "from ingest import http\n"
         "assert http.RequestParser is _http_py.RequestParser\n"
@@ -327,21 +316,7 @@ def test_twin_imported_first_makes_no_cycle():
 
 def test_implementation_is_cython_by_default():
     _compiled()
-    result = _run("from ingest import http; print(http.IMPLEMENTATION, http.RequestParser.__module__)", pure=False)
+    result = run_python("from ingest import http; print(http.IMPLEMENTATION, http.RequestParser.__module__)", pure=False)
     assert result.stdout.strip() == "cython ingest._http", result.stderr
 
 
-def test_missing_extension_fails_loudly():
-    result = _run(
-        "import sys\n"
-        "sys.modules['ingest._http'] = None\n"
-        "try:\n"
-        "    import ingest.http\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
-        "else:\n"
-        "    print('imported')\n",
-        pure=False,
-    )
-    assert "ingest._http" in result.stdout, result.stderr
-    assert "pip install -e ." in result.stdout
