@@ -497,3 +497,20 @@ def run_python(code: str, pure: bool) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def compiled_kernel(name: str):
+    """The compiled kernel `ingest.<name>` for a test that compares it with
+    its twin: skipped when it is not built and INGEST_PURE_PYTHON=1 says the
+    twins alone are under test, a failure otherwise."""
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(f"ingest.{name}")
+    except ImportError as exc:
+        missing = f"ingest.{name} is not importable ({exc})"
+        if os.environ.get("INGEST_PURE_PYTHON") == "1":
+            pytest.skip(f"{missing}; INGEST_PURE_PYTHON=1 tests the Python twin only")
+        pytest.fail(f"{missing}: build it with `pip install -e .`")

@@ -9,7 +9,7 @@ resamples; seals and voids are interleaved (shared Python code) so that the
 closed-tube and voided-member paths are taken too.
 """
 
-import pytest
+from helpers import compiled_kernel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,11 +18,6 @@ from ingest.events import BindingEvent, SealEvent, VoidEvent
 from ingest.outcomes import Bound, Duplicate, Rejected
 from ingest.store import Store
 
-try:
-    from ingest import _apply as _apply_c
-except ImportError as exc:  # pragma: no cover - only without a build
-    _apply_c, _C_MISSING = None, f"ingest._apply is not built ({exc})"
-
 AT_MS = 1_790_000_000_000  # the server time of every commit: digests must not depend on the clock
 T0 = AT_MS - 3_600_000
 HOUR = 3_600_000
@@ -30,11 +25,7 @@ WINDOW = 12 * HOUR
 
 
 def _compiled():
-    if _apply_c is None:
-        if kernels.PURE_PYTHON:
-            pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
-        pytest.fail(f"{_C_MISSING}: build it with `python setup.py build_ext --inplace`")
-    return _apply_c.apply_binding
+    return compiled_kernel("_apply").apply_binding
 
 
 def test_rules_select_the_implementation():

@@ -11,7 +11,7 @@ in both modes for that).
 import time
 
 import msgspec
-import pytest
+from helpers import compiled_kernel, hc_person, id_person, luhn_tube, m37_tube
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,23 +21,14 @@ from ingest import kernels
 from ingest.http_types import Request
 from ingest.metrics import Metrics
 from ingest.store import Store
-from helpers import hc_person, id_person, luhn_tube, m37_tube
-
-try:
-    from ingest import _binding_routes as _kernel
-except ImportError as exc:  # pragma: no cover - only without a build
-    _kernel, _C_MISSING = None, f"ingest._binding_routes is not built ({exc})"
 
 NOW = int(time.time() * 1000)
 CONFIG = config_mod.load()
 
 
 def _compiled():
-    if _kernel is None:
-        if kernels.PURE_PYTHON:
-            pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
-        pytest.fail(f"{_C_MISSING}: build it with `python setup.py build_ext --inplace`")
-    return {"single": _kernel.post_binding, "batch": _kernel.post_batch}
+    kernel = compiled_kernel("_binding_routes")
+    return {"single": kernel.post_binding, "batch": kernel.post_batch}
 
 
 TWIN = {"single": app_mod.App.post_binding_py, "batch": app_mod.App.post_batch_py}

@@ -11,20 +11,14 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import compiled_kernel, run_python
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from helpers import run_python
 from ingest import _codes_py, codes
 
 REPO = Path(__file__).resolve().parents[1]
 PURE = os.environ.get("INGEST_PURE_PYTHON") == "1"
-try:
-    from ingest import _codes as _codes_c
-except ImportError as exc:
-    _codes_c = None
-    _C_MISSING = f"ingest._codes is not importable ({exc})"
-
 DIGITS = "0123456789"
 ALNUM = DIGITS + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TODAY = codes.yyyymmdd(datetime.date.today())
@@ -32,11 +26,7 @@ KERNELS = ["luhn_ok", "gs1_ok", "mod37_36_ok", "mod11_2_ok"]
 
 
 def _compiled():
-    if _codes_c is None:
-        if PURE:
-            pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
-        pytest.fail(f"{_C_MISSING}: build it with `python setup.py build_ext --inplace`")
-    return _codes_c
+    return compiled_kernel("_codes")
 
 
 # Module scope: hypothesis refuses function-scoped fixtures, and a module is no state.
@@ -372,7 +362,7 @@ def test_public_names():
 
 def test_implementation_in_this_process():
     assert codes.IMPLEMENTATION == ("python" if PURE else "cython")
-    expected = _codes_py if PURE else _codes_c
+    expected = _codes_py if PURE else _compiled()
     assert codes.person_check is expected.person_check
 
 

@@ -10,26 +10,16 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import compiled_kernel, run_python
 
-from helpers import run_python
 from ingest import _http_py, errors, http
 from ingest.http import HttpError, Request
 
 REPO = Path(__file__).resolve().parents[1]
 PURE = os.environ.get("INGEST_PURE_PYTHON") == "1"
-try:
-    from ingest import _http as _http_c
-except ImportError as exc:
-    _http_c = None
-    _C_MISSING = f"ingest._http is not importable ({exc})"
-
 
 def _compiled():
-    if _http_c is None:
-        if PURE:
-            pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
-        pytest.fail(f"{_C_MISSING}: build it with `pip install -e .`")
-    return _http_c
+    return compiled_kernel("_http")
 
 
 @pytest.fixture(params=["python", "cython"])

@@ -16,25 +16,16 @@ import asyncio
 import os
 
 import pytest
+from helpers import compiled_kernel
 from protocol_fakes import DATE, App, Server, connect
 
 from ingest import _protocol_py, errors, protocol
 from ingest.http import response
 
 PURE = os.environ.get("INGEST_PURE_PYTHON") == "1"
-try:
-    from ingest import _protocol as _protocol_c
-except ImportError as exc:
-    _protocol_c = None
-    _C_MISSING = f"ingest._protocol is not importable ({exc})"
-
 
 def _compiled():
-    if _protocol_c is None:
-        if PURE:
-            pytest.skip(f"{_C_MISSING}; INGEST_PURE_PYTHON=1 tests the Python twin only")
-        pytest.fail(f"{_C_MISSING}: build it with `pip install -e .`")
-    return _protocol_c
+    return compiled_kernel("_protocol")
 
 
 @pytest.fixture(params=["python", "cython"])
