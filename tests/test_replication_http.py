@@ -163,7 +163,14 @@ def test_lag_is_reported_in_events_and_seconds(server_factory):
     mixed_load(primary, 1)
     status = wait_caught_up(primary, standby)
     assert status["replication"]["lag_events"] == 0 and status["replication"]["lag_seconds"] == 0.0
-    [session] = primary.status()["replication"]["standbys"]
+    # The standby's own view is current at once; the primary's follows its
+    # next acknowledgement, a moment later.
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        [session] = primary.status()["replication"]["standbys"]
+        if session["lag_events"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert session["lag_events"] == 0 and session["node"] == status["node"]
     standby.kill()
     mixed_load(primary, 1)
