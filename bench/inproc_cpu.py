@@ -29,6 +29,7 @@ from ingest import config as config_mod
 from ingest.committer import Committer
 from ingest.drill import Events
 from ingest.metrics import Metrics
+from ingest.server import tune_gc
 from ingest.store import Store
 
 
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--skip-run", action="store_true", help="build the requests only (callgrind baseline)")
     parser.add_argument("--batch", type=int, default=0,
                         help="send POST /v1/bindings/batch with this many events per request (default: single events)")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="leave the cycle collector at Python's defaults (the server tunes it: server.tune_gc)")
     args = parser.parse_args()
     protocol = importlib.import_module(
         {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}[args.protocol])
@@ -122,6 +125,8 @@ def main() -> None:
         if args.skip_run:
             print("requests built; run skipped")
             return
+        if not args.default_gc:
+            tune_gc()
         t0 = time.process_time()
         for start in range(0, len(requests), args.group):
             for conn, raw in zip(conns, requests[start:start + args.group]):

@@ -26,6 +26,7 @@ from noop_server import NoopApp
 
 from ingest import config as config_mod
 from ingest.metrics import Metrics
+from ingest.server import tune_gc
 
 PROTOCOLS = {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}
 
@@ -47,6 +48,7 @@ def main() -> None:
     if args.skip_run:
         print("requests built; run skipped")
         return
+    tune_gc()  # as the server does
     t0 = time.process_time()
     for start in range(0, len(requests), args.group):
         for conn, raw in zip(conns, requests[start:start + args.group]):

@@ -10,6 +10,7 @@ shutdown: on SIGTERM/SIGINT stop listening, answer what is in flight after
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -154,18 +155,24 @@ class Server:
             conn.close()
 
 
-def run(config: Config, data_dir: str, host: str, port: int, follow: str | None = None,
-        replication_port: int | None = None) -> None:
-    import gc
+def tune_gc() -> None:
+    """Keep the cycle collector off the request path.
 
-    import uvloop
-
-    # Everything alive after start-up lives as long as the process: keep it
-    # out of every collection. Per-request garbage is acyclic and freed by
-    # reference counting, so the cycle collector may run far less often than
-    # its default of every 700 allocations (measured in docs/benchmarks.md).
+    Everything alive after start-up lives as long as the process: keep it
+    out of every collection. Per-request garbage is acyclic and freed by
+    reference counting, so the collector may run far less often than its
+    default of every 700 allocations; at that default it took about a tenth
+    of a batch's CPU (docs/benchmarks.md, "Cycle collector").
+    """
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def run(config: Config, data_dir: str, host: str, port: int, follow: str | None = None,
+        replication_port: int | None = None) -> None:
+    import uvloop
+
+    tune_gc()
     server = Server(config, data_dir, host, port, follow, replication_port)
     uvloop.run(server.serve())
