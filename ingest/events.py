@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Raw, Struct
 
-EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+# msgspec matches with re.search, where "$" also matches before a final
+# newline: "\Z" is the end of the string, so "id\n" is refused.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]+\Z"
 BATCH_EVENTS_MAX = 1000
 
 EventId = Annotated[str, Meta(min_length=1, max_length=64, pattern=EVENT_ID_PATTERN)]
@@ -72,7 +74,7 @@ class VoidEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=T
 
 # A box holds a rack of tubes; 500 is far above any real rack.
 BOX_TUBES_MAX = 500
-BoxCode = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+BoxCode = Annotated[str, Meta(min_length=1, max_length=64, pattern=EVENT_ID_PATTERN)]
 TubeList = Annotated[list[Code], Meta(max_length=BOX_TUBES_MAX)]
 
 

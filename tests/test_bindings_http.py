@@ -178,6 +178,7 @@ def test_missing_field_is_malformed_and_named(server, missing):
         ("event_id", "has space"),
         ("event_id", "slash/no"),
         ("event_id", "é"),
+        ("event_id", "ends-in-newline\n"),
         ("site_id", None),
         ("site_id", ""),
         ("site_id", "s" * 65),

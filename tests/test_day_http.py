@@ -406,6 +406,22 @@ def test_box_exists_and_unboxable_tubes(server):
     assert tube_view(server, t3)["state"] == "sealed"
 
 
+def test_ids_ending_in_a_newline_are_malformed(server):
+    # "$" in a pattern also matches before a final newline; ids are whole strings of their characters
+    site = fresh_site()
+    tube = luhn()
+    bind_all(server, tube, 1, site_id=site, pool_size=5)
+    seal(server, tube, site_id=site)
+    before = server.last_seq()
+    for req, field in ((box_req(fresh_box() + "\n", [tube], site_id=site), "box"),
+                       (box_req(fresh_box(), [tube], site_id=site, event_id=fresh_event_id("box") + "\n"),
+                        "event_id")):
+        status, got = post_box(server, req)
+        assert status == 400 and code(got) == "malformed" and got["error"]["field"] == field, got
+    assert server.last_seq() == before
+    assert tube_view(server, tube)["state"] == "sealed"
+
+
 def test_result_refusals_and_malformed_items(server):
     box, (t1, t2) = received_tubes(server, 2, site_id=fresh_site())
     before = server.last_seq()
