@@ -95,16 +95,27 @@ def test_a_standby_cut_and_killed_mid_snapshot_retries_cleanly(server_factory):
         incoming = standby.data / SNAPSHOT_IN
 
         def partial() -> bool:
-            return incoming.exists() and incoming.stat().st_size >= SNAPSHOT_CHUNK_BYTES
+            # The standby counts a chunk in its status only after the chunk's
+            # write has returned on its writer thread: the file shows the
+            # bytes a moment before the status does, and a status read in
+            # that moment says 0 received. So the status first; the file,
+            # looked at after it, holds at least what the status counted.
+            snap = standby.status()["replication"]["snapshot"]
+            return (snap is not None and snap["bytes_received"] >= SNAPSHOT_CHUNK_BYTES
+                    and incoming.exists() and incoming.stat().st_size >= SNAPSHOT_CHUNK_BYTES)
 
         wait_for(partial, "part of a snapshot on disk")
         snap = standby.status()["replication"]["snapshot"]
         assert 0 < snap["bytes_received"] < snap["bytes_total"]
+        # Only a reconnect logged after the cut proves the old connection
+        # ended, its partial file and status gone (both before that line).
+        reconnects = standby.stderr_text().count("reconnecting")
         proxy.cut_all()  # a cut mid-snapshot: it starts over on a new connection
-        wait_for(lambda: "reconnecting" in standby.stderr_text(), "a reconnect")
+        wait_for(lambda: standby.stderr_text().count("reconnecting") > reconnects, "a reconnect")
         wait_for(partial, "part of a snapshot on disk again")
         assert standby.last_seq() == 0  # nothing half-installed
         standby.kill()
+        assert incoming.exists()  # the killed process left its partial file
         # what a SIGKILL mid-snapshot leaves: the old (empty) store, whole
         store = Store(str(standby.data), map_bytes_initial=64 << 20)
         try:
