@@ -578,7 +578,11 @@ class Store:
                 for key, value in cur:
                     if not key.startswith(prefix):
                         break
-                    out[key[len(prefix):].decode()] = records.decode_counts(value)
+                    bucket = key[len(prefix):]
+                    # A bucket label never holds a NUL; a key that does is a
+                    # longer scope's (a site id may contain a NUL) sharing our prefix.
+                    if b"\x00" not in bucket:
+                        out[bucket.decode()] = records.decode_counts(value)
             return out
 
         return self._read(scan)

@@ -56,3 +56,18 @@ def test_stats_survive_restart(server_factory):
     again = server_factory(data=data)
     _, _, body = again.request("GET", "/v1/sites/S-R/stats")
     assert body["total"]["people"] == 1
+
+
+def test_a_site_id_that_extends_another_with_a_nul_stays_its_own(server):
+    # Stats keys are scope NUL bucket and a site's are read by prefix; site ids
+    # are opaque, so one may hold a NUL: "S-N\0total" must not show up as
+    # buckets of "S-N".
+    for site in ("S-N", "S-N\x00total"):
+        status, _, body = server.post(event(fresh_tube(), site_id=site))
+        assert status == 201, body
+    _, _, plain = server.request("GET", "/v1/sites/S-N/stats")
+    assert plain["total"]["people"] == 1
+    assert len(plain["hours"]) == 1 and plain["hours"][0]["people"] == 1, plain["hours"]
+    _, _, other = server.request("GET", "/v1/sites/S-N%00total/stats")
+    assert other["scope"] == "S-N\x00total" and other["total"]["people"] == 1
+    assert len(other["hours"]) == 1 and other["hours"][0]["people"] == 1, other["hours"]
