@@ -102,24 +102,37 @@ class Committer:
             self._commit(batch, n)
 
     def _commit(self, batch: list[Work], n: int) -> None:
+        started = time.perf_counter()
+        outcomes = self._write(batch, n)
+        if outcomes is None:
+            # One request's bug must not cost the others their writes: the
+            # apply is a pure function of the store, so each request is run
+            # again in a transaction of its own, and only what fails alone fails.
+            log.error("write transaction of %d requests failed; committing them one by one", len(batch))
+            outcomes = [self._write([work], len(work.items))[0] for work in batch]
+        if self._metrics is not None:
+            self._metrics.commit_events.observe(n)
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, n, self._store.last_seq)
+
+    def _write(self, batch: list[Work], n: int) -> list[list] | None:
+        """The batch's outcomes, committed; or None when the transaction of
+        more than one request failed for a reason other than space."""
         apply = self._apply
 
         def apply_all(tx: WriteTx) -> list[list]:
             return [[apply(tx, item) for item in work.items] for work in batch]
 
-        started = time.perf_counter()
         try:
-            outcomes = self._store.write(apply_all)
+            return self._store.write(apply_all)
         except StoreFull as exc:
             log.error("store full, %d events refused: %s", n, exc)
-            outcomes = self._fail(batch, Rejected(errors.INSUFFICIENT_STORAGE, f"store is full: {exc}"))
+            return self._fail(batch, Rejected(errors.INSUFFICIENT_STORAGE, f"store is full: {exc}"))
         except Exception:
+            if len(batch) > 1:
+                return None
             log.exception("write transaction failed, %d events refused", n)
-            outcomes = self._fail(batch, Rejected(errors.STORE_ERROR, "the store failed; nothing was written"))
-        if self._metrics is not None:
-            self._metrics.commit_events.observe(n)
-            self._metrics.commit_seconds.observe(time.perf_counter() - started)
-        self._loop.call_soon_threadsafe(self._deliver, batch, outcomes, n, self._store.last_seq)
+            return self._fail(batch, Rejected(errors.STORE_ERROR, "the store failed; nothing was written"))
 
     @staticmethod
     def _fail(batch: list[Work], outcome: Rejected) -> list[list]:

@@ -110,7 +110,9 @@ class WriteTx:
     """The store as the rules see it inside one write transaction.
 
     `seq` is the last sequence number used, including by entries appended in
-    this transaction.
+    this transaction. Lookups of an empty code answer "none" (here and in
+    Store's reads): LMDB refuses an empty key with an error, and a client may
+    send one where a code is only looked up (a result's tube, a box's tubes).
     """
 
     __slots__ = ("txn", "seq", "_events", "_tubes", "_members", "_persons", "_log", "_boxes", "_results",
@@ -173,7 +175,7 @@ class WriteTx:
         self._counts.clear()
 
     def box(self, code: str) -> Box | None:
-        raw = self._boxes.get(code.encode())
+        raw = self._boxes.get(code.encode()) if code else None
         return None if raw is None else records.decode_box(raw)
 
     def put_box(self, code: str, box: Box) -> None:
@@ -186,7 +188,7 @@ class WriteTx:
         self._positives.put(seq_key(seq), tube.encode(), True, True, True)  # dupdata, overwrite, append
 
     def tube(self, code: str) -> Tube | None:
-        raw = self._tubes.get(code.encode())
+        raw = self._tubes.get(code.encode()) if code else None
         return None if raw is None else records.decode_tube(raw)
 
     def put_tube(self, code: str, tube: Tube) -> None:
@@ -200,7 +202,7 @@ class WriteTx:
         self._members.put(member_key(tube, position), records.encode(member))
 
     def person(self, code: str) -> list[PersonBinding]:
-        raw = self._persons.get(code.encode())
+        raw = self._persons.get(code.encode()) if code else None
         return [] if raw is None else records.decode_person(raw)
 
     def put_person(self, code: str, bindings: list[PersonBinding]) -> None:
@@ -217,7 +219,7 @@ class WriteTx:
         return records.decode_event_record(self._events.get(key))
 
     def event(self, event_id: str) -> EventRecord | None:
-        raw = self._events.get(event_id.encode())
+        raw = self._events.get(event_id.encode()) if event_id else None
         return None if raw is None else records.decode_event_record(raw)
 
     def release_event(self, event_id: str) -> None:
@@ -522,7 +524,7 @@ class Store:
     def tube(self, code: str) -> tuple[Tube, list[Member]] | None:
         """The tube's head and its members in position order."""
         def read(txn: lmdb.Transaction):
-            raw = txn.get(code.encode(), db=self.dbs[b"tubes"])
+            raw = txn.get(code.encode(), db=self.dbs[b"tubes"]) if code else None
             if raw is None:
                 return None
             members = self._prefix_scan(txn, b"members", code.encode() + b"\x00", records.decode_member)
@@ -550,7 +552,7 @@ class Store:
         return None if raw is None else records.decode_result(raw)
 
     def box(self, code: str) -> Box | None:
-        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"boxes"]))
+        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"boxes"])) if code else None
         return None if raw is None else records.decode_box(raw)
 
     def positives(self, after: int, limit: int) -> list[tuple[int, str]]:
@@ -588,11 +590,11 @@ class Store:
         return self._read(scan)
 
     def person(self, code: str) -> list[PersonBinding]:
-        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"persons"]))
+        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"persons"])) if code else None
         return [] if raw is None else records.decode_person(raw)
 
     def event(self, event_id: str) -> EventRecord | None:
-        raw = self._read(lambda txn: txn.get(event_id.encode(), db=self.dbs[b"events"]))
+        raw = self._read(lambda txn: txn.get(event_id.encode(), db=self.dbs[b"events"])) if event_id else None
         return None if raw is None else records.decode_event_record(raw)
 
     def log(self, after: int = 0, limit: int = 1000) -> list[tuple[int, LogEntry]]:

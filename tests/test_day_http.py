@@ -422,6 +422,26 @@ def test_ids_ending_in_a_newline_are_malformed(server):
     assert tube_view(server, tube)["state"] == "sealed"
 
 
+def test_an_empty_tube_code_is_unknown_not_a_store_failure(server):
+    # LMDB refuses an empty key: a lookup of "" must answer "no such tube",
+    # not fail the write transaction (and with it every request committed in its group)
+    box, (tube,) = received_tubes(server, 1, site_id=fresh_site())
+    before = server.last_seq()
+    empty, good = result_item("", "positive"), result_item(tube, "negative")
+    answers = post_results(server, [empty, good])
+    assert (answers[0]["status"], code(answers[0])) == (404, "unknown_tube"), answers
+    assert answers[1]["status"] == 201, answers
+    assert server.last_seq() == before + 1
+    site = fresh_site()
+    sealed = luhn()
+    bind_all(server, sealed, 1, site_id=site, pool_size=5)
+    seal(server, sealed, site_id=site)
+    before = server.last_seq()
+    status, got = post_box(server, box_req(fresh_box(), [sealed, ""], site_id=site))
+    assert_refused(server, (status, got), 409, "tubes_not_boxable", before)
+    assert got["error"]["unknown"] == [""], got
+
+
 def test_result_refusals_and_malformed_items(server):
     box, (t1, t2) = received_tubes(server, 2, site_id=fresh_site())
     before = server.last_seq()
