@@ -101,7 +101,7 @@ def apply_binding(tx, ev, str lab, long long window_ms):
         return Duplicate(event_id, event_id, tube_code, seen.count, seen.seq)
 
     # From here on the event id is claimed; every refusal must release it.
-    refusal = _refusal(ev, tube_code, site_id, pool_size, scanned_at, tube, history, window_ms)
+    refusal = _refusal(events, ev, tube_code, site_id, pool_size, scanned_at, tube, history, window_ms)
     if refusal is not None:
         if events.set_key(event_key):
             events.delete()
@@ -125,12 +125,13 @@ def apply_binding(tx, ev, str lab, long long window_ms):
     return Bound(event_id, tube_code, lab, count, pool_size, seq)
 
 
-cdef object _refusal(ev, str tube_code, str site_id, long long pool_size, long long scanned_at, tube,
+cdef object _refusal(events, ev, str tube_code, str site_id, long long pool_size, long long scanned_at, tube,
                      list history, long long window_ms):
     """rules._refusal: the rules after the event-id check, in the documented order."""
     for b in history:
         if b.tube == tube_code and not b.voided_seq:
-            return Duplicate(ev.event_id, b.event_id, tube_code, b.position, b.seq)
+            original = _decode_event_record(events.get((<str>b.event_id).encode()))
+            return Duplicate(ev.event_id, b.event_id, tube_code, original.count, b.seq)
     if tube is not None:
         if tube.state != _OPEN:
             return Rejected(errors.TUBE_CLOSED, "tube is sealed and takes no more people", "tube")

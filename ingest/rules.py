@@ -70,7 +70,7 @@ def apply_binding_py(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) ->
         return Duplicate(ev.event_id, ev.event_id, ev.tube, seen.count, seen.seq)
 
     # From here on the event id is claimed; every refusal must release it.
-    refusal = _refusal(ev, tube, history, window_ms)
+    refusal = _refusal(tx, ev, tube, history, window_ms)
     if refusal is not None:
         tx.release_event(ev.event_id)
         return refusal
@@ -90,11 +90,14 @@ def apply_binding_py(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) ->
     return Bound(ev.event_id, ev.tube, lab, count, ev.pool_size, seq)
 
 
-def _refusal(ev: BindingEvent, tube: Tube | None, history: list[PersonBinding], window_ms: int) -> Outcome | None:
+def _refusal(tx: WriteTx, ev: BindingEvent, tube: Tube | None, history: list[PersonBinding],
+             window_ms: int) -> Outcome | None:
     """The rules after the event-id check, in the documented order."""
     for b in history:
         if b.tube == ev.tube and not b.voided_seq:
-            return Duplicate(ev.event_id, b.event_id, ev.tube, b.position, b.seq)
+            # The original's own answer: its count then, which after a void
+            # in the tube is less than its position.
+            return Duplicate(ev.event_id, b.event_id, ev.tube, tx.event(b.event_id).count, b.seq)
     if tube is not None:
         if tube.state != OPEN:
             return Rejected(errors.TUBE_CLOSED, "tube is sealed and takes no more people", "tube")

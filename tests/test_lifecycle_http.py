@@ -112,6 +112,21 @@ def test_void_frees_the_place_and_keeps_the_history(server):
     assert person["tubes"][0]["voided"] is True
 
 
+def test_after_a_void_a_pair_duplicate_names_the_original_count(server):
+    # a void frees a place, so a later binding's count is below its slot in the tube
+    tube = fresh_tube()
+    first, _ = fill(server, tube, 2)
+    assert void(server, first["event_id"])[0] == 201
+    status, bound, late = bind(server, tube)
+    assert status == 201 and bound["count"] == 2, bound
+    original = {"result": "bound", "event_id": late["event_id"], "tube": tube, "count": 2, "seq": bound["seq"]}
+    status, _, retry = server.post(late)
+    assert status == 200 and retry["original"] == original, retry
+    again = dict(late, event_id=fresh_event_id("again"))
+    status, _, pair = server.post(again)
+    assert status == 200 and pair["result"] == "duplicate" and pair["original"] == original, pair
+
+
 def test_voided_person_may_go_into_another_tube_and_back(server):
     tube = fresh_tube()
     [ev] = fill(server, tube, 1)
