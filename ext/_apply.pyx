@@ -16,6 +16,7 @@ internals is a change here too; the differential test catches a mismatch.
 """
 from ingest import errors, records
 from ingest.outcomes import Bound, Duplicate, Rejected
+from ingest.store import MEMBER_POSITION_MAX
 from ingest.records import (
     OPEN, PEOPLE, STAT_FIELDS, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube,
 )
@@ -31,6 +32,8 @@ cdef Py_ssize_t _NSTATS = len(STAT_FIELDS)
 cdef int _OPEN = OPEN
 cdef int _PEOPLE = PEOPLE
 cdef int _TUBES_OPENED = TUBES_OPENED
+# _member_key packs a position in two bytes; _refusal keeps positions within them
+cdef long long _POSITION_MAX = MEMBER_POSITION_MAX
 
 
 cdef inline bytes _seq_key(unsigned long long seq):
@@ -143,6 +146,9 @@ cdef object _refusal(events, ev, str tube_code, str site_id, long long pool_size
             )
         if tube.count >= tube.pool_size:
             return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
+        if tube.slots >= _POSITION_MAX:
+            return Rejected(errors.TUBE_FULL, f"tube has used all {_POSITION_MAX} positions, voided ones included",
+                            "tube")
     if not ev.resample:
         for b in history:
             if not b.voided_seq and abs(<long long>b.scanned_at - scanned_at) < window_ms:

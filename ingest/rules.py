@@ -25,7 +25,7 @@ from ingest.codes import INVALID_TUBE, TubeSchemes, person_check, person_reason
 from ingest.events import BindingEvent
 from ingest.records import OPEN, PEOPLE, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube
 from ingest.outcomes import Bound, Done, Duplicate, Outcome, Rejected, Repeat
-from ingest.store import WriteTx
+from ingest.store import MEMBER_POSITION_MAX, WriteTx
 
 __all__ = ["Bound", "Done", "Duplicate", "Outcome", "Rejected", "Repeat", "apply_binding", "apply_binding_py",
            "check_stateless"]
@@ -109,6 +109,9 @@ def _refusal(tx: WriteTx, ev: BindingEvent, tube: Tube | None, history: list[Per
             )
         if tube.count >= tube.pool_size:
             return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
+        if tube.slots >= MEMBER_POSITION_MAX:
+            return Rejected(errors.TUBE_FULL, f"tube has used all {MEMBER_POSITION_MAX} positions, voided ones included",
+                            "tube")
     if not ev.resample:
         for b in history:
             if not b.voided_seq and abs(b.scanned_at - ev.scanned_at) < window_ms:

@@ -69,6 +69,11 @@ def seq_key(seq: int) -> bytes:
     return seq.to_bytes(8, "big")
 
 
+# A member's position is two bytes of its key: a tube takes at most this many
+# bindings, voided ones included (rules refuse the next with tube_full).
+MEMBER_POSITION_MAX = 0xFFFF
+
+
 def member_key(tube: str, position: int) -> bytes:
     # Codes are [0-9A-Z], so the NUL separator keeps tube "10" from
     # sharing a key range with tube "101".

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from ingest import kernels, lifecycle, rules
 from ingest.events import BindingEvent, SealEvent, VoidEvent
 from ingest.outcomes import Bound, Duplicate, Rejected
-from ingest.store import Store
+from ingest.records import OPEN, Member, Tube
+from ingest.store import MEMBER_POSITION_MAX, Store
 
 AT_MS = 1_790_000_000_000  # the server time of every commit: digests must not depend on the clock
 T0 = AT_MS - 3_600_000
@@ -112,3 +113,34 @@ def test_every_rule_is_exercised(tmp_path):
                      "Bound", "Bound", "site_mismatch", "pool_size_mismatch", "Done", "tube_closed"]
     assert _run(str(tmp_path / "c"), _compiled(), steps, 3) == (outcomes, digest, last)
     assert isinstance(outcomes[0], Bound) and isinstance(outcomes[1], Duplicate)
+
+
+def test_a_tube_takes_no_more_bindings_than_member_keys_hold(tmp_path):
+    """Bind-and-void can use up a tube's positions (two bytes of the member
+    key): the last one is taken, the next binding is refused, and no member
+    is overwritten. Both implementations alike."""
+    first = Member("P0", "e0", T0, 1)
+    e = lambda eid, person: BindingEvent(eid, "S1", "D1", "T1", person, 10, T0)
+
+    def run(path, apply_binding):
+        store = Store(path, map_bytes_initial=1 << 22)
+        try:
+            def setup(tx):
+                # as after MEMBER_POSITION_MAX - 1 bindings, all but one voided
+                tx.put_tube("T1", Tube("S1", "LAB", 10, OPEN, 1, 1, MEMBER_POSITION_MAX - 1))
+                tx.put_member("T1", 1, first)
+            store.write(setup, at_ms=AT_MS)
+            outcomes = store.write(lambda tx: [apply_binding(tx, e("last", "P1"), "LAB", WINDOW),
+                                               apply_binding(tx, e("over", "P2"), "LAB", WINDOW)], at_ms=AT_MS)
+            view = store.tube("T1")
+            return outcomes, view, store.digest()
+        finally:
+            store.close()
+
+    outcomes, (tube, members), digest = run(str(tmp_path / "py"), rules.apply_binding_py)
+    assert type(outcomes[0]) is Bound and outcomes[0].count == 2
+    assert type(outcomes[1]) is Rejected and outcomes[1].error.code == "tube_full"
+    assert "positions" in outcomes[1].message
+    assert tube.slots == MEMBER_POSITION_MAX and [m.person for m in members] == ["P0", "P1"]
+    assert members[0] == first
+    assert run(str(tmp_path / "c"), _compiled()) == (outcomes, (tube, members), digest)
