@@ -10,11 +10,10 @@ import asyncio
 import functools
 import logging
 import time
-from urllib.parse import parse_qs
 
 import msgspec
 
-from ingest import boxes, codes, errors, kernels, lifecycle, results, routes
+from ingest import boxes, codes, errors, kernels, lifecycle, query, results, routes
 from ingest.answers import batch_item, outcome_body, outcome_key
 from ingest.committer import Committer, Work
 from ingest.config import Config
@@ -58,6 +57,17 @@ _ENCODERS = {JSON: msgspec.json.Encoder().encode, MSGPACK: msgspec.msgpack.Encod
 _CONTENT_TYPE = {JSON: b"application/json", MSGPACK: b"application/msgpack"}
 _encode_json = _ENCODERS[JSON]
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+_SEQ_MAX = 2**64 - 1  # sequence numbers are u64
+
+
+def local_day(now_ms: int) -> tuple[int, int]:
+    """(the local date as YYYYMMDD, the Unix ms at which the next local day
+    begins). A day is not always 86400 s: one with a DST change has 23 or 25
+    hours, so the next midnight is asked of mktime (day + 1 normalizes across
+    months and years; isdst -1 takes the offset in force then)."""
+    now = time.localtime(now_ms / 1000)
+    midnight = time.mktime((now.tm_year, now.tm_mon, now.tm_mday + 1, 0, 0, 0, 0, 0, -1))
+    return now.tm_year * 10000 + now.tm_mon * 100 + now.tm_mday, int(midnight) * 1000
 
 
 class App:
@@ -97,9 +107,7 @@ class App:
         # Birth dates are checked against the local date; recomputed once a day
         # boundary passes, not per event.
         if now_ms >= self._today_until_ms:
-            now = time.localtime(now_ms / 1000)
-            self._today = now.tm_year * 10000 + now.tm_mon * 100 + now.tm_mday
-            self._today_until_ms = now_ms + (86400 - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec)) * 1000 - 1000
+            self._today, self._today_until_ms = local_day(now_ms)
         return self._today
 
     def _count(self, outcome) -> None:
@@ -354,18 +362,19 @@ class App:
         slot.respond(200, _encode_json(body))
 
     def get_positives(self, req: Request, slot) -> None:
-        query = parse_qs(req.query)
+        q = query.parse(req.query)
         try:
-            since = int(query.get("since", ["0"])[0])
-            limit = int(query.get("limit", ["100"])[0])
-            if since < 0 or not 1 <= limit <= 1000:
-                raise ValueError
-        except ValueError:
-            self._error(slot, errors.MALFORMED, "since must be an integer >= 0, limit 1..1000", "since")
+            since = query.number(q, "since", 0, 0, _SEQ_MAX)
+            limit = query.number(q, "limit", 100, 1, 1000)
+        except Malformed as m:
+            self._error(slot, errors.MALFORMED, m.message, m.field)
             return
+        # The largest u64 is a sequence number, but none can follow it (nor
+        # would the store's key for since + 1 fit its 8 bytes).
+        found = self.store.positives(since, limit) if since < _SEQ_MAX else []
         items = []
         last = since
-        for seq, code in self.store.positives(since, limit):
+        for seq, code in found:
             last = seq
             tube, members = self.store.tube(code)
             result = self.store.result(code, seq)
@@ -388,8 +397,13 @@ class App:
 
     def _stats(self, req: Request, slot, scope: str) -> None:
         """Counters kept as events are applied: no scan of the store."""
-        query = parse_qs(req.query)
-        start, end = query.get("from", [""])[0], query.get("to", ["~"])[0]
+        q = query.parse(req.query)
+        try:
+            start = query.param(q, "from", query.HOUR, "an hour label, YYYY-MM-DDTHH") or ""
+            end = query.param(q, "to", query.HOUR, "an hour label, YYYY-MM-DDTHH") or "~"
+        except Malformed as m:
+            self._error(slot, errors.MALFORMED, m.message, m.field)
+            return
         buckets = self.store.stats(scope)
         zero = [0] * len(STAT_FIELDS)
 

@@ -48,8 +48,21 @@ def _match(path: str) -> tuple[dict[bytes, str], str | None] | None:
         if path.startswith(prefix) and path.endswith(suffix):
             param = path[len(prefix):len(path) - len(suffix)]
             if param and "/" not in param:
-                return by_method, unquote(param)
+                text = _decode(param)
+                return (by_method, text) if text is not None else None
     return None
+
+
+def _decode(param: str) -> str | None:
+    """A path parameter's text: percent-decoded, read as UTF-8; None when
+    the bytes are not UTF-8. Such bytes name nothing: replacing them by
+    U+FFFD made every such path name the one resource called U+FFFD. (The
+    parser refuses raw non-ASCII bytes in a path, so only %-escapes carry
+    them.)"""
+    try:
+        return unquote(param, errors="strict")
+    except UnicodeDecodeError:
+        return None
 
 
 def resolve(method: bytes, path: str) -> tuple[str, str | None] | ErrorCode:

@@ -1,0 +1,46 @@
+"""Query-string parameters, read strictly.
+
+A value is checked whole against its format (fullmatch: "$" would let a
+final newline through); a malformed one is `events.Malformed` naming the
+parameter, for the `400 malformed` answer. Blank values count as given:
+"?since=" is a malformed since, not an absent one.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs
+
+from ingest.events import Malformed
+
+# [0-9], not \d or int(): int() also takes " +5 ", "1_0" and other scripts'
+# digits, which no client means as a number. 20 digits hold any u64 and keep
+# int() away from huge strings.
+DIGITS = re.compile(r"[0-9]{1,20}")
+HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}")  # a stats hour label, as store.HourLabels makes them
+
+
+def parse(text: str) -> dict[str, list[str]]:
+    return parse_qs(text, keep_blank_values=True)
+
+
+def param(query: dict[str, list[str]], name: str, pattern: re.Pattern, what: str) -> str | None:
+    """The value of parameter `name` (its first), None when absent; Malformed
+    naming it when the value is not `pattern`, whole."""
+    values = query.get(name)
+    if values is None:
+        return None
+    if pattern.fullmatch(values[0]) is None:
+        raise Malformed(f"{name} must be {what}", name)
+    return values[0]
+
+
+def number(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    """A count or sequence number: decimal digits, low..high."""
+    what = f"a number {low}..{high} in decimal digits"
+    text = param(query, name, DIGITS, what)
+    if text is None:
+        return default
+    value = int(text)
+    if not low <= value <= high:
+        raise Malformed(f"{name} must be {what}", name)
+    return value
