@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 WINDOW_MS = 12 * 3_600_000  # rules.person_window_hours in the shipped config
+POSITIONS_MAX = 65_535  # bindings a tube takes, voided ones included (docs/rules.md)
 
 # Tube states in lifecycle order (docs/api.md).
 OPEN, SEALED, BOXED, IN_TRANSIT, RECEIVED, RESULTED = "open", "sealed", "boxed", "in_transit", "received", "resulted"
@@ -98,7 +99,6 @@ class Binding:
     person: str
     event_id: str
     scanned_at: int
-    position: int  # places used in the tube when it was bound, voids included
     count: int  # people in the tube right after it was bound
     seq: int | None = None  # known once the server answered
     voided: bool = False
@@ -148,12 +148,12 @@ class SiteModel:
             payload, b = seen
             if payload != ev:
                 return error(409, "event_id_conflict", "event_id")
-            return self._duplicate(ev["event_id"], b, b.count)
+            return self._duplicate(ev["event_id"], b)
         tube = self.tubes.get(ev["tube"])
         history = self.persons.get(ev["person"], [])
         for b in history:
             if b.tube == ev["tube"] and not b.voided:
-                return self._duplicate(ev["event_id"], b, b.position)
+                return self._duplicate(ev["event_id"], b)  # the original's answer: its count, not its position
         if tube is not None:
             if tube.state != OPEN:
                 return error(409, "tube_closed", "tube")
@@ -161,7 +161,7 @@ class SiteModel:
                 return error(409, "site_mismatch", "site_id")
             if tube.pool_size != ev["pool_size"]:
                 return error(409, "pool_size_mismatch", "pool_size")
-            if tube.count >= tube.pool_size:
+            if tube.count >= tube.pool_size or tube.slots >= POSITIONS_MAX:
                 return error(409, "tube_full", "tube")
         if not ev.get("resample"):
             for b in history:
@@ -171,7 +171,7 @@ class SiteModel:
             tube = self.tubes[ev["tube"]] = Tube(ev["tube"], lab, ev["site_id"], ev["pool_size"])
         tube.count += 1
         tube.slots += 1
-        b = Binding(ev["tube"], ev["person"], ev["event_id"], ev["scanned_at"], tube.slots, tube.count)
+        b = Binding(ev["tube"], ev["person"], ev["event_id"], ev["scanned_at"], tube.count)
         tube.bindings.append(b)
         history.append(b)
         self.persons[ev["person"]] = history
@@ -184,8 +184,8 @@ class SiteModel:
                             "count": tube.count, "pool_size": ev["pool_size"], "seq": ANY}, settle)
 
     @staticmethod
-    def _duplicate(event_id: str, b: Binding, count: int) -> Expect:
-        original = {**b.original(), "count": count}
+    def _duplicate(event_id: str, b: Binding) -> Expect:
+        original = {**b.original(), "count": b.count}
         if b.seq is None:  # bound in the same batch, answer not read yet: cannot happen in order
             original["seq"] = ANY
         return Expect(200, {"result": "duplicate", "event_id": event_id, "original": original})

@@ -175,6 +175,10 @@ def test_the_model_agrees_with_the_server_on_the_lifecycle(server):
     void2 = {**void, "event_id": "void2-" + victim["event_id"]}
     s.send("POST", f"/v1/bindings/{victim['event_id']}/void", void2, s.model.void(void2, victim["event_id"]))
     s.send("GET", f"/v1/tubes/{tubes[0]}", None, s.model.tube_view(tubes[0]))
+    # after the void a binding's count (3) is below its position (4): its pair duplicate names the count
+    late = s.event(tubes[0], s.codes.person(s.rng), pool=10)
+    assert s.bind(late)["count"] == 3
+    assert s.bind({**late, "event_id": late["event_id"] + "-again"})["original"]["count"] == 3
 
     for tube in tubes:
         seal = {"event_id": f"seal-{tube}", "site_id": s.site, "device_id": "d", "sealed_at": _now()}
