@@ -150,6 +150,6 @@ def post_batch(app, req, slot):
             else:
                 outcomes[i] = work
     if not queued:
-        _answer_batch(app, slot, outcomes)
+        app.when_replicated(outcomes, lambda: _answer_batch(app, slot, outcomes))
         return
     app.committer.submit(Work(queued, _AnswerBatch(app, slot, outcomes, places)))

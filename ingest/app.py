@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -137,6 +138,19 @@ class App:
                 return Duplicate(ev.event_id, ev.event_id, ev.tube, seen.count, seen.seq)
         return lab
 
+    def when_replicated(self, outcomes: list, answer: Callable[[], None]) -> None:
+        """Answer outcomes made without the committer: at once, unless one is
+        a duplicate read from the store and sync replication is on. A
+        duplicate says "the server has it", so in sync mode it waits at the
+        gate like an answer from a commit does: the event it names may not be
+        on a standby yet (its first answer may still be waiting there)."""
+        gate = self.committer.gate
+        if gate is None or not any(type(o) is Duplicate for o in outcomes):
+            answer()
+            return
+        seq = max(o.seq for o in outcomes if type(o) is Duplicate)
+        gate.park(max(seq, self.store.last_seq), answer)  # the gate's queue is in seq order
+
     # -- dispatch ----------------------------------------------------------
 
     def handle(self, req: Request, slot) -> None:
@@ -180,7 +194,7 @@ class App:
             return
         lab = self._stateless(ev)
         if type(lab) is not str:
-            self._answer_one(slot, media, [lab])
+            self.when_replicated([lab], lambda: self._answer_one(slot, media, [lab]))
             return
         if self.draining:
             self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")
@@ -232,7 +246,7 @@ class App:
             else:
                 outcomes[i] = work
         if not queued:
-            self._answer_batch(slot, media, outcomes)
+            self.when_replicated(outcomes, lambda: self._answer_batch(slot, media, outcomes))
             return
         if self.draining:
             self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")

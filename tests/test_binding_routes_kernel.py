@@ -42,6 +42,8 @@ def test_app_selects_the_implementation():
 class AtOnce:
     """A committer that commits each request as it comes."""
 
+    gate = None  # no sync replication
+
     def __init__(self, store, apply):
         self.store, self.apply, self.in_flight = store, apply, 0
 

@@ -11,8 +11,9 @@ from test_replication_http import replication_port, wait_caught_up
 WAIT_S = 30.0
 
 
-def sync_pair(server_factory, policy="async", timeout_s=1.0):
-    cfg = config_with() + f'\n[replication]\nmode = "sync"\nsync_timeout_s = {timeout_s}\non_standby_lost = "{policy}"\n'
+def sync_pair(server_factory, policy="async", timeout_s=1.0, rules=None):
+    cfg = (config_with(rules=rules)
+           + f'\n[replication]\nmode = "sync"\nsync_timeout_s = {timeout_s}\non_standby_lost = "{policy}"\n')
     primary = server_factory(config=cfg, args=("--replication-port", "0"))
     port = replication_port(primary)
     standby = server_factory(args=("--follow", f"127.0.0.1:{port}"))
@@ -65,6 +66,41 @@ def test_standby_lost_policy_wait_holds_the_answer(server_factory):
     t.join(WAIT_S)
     assert not t.is_alive() and answer["result"][0] == 201
     assert again.last_seq() >= answer["result"][2]["seq"]
+
+
+def test_a_retry_answered_from_the_store_waits_for_the_standby_too(server_factory):
+    # A retry whose scan aged past the accepted age is answered "duplicate"
+    # from the store, without the committer; in sync mode that answer still
+    # says "you have it", so it must wait for a standby like the first one.
+    primary, standby = sync_pair(server_factory, policy="wait", timeout_s=0.5,
+                                 rules={"scanned_at_age_days_max": 1.0 / 86400})
+    standby.kill()
+    ev = event(fresh_tube())
+    answers = {}
+
+    def post(name):
+        if name == "batch":
+            answers[name] = primary.request("POST", "/v1/bindings/batch", {"events": [ev]})
+        else:
+            answers[name] = primary.post(ev)
+
+    first = threading.Thread(target=post, args=("first",), daemon=True)
+    first.start()
+    first.join(1.5)  # past the 1 s age: a retry is judged stale
+    assert first.is_alive(), "the write was answered without a standby"
+    retries = [threading.Thread(target=post, args=(name,), daemon=True) for name in ("retry", "batch")]
+    for t in retries:
+        t.start()
+    time.sleep(1.5)
+    assert all(t.is_alive() for t in retries), f"a retry was answered without a standby: {answers}"
+    again = server_factory(data=standby.data, args=standby.args)
+    for t in (first, *retries):
+        t.join(WAIT_S)
+    seq = answers["first"][2]["seq"]
+    assert answers["first"][0] == 201 and answers["retry"][0] == 200, answers
+    assert answers["retry"][2]["original"]["seq"] == seq
+    assert answers["batch"][0] == 200 and answers["batch"][2]["results"][0]["original"]["seq"] == seq, answers
+    assert again.last_seq() >= seq
 
 
 def test_failover_under_load_loses_no_acknowledged_event(server_factory):
