@@ -82,8 +82,9 @@ class App:
         )
         self.draining = False
         # "primary" takes writes; "standby" follows one; "fenced": a former
-        # primary that learned of a higher epoch. Only a primary takes writes.
-        self.role = "primary"
+        # primary that learned of a higher epoch (kept in the store, so that
+        # a restart does not bring it back). Only a primary takes writes.
+        self.role = "fenced" if store.fenced else "primary"
         self.primary_address = ""
         self.follower = None
         self.hub = None
@@ -457,10 +458,18 @@ class App:
         slot.respond(200, _encode_json(body))
 
     def fence(self, epoch: int) -> None:
-        """A higher epoch exists: another node was promoted. Stop writes now."""
+        """A higher epoch exists: another node was promoted. Stop writes now,
+        and for good: the store keeps it across restarts."""
         if self.role == "primary":
             log.error("fenced: epoch %d is above ours (%d); refusing writes from now on", epoch, self.store.epoch)
             self.role = "fenced"
+            asyncio.get_running_loop().run_in_executor(None, self._store_fence, epoch)
+
+    def _store_fence(self, epoch: int) -> None:
+        try:
+            self.store.set_epoch(epoch, fenced=True)
+        except Exception:
+            log.exception("could not store the fence at epoch %d; a restart would take writes again", epoch)
 
     def post_promote(self, req: Request, slot) -> None:
         if self.role == "primary":

@@ -5,6 +5,7 @@ Tables (LMDB named databases), described in docs/storage.md:
 
   meta     b"last_seq"      -> u64 big-endian, last change-log sequence
            b"format"        -> u32, store format version
+           b"node", b"epoch", b"fenced"  -> replication identity (docs/storage.md)
   events   event_id (ascii) -> EventRecord   dedup memory of accepted events
   tubes    tube (ascii)     -> Tube          site, lab, pool size, state, count
   members  tube \0 u16 BE   -> Member        the tube's people, by position 1..
@@ -50,6 +51,9 @@ _FORMAT = b"format"
 # replication refuses to follow itself or a primary of an older epoch.
 _NODE = b"node"
 _EPOCH = b"epoch"
+# Present while this node is a primary replaced by a higher epoch (value: that
+# epoch): it must take no writes, after a restart too, until promoted again.
+_FENCED = b"fenced"
 
 T = TypeVar("T")
 
@@ -300,6 +304,7 @@ class Store:
             self.node = bytes(txn.get(_NODE)).decode()
             raw = txn.get(_EPOCH)
             self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
+            self.fenced = txn.get(_FENCED) is not None
             self.log_start = self._first_seq(txn)
 
     def _first_seq(self, txn: lmdb.Transaction) -> int:
@@ -381,16 +386,26 @@ class Store:
         finally:
             os.close(fd)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Store a higher epoch durably (promotion, or learning of one)."""
-        if epoch <= self.epoch:
+    def set_epoch(self, epoch: int, fenced: bool = False) -> None:
+        """Store a higher epoch durably: on promotion, or on learning of one.
+        `fenced` says this node was a primary and another now leads that
+        epoch; it is kept until the node is promoted or follows again (any
+        later call without it)."""
+        if epoch <= self.epoch and fenced == self.fenced:
             return
+        meta = self.dbs[b"meta"]
 
         def put(tx: WriteTx) -> None:
-            tx.txn.put(_EPOCH, epoch.to_bytes(8, "big"), db=self.dbs[b"meta"])
+            if epoch > self.epoch:
+                tx.txn.put(_EPOCH, epoch.to_bytes(8, "big"), db=meta)
+            if fenced:
+                tx.txn.put(_FENCED, epoch.to_bytes(8, "big"), db=meta)
+            else:
+                tx.txn.delete(_FENCED, db=meta)
 
         self.write(put)
-        self.epoch = epoch
+        self.epoch = max(self.epoch, epoch)
+        self.fenced = fenced
 
     def apply_log(self, entries: list[tuple[int, bytes]], window_ms: int) -> int:
         """A standby's write: apply a contiguous run of the primary's log
@@ -502,6 +517,7 @@ class Store:
                 if self.epoch > (0 if raw is None else int.from_bytes(raw, "big")):
                     txn.put(_EPOCH, self.epoch.to_bytes(8, "big"))  # never forget a higher epoch
                 txn.put(_NODE, self.node.encode())
+                txn.delete(_FENCED)  # a node that installs a snapshot follows
             check.sync(True)
         except lmdb.Error as exc:
             raise StoreError(f"snapshot: not a usable store: {exc}") from None

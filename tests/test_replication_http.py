@@ -140,6 +140,18 @@ def test_promote_then_the_old_primary_is_fenced(server_factory):
     assert primary.status()["role"] == "fenced"
     status, _, body = primary.post(event(fresh_tube()))
     assert status == 503 and body["error"]["code"] == "not_primary"
+    # and stays fenced through a restart: it must not come back as a primary
+    primary.stop()
+    restarted = server_factory(data=primary.data, args=primary.args)
+    assert (restarted.status()["role"], restarted.status()["epoch"]) == ("fenced", 1)
+    status, _, body = restarted.post(event(fresh_tube()))
+    assert status == 503 and body["error"]["code"] == "not_primary"
+    # until an operator promotes it, deliberately
+    status, _, body = restarted.request("POST", "/v1/admin/promote", {})
+    assert status == 200 and (body["result"], body["epoch"]) == ("promoted", 2), body
+    restarted.stop()
+    promoted = server_factory(data=restarted.data, args=restarted.args)
+    assert promoted.status()["role"] == "primary" and promoted.post(event(fresh_tube()))[0] == 201
     # and the witness refused to follow a primary of an older epoch
     deadline = time.monotonic() + WAIT_S
     while follower.status()["replication"]["stopped_because"] is None and time.monotonic() < deadline:
