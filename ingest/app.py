@@ -84,7 +84,7 @@ class App:
         # "primary" takes writes; "standby" follows one; "fenced": a former
         # primary that learned of a higher epoch (kept in the store, so that
         # a restart does not bring it back). Only a primary takes writes.
-        self.role = "fenced" if store.fenced else "primary"
+        self.role = "fenced" if store.fenced_at else "primary"
         self.primary_address = ""
         self.follower = None
         self.hub = None
@@ -467,7 +467,7 @@ class App:
 
     def _store_fence(self, epoch: int) -> None:
         try:
-            self.store.set_epoch(epoch, fenced=True)
+            self.store.fence(epoch)
         except Exception:
             log.exception("could not store the fence at epoch %d; a restart would take writes again", epoch)
 
@@ -479,15 +479,21 @@ class App:
 
     async def _promote(self, slot) -> None:
         """Stop following, raise the epoch durably, take writes."""
+        followed = None
         if self.follower is not None:
             await self.follower.stop()
+            followed = (self.follower.host, self.follower.port)
             self.follower = None
-        epoch = self.store.epoch + 1
+        epoch = max(self.store.epoch, self.store.fenced_at) + 1  # above any epoch it has heard of
         await asyncio.get_running_loop().run_in_executor(None, self.store.set_epoch, epoch)
         self.role = "primary"
         self.primary_address = ""
         log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
         slot.respond(200, _encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
+        from ingest.replication.standby import tell_promoted
+
+        if followed is not None and await tell_promoted(*followed, self.store):
+            log.warning("told the former primary %s:%d of epoch %d: it stops taking writes", *followed, epoch)
 
     def get_metrics(self, req: Request, slot) -> None:
         slot.respond(200, self.metrics.render(), _PROMETHEUS)

@@ -304,7 +304,8 @@ class Store:
             self.node = bytes(txn.get(_NODE)).decode()
             raw = txn.get(_EPOCH)
             self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
-            self.fenced = txn.get(_FENCED) is not None
+            raw = txn.get(_FENCED)
+            self.fenced_at = 0 if raw is None else int.from_bytes(raw, "big")
             self.log_start = self._first_seq(txn)
 
     def _first_seq(self, txn: lmdb.Transaction) -> int:
@@ -386,26 +387,31 @@ class Store:
         finally:
             os.close(fd)
 
-    def set_epoch(self, epoch: int, fenced: bool = False) -> None:
-        """Store a higher epoch durably: on promotion, or on learning of one.
-        `fenced` says this node was a primary and another now leads that
-        epoch; it is kept until the node is promoted or follows again (any
-        later call without it)."""
-        if epoch <= self.epoch and fenced == self.fenced:
+    def set_epoch(self, epoch: int) -> None:
+        """Store a higher epoch durably: on promotion, or adopted from the
+        primary this node follows. Either way the node is no longer fenced."""
+        if epoch <= self.epoch and not self.fenced_at:
             return
         meta = self.dbs[b"meta"]
 
         def put(tx: WriteTx) -> None:
-            if epoch > self.epoch:
-                tx.txn.put(_EPOCH, epoch.to_bytes(8, "big"), db=meta)
-            if fenced:
-                tx.txn.put(_FENCED, epoch.to_bytes(8, "big"), db=meta)
-            else:
-                tx.txn.delete(_FENCED, db=meta)
+            tx.txn.put(_EPOCH, max(epoch, self.epoch).to_bytes(8, "big"), db=meta)
+            tx.txn.delete(_FENCED, db=meta)
 
         self.write(put)
         self.epoch = max(self.epoch, epoch)
-        self.fenced = fenced
+        self.fenced_at = 0
+
+    def fence(self, epoch: int) -> None:
+        """This node led an older epoch and `epoch` exists now: keep that
+        durably (the node must not take writes after a restart either). Its
+        own epoch stays the one its history belongs to; a promotion of it
+        goes above both."""
+        if epoch <= self.fenced_at:
+            return
+        meta = self.dbs[b"meta"]
+        self.write(lambda tx: tx.txn.put(_FENCED, epoch.to_bytes(8, "big"), db=meta))
+        self.fenced_at = epoch
 
     def apply_log(self, entries: list[tuple[int, bytes]], window_ms: int) -> int:
         """A standby's write: apply a contiguous run of the primary's log

@@ -31,6 +31,29 @@ CONNECT_TIMEOUT_S = 5.0
 FATAL = {"self", "stale_primary", "ahead", "gap", "epoch_changed"}
 
 
+async def tell_promoted(host: str, port: int, store: Store) -> bool:
+    """Best effort, after a promotion: say hello to the primary this node
+    followed, at the new epoch. If that primary is still alive (a partition,
+    or a promotion made too early) it learns of the higher epoch and fences
+    itself at once, instead of taking writes that the new history will not
+    have. False when it could not be reached (the usual case: it is dead)."""
+    hello = protocol.Standby(store.node, store.epoch, store.last_seq).hello()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(hello)
+        await asyncio.wait_for(writer.drain(), CONNECT_TIMEOUT_S)
+        # its refusal (stale_primary) says it heard; closing is enough otherwise
+        await asyncio.wait_for(reader.read(1 << 16), CONNECT_TIMEOUT_S)
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
 class Follower:
     def __init__(self, store: Store, host: str, port: int, window_ms: int):
         self.store = store
