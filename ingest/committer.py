@@ -140,7 +140,12 @@ class Committer:
 
     def _deliver(self, batch: list[Work], outcomes: list[list], n: int, last_seq: int) -> None:
         if self.on_commit is not None:
-            self.on_commit()
+            try:
+                self.on_commit()
+            except Exception:
+                # Shipping the log on is replication's business; the answers
+                # (and, in sync mode, the gate) must still get their turn.
+                log.exception("after-commit hook failed")
         if self.gate is not None:
             # Even a duplicate or a refusal waits: its answer speaks of state
             # that must be on the standby too.

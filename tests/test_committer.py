@@ -66,3 +66,22 @@ def test_a_request_alone_in_its_group_fails_with_store_error(store):
     [answer] = commit_one_group(store, [["bug"]])
     assert type(answer[0]) is Rejected and answer[0].error is errors.STORE_ERROR
     assert store.last_seq == 0 and store.log() == []
+
+
+def test_a_failing_after_commit_hook_does_not_hold_the_answers(store):
+    loop = asyncio.new_event_loop()
+    committer = Committer(store, apply, loop, events_max=4096)
+
+    def broken() -> None:
+        raise RuntimeError("a replication hook that fails")
+
+    committer.on_commit = broken
+    answered = loop.create_future()
+    committer.submit(Work(["x"], answered.set_result))
+    committer.start()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(answered, 30)) == ["x"]
+    finally:
+        committer.stop(timeout=30)
+        loop.close()
+    assert committer.in_flight == 0 and store.last_seq == 1
