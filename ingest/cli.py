@@ -31,8 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
     try:
         server.run(cfg, args.data, args.host, args.port, args.follow, args.replication_port)
-    except OSError as exc:
-        print(f"ingest: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+    except server.StartError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -40,7 +40,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ingest import export
 
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    except OSError as exc:
+        print(f"ingest: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     try:
         n = export.export(args.data, args.what, out, args.site, args.since, args.until)
     except lmdb_errors() as exc:
@@ -53,18 +57,32 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+class AdminError(Exception):
+    """An admin call got no usable answer; the text says what came back."""
+
+
 def _call(method: str, url: str) -> tuple[int, dict]:
-    import json
+    import http.client
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
-                                 headers={"Content-Type": "application/json"})
     try:
+        req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
+                                     headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
+            status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        status, raw = exc.code, exc.read() or b"{}"
+    # http.client.InvalidURL, e.g. a space in the address --url let through.
+    except ValueError as exc:
+        raise AdminError(f"cannot use {url}: {exc}") from None
+    # Something else listening there: a garbled status line is no OSError.
+    except http.client.HTTPException as exc:
+        raise AdminError(f"{url} did not answer HTTP: {exc!r}") from None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        raise AdminError(f"{url} answered {status} with a body that is not JSON: {raw[:80]!r}") from None
 
 
 def _admin(method: str, path: str, args: argparse.Namespace) -> int:
@@ -72,6 +90,9 @@ def _admin(method: str, path: str, args: argparse.Namespace) -> int:
         status, body = _call(method, args.url.rstrip("/") + path)
     except OSError as exc:
         print(f"ingest: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    except AdminError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2))
     return 0 if status == 200 else 1
@@ -91,26 +112,65 @@ def lmdb_errors() -> tuple[type[BaseException], ...]:
     return (lmdb.Error,)
 
 
+def port_number(text: str) -> int:
+    """A TCP port for argparse, 0 (any free port) to 65535: the OS takes a
+    larger number modulo 65536, so 70000 would listen on 4464 unnoticed."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
+def host_port(text: str) -> str:
+    """HOST:PORT of a primary, checked before anything is opened; port 1-65535
+    (0 means "any port" only when listening, never when connecting)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port of {text!r} is not a number from 1 to 65535")
+    return text
+
+
+def http_url(text: str) -> str:
+    """An http(s)://HOST[:PORT] address; anything else would only fail, less
+    clearly, when the request is made."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a URL: {text!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected http://HOST:PORT, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest", description="Scan-ingest server of a mass-testing network.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the ingest server")
     serve.add_argument("--data", default="./data", help="LMDB data directory (default: ./data)")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="listen port, 0 for any free port (default: 8080)")
+    serve.add_argument("--port", type=port_number, default=8080,
+                       help="listen port, 0 for any free port (default: 8080)")
     serve.add_argument("--config", default=None, help="TOML configuration (default: the shipped one)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    serve.add_argument("--replication-port", type=int, default=None,
+    serve.add_argument("--replication-port", type=port_number, default=None,
                        help="let standbys follow this node on this port (0: any free port)")
-    serve.add_argument("--follow", default=None, metavar="HOST:PORT",
+    serve.add_argument("--follow", type=host_port, default=None, metavar="HOST:PORT",
                        help="run as a read-only standby of the primary's replication port")
     serve.set_defaults(func=_serve)
 
     promote = sub.add_parser("promote", help="turn a standby into the primary (raises the epoch)")
-    promote.add_argument("--url", default="http://127.0.0.1:8080", help="the standby's HTTP address")
+    promote.add_argument("--url", type=http_url, default="http://127.0.0.1:8080", help="the standby's HTTP address")
     promote.set_defaults(func=_promote)
     status = sub.add_parser("status", help="role, epoch, last sequence number, replication")
-    status.add_argument("--url", default="http://127.0.0.1:8080", help="the node's HTTP address")
+    status.add_argument("--url", type=http_url, default="http://127.0.0.1:8080", help="the node's HTTP address")
     status.set_defaults(func=_status)
 
     drill = sub.add_parser("drill", help="failover drill: kill the primary, promote, check every acknowledged event")

@@ -123,4 +123,7 @@ def load(path: str | None = None) -> Config:
             text = f.read()
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    # TOML is UTF-8 by definition; a UTF-16 file (a BOM of ff fe) is the usual culprit.
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     return loads(text)

@@ -5,6 +5,9 @@ written as they are read, so 35 million rows need no more memory than one.
 The server may keep running meanwhile (LMDB readers never block the writer;
 a very long export only delays the reuse of freed pages, so the file may
 grow while it runs).
+
+Client text that a spreadsheet would take for a formula is written with a
+leading "'" (`_safe_cell`, docs/operations.md "Export").
 """
 from __future__ import annotations
 
@@ -27,6 +30,21 @@ COLUMNS = {
               "result", "result_seq"],
     "results": ["tube", "seq", "lab_id", "result", "tested_at", "event_id", "site_id"],
 }
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP
+# "CSV injection"); TAB and CR too, because some spreadsheets skip leading
+# blanks and then see the formula. "'" itself is escaped so that the escape
+# can be undone without guessing: a cell that begins with "'" had one added.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _safe_cell(value: object) -> object:
+    """Text from clients (site, person, event id, lab, box...) gets a leading
+    "'" if a spreadsheet would run it; numbers the server wrote stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _tube_rows(txn, dbs, site: str | None) -> Iterator[list]:
@@ -86,11 +104,11 @@ def export(data_dir: str, kind: str, out: IO[str], site: str | None = None,
             else:
                 rows = _result_rows(txn, dbs, site, since_ms, until_ms)
             for row in rows:
-                writer.writerow(row)
+                writer.writerow([_safe_cell(cell) for cell in row])
                 n += 1
         return n
     finally:
         env.close()
 
 
-__all__ = ["KINDS", "COLUMNS", "export"]
+__all__ = ["KINDS", "COLUMNS", "FORMULA_STARTS", "export"]

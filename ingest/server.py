@@ -16,17 +16,38 @@ import signal
 import time
 from email.utils import formatdate
 
+import lmdb
+
 from ingest import codes
 from ingest.app import App
 from ingest.committer import Committer
 from ingest.config import Config
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
-from ingest.store import Store
+from ingest.store import Store, StoreError, StoreFull
 
 log = logging.getLogger("ingest.server")
 
 TICK_S = 0.5
+
+
+class StartError(Exception):
+    """The server could not start: the store could not be opened or a listen
+    failed. The text names which and why; `ingest serve` prints it as one
+    line (the only place start-up failures are caught)."""
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+async def _listen(what: str, host: str, port: int, start):
+    """Await `start`, a listen; a failure names this listen, since a node may
+    have two (HTTP and replication) and the operator must know which."""
+    try:
+        return await start
+    except OSError as exc:
+        raise StartError(f"cannot {what} on {host}:{port}: {_reason(exc)}") from exc
 
 
 class Server:
@@ -51,9 +72,7 @@ class Server:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
-        st = self.config.store
-        self.store = Store(self.data_dir, st.map_bytes_initial, st.map_bytes_max, self.config.stats.time_zone,
-                           self.config.replication.log_keep_entries)
+        self.store = self._open_store()
         self.metrics = Metrics(
             codes.IMPLEMENTATION,
             connections=lambda: len(self.connections),
@@ -77,7 +96,8 @@ class Server:
                 self.app.gate = gate
             hub = Hub(self.store, on_fence=self.app.fence,
                       on_ack=(lambda s: gate.on_ack(s.acked, self.store.last_seq)) if gate else (lambda s: None))
-            bound = await hub.start(self.host, self.replication_port)
+            bound = await _listen("listen for replication", self.host, self.replication_port,
+                                  hub.start(self.host, self.replication_port))
             self.app.hub = hub
             self.committer.on_commit = hub.notify
             log.info("replication listening on %s:%d (node %s, epoch %d)", self.host, bound, self.store.node,
@@ -90,9 +110,9 @@ class Server:
             self.app.primary_address = self.follow
             self.app.follower = Follower(self.store, host, int(port), self.config.person_window_ms)
             self.app.follower.start()
-        listener = await loop.create_server(
+        listener = await _listen("serve", self.host, self.port, loop.create_server(
             lambda: HttpProtocol(self), self.host, self.port, backlog=4096, reuse_address=True
-        )
+        ))
         self.port = listener.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -115,6 +135,19 @@ class Server:
             self.committer.stop()
             self.store.close()
             log.info("stopped; last_seq=%d", self.store.last_seq)
+
+    def _open_store(self) -> Store:
+        st = self.config.store
+        try:
+            return Store(self.data_dir, st.map_bytes_initial, st.map_bytes_max, self.config.stats.time_zone,
+                         self.config.replication.log_keep_entries)
+        # OSError: the path is a file, or not ours to create or list; lmdb:
+        # not ours to write (ReadonlyError) or not a store; StoreError: a
+        # store of another format; StoreFull: no disk for the initial map.
+        except (OSError, lmdb.Error, StoreError, StoreFull) as exc:
+            # lmdb's text starts with the path; said once is enough.
+            reason = _reason(exc).removeprefix(f"{self.data_dir}: ")
+            raise StartError(f"cannot open the store in {self.data_dir}: {reason}") from exc
 
     def _on_signal(self, sig: int) -> None:
         if not self._stop.done():

