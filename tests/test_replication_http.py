@@ -118,6 +118,16 @@ def test_standby_catches_up_after_a_restart_and_a_gap(server_factory):
     assert digest(primary) == digest(again)
 
 
+def assert_fenced(node) -> None:
+    """Within WAIT_S the node says it is fenced, and it refuses a write."""
+    deadline = time.monotonic() + WAIT_S
+    while node.status()["role"] != "fenced" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert node.status()["role"] == "fenced"
+    status, _, body = node.post(event(fresh_tube()))
+    assert status == 503 and body["error"]["code"] == "not_primary"
+
+
 def test_promote_then_the_old_primary_is_fenced(server_factory):
     primary, standby = pair(server_factory)
     mixed_load(primary, 2)
@@ -134,12 +144,7 @@ def test_promote_then_the_old_primary_is_fenced(server_factory):
     store.set_epoch(1)
     store.close()
     follower = server_factory(data=witness.data, args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
-    deadline = time.monotonic() + WAIT_S
-    while primary.status()["role"] != "fenced" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert primary.status()["role"] == "fenced"
-    status, _, body = primary.post(event(fresh_tube()))
-    assert status == 503 and body["error"]["code"] == "not_primary"
+    assert_fenced(primary)
     # and stays fenced through a restart: it must not come back as a primary
     primary.stop()
     restarted = server_factory(data=primary.data, args=primary.args)
@@ -167,12 +172,7 @@ def test_promotion_fences_the_former_primary_when_it_is_still_there(server_facto
     wait_caught_up(primary, standby)
     status, _, body = standby.request("POST", "/v1/admin/promote", {})
     assert status == 200 and body["epoch"] == 1, body
-    deadline = time.monotonic() + WAIT_S
-    while primary.status()["role"] != "fenced" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert primary.status()["role"] == "fenced"
-    status, _, body = primary.post(event(fresh_tube()))
-    assert status == 503 and body["error"]["code"] == "not_primary"
+    assert_fenced(primary)
     assert standby.post(event(fresh_tube()))[0] == 201
 
 
