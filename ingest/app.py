@@ -154,7 +154,10 @@ class App:
 
     # -- dispatch ----------------------------------------------------------
 
-    def handle(self, req: Request, slot) -> None:
+    def handle_py(self, req: Request, slot) -> None:
+        """Route a request to its handler. The plain-Python twin of the
+        compiled handle (ext/_binding_routes.pyx), which takes the binding
+        routes of a primary (most requests) itself and hands every other here."""
         target = routes.resolve(req.method, req.path)
         if type(target) is ErrorCode:
             slot.route = "unknown"
@@ -175,9 +178,13 @@ class App:
             else:
                 getattr(self, name)(req, slot, param)
         except Exception:
-            log.exception("handler %s failed", name)
-            if slot.data is None:
-                self._error(slot, errors.INTERNAL_ERROR, "the server failed to handle the request")
+            self.handler_failed(name, slot)
+
+    def handler_failed(self, name: str, slot) -> None:
+        """A handler raised: log it, and answer 500 unless it answered already."""
+        log.exception("handler %s failed", name)
+        if slot.data is None:
+            self._error(slot, errors.INTERNAL_ERROR, "the server failed to handle the request")
 
     # -- writes ------------------------------------------------------------
 
@@ -510,7 +517,7 @@ class App:
 
 # The binding routes run compiled (ext/_binding_routes.pyx) unless INGEST_PURE_PYTHON=1.
 if kernels.PURE_PYTHON:
-    App.post_binding, App.post_batch = App.post_binding_py, App.post_batch_py
+    App.handle, App.post_binding, App.post_batch = App.handle_py, App.post_binding_py, App.post_batch_py
 else:
     _routes = kernels.load("_binding_routes", "app")
-    App.post_binding, App.post_batch = _routes.post_binding, _routes.post_batch
+    App.handle, App.post_binding, App.post_batch = _routes.handle, _routes.post_binding, _routes.post_batch

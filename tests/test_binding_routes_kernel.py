@@ -37,6 +37,43 @@ TWIN = {"single": app_mod.App.post_binding_py, "batch": app_mod.App.post_batch_p
 def test_app_selects_the_implementation():
     expected = TWIN if kernels.PURE_PYTHON else _compiled()
     assert {"single": app_mod.App.post_binding, "batch": app_mod.App.post_batch} == expected
+    handle = app_mod.App.handle_py if kernels.PURE_PYTHON else compiled_kernel("_binding_routes").handle
+    assert app_mod.App.handle is handle
+
+
+def test_compiled_dispatch_takes_only_a_primarys_binding_routes():
+    """The compiled handle answers POST /v1/bindings and /batch on a primary
+    itself (naming the route as the table does, and a handler's failure the
+    twin's way); every other request, on any role, goes to App.handle_py."""
+    kernel = compiled_kernel("_binding_routes")
+    calls = []
+
+    class App:  # just what the dispatch reads; its handlers then fail on what is missing
+        primary_address = ""
+
+        def __init__(self, role):
+            self.role = role
+
+        def handle_py(self, req, slot):
+            calls.append(("twin", req.method, req.path))
+
+        def handler_failed(self, name, slot):
+            calls.append(("failed", name, slot.route))
+
+    class Slot:
+        route = None
+
+    cases = [(b"POST", "/v1/bindings", "primary"), (b"POST", "/v1/bindings/batch", "primary"),
+             (b"POST", "/v1/bindings", "standby"), (b"POST", "/v1/bindings/batch", "fenced"),
+             (b"GET", "/v1/bindings", "primary"), (b"HEAD", "/v1/bindings", "primary"),
+             (b"POST", "/v1/bindings/", "primary"), (b"POST", "/v1/boxes", "primary"),
+             (b"POST", "/v1/bindings/x/void", "primary"), (b"GET", "/metrics", "primary")]
+    for method, path, role in cases:
+        kernel.handle(App(role), Request(method, path, "", b"application/json", b"{}", True), Slot())
+    named = {path: app_mod.routes.resolve(b"POST", path)[0] for path in ("/v1/bindings", "/v1/bindings/batch")}
+    assert calls == [("failed", named["/v1/bindings"], "post_binding"),
+                     ("failed", named["/v1/bindings/batch"], "post_batch")] + [
+        ("twin", method, path) for method, path, _ in cases[2:]]
 
 
 class AtOnce:
