@@ -32,7 +32,7 @@ from httptools import (
 )
 
 from ingest import errors
-from ingest.http_types import HttpError, Request
+from ingest.http_types import HttpError, Request, host_is_valid, only_chunked
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeLatin1(const char *s, Py_ssize_t size, const char *errors)
@@ -40,6 +40,7 @@ cdef extern from "Python.h":
 _BAD_REQUEST = errors.BAD_REQUEST
 _HEADERS_TOO_LARGE = errors.HEADERS_TOO_LARGE
 _BODY_TOO_LARGE = errors.BODY_TOO_LARGE
+_NOT_IMPLEMENTED = errors.NOT_IMPLEMENTED
 _new = object.__new__
 
 
@@ -108,7 +109,8 @@ cdef class RequestParser:
         # sends and clears it after each feed.
         public object interim
         object _now
-        # See the twin: bytes fed while a request line or headers are incomplete.
+        # See the twin: bytes fed while a request line or headers are
+        # incomplete, counted per piece of at most header_bytes_max bytes.
         bint _in_head
         Py_ssize_t _head_bytes
         # After a request that closes the connection nothing more is parsed.
@@ -168,26 +170,35 @@ cdef class RequestParser:
         if self._finished:
             return []
         self._now = now
-        if self._in_head:
-            self._head_bytes += len(data)
         error = None
-        try:
-            self._feed_data(data)
-        except HttpParserCallbackError:
-            error = self._error
-        except HttpParserUpgrade:
-            # llhttp completes the upgrade request, then stops: it is refused,
-            # the requests before it are not.
-            error = HttpError(_BAD_REQUEST, "protocol upgrade is not supported")
-            if self._done:
-                self._done.pop()
-        except HttpParserError as exc:
-            error = HttpError(_BAD_REQUEST, f"bad HTTP request: {exc}")
+        cdef Py_ssize_t step = self._header_bytes_max if self._header_bytes_max > 0 else 1
+        cdef Py_ssize_t size = len(data)
+        cdef Py_ssize_t at = 0
+        view = data if size <= step else memoryview(data)
+        while True:
+            piece = view if size <= step else view[at:at + step]
+            at += step
+            if self._in_head:
+                self._head_bytes += len(piece)
+            try:
+                self._feed_data(piece)
+            except HttpParserCallbackError:
+                error = self._error
+            except HttpParserUpgrade:
+                # llhttp completes the upgrade request, then stops: it is refused,
+                # the requests before it are not.
+                error = HttpError(_BAD_REQUEST, "protocol upgrade is not supported")
+                if self._done:
+                    self._done.pop()
+            except HttpParserError as exc:
+                error = HttpError(_BAD_REQUEST, f"bad HTTP request: {exc}")
+            if error is None and self._in_head and self._head_bytes > self._header_bytes_max:
+                error = HttpError(_HEADERS_TOO_LARGE, "request line and headers are too large")
+            if error is not None or self._finished or at >= size:
+                break
         cdef list done = self._done
         if PyList_GET_SIZE(done):
             self._done = []
-        if error is None and self._in_head and self._head_bytes > self._header_bytes_max:
-            error = HttpError(_HEADERS_TOO_LARGE, "request line and headers are too large")
         if error is not None:
             if self._finished:
                 return done  # bytes after a closing request are not ours to judge
@@ -226,6 +237,11 @@ cdef class RequestParser:
         if self._header_bytes > self._header_bytes_max:
             self._fail(_HEADERS_TOO_LARGE, "request line and headers are too large")
         if n == 4 and _is_lower(s, b"host", 4):
+            # RFC 9112 3.2: more than one Host, or an invalid one, is a 400.
+            if self._has_host:
+                self._fail(_BAD_REQUEST, "more than one Host header")
+            if not host_is_valid(value):
+                self._fail(_BAD_REQUEST, "Host header is not host[:port]")
             self._has_host = True
         elif n == 12 and _is_lower(s, b"content-type", 12):
             self._content_type = _media_type(value)
@@ -245,16 +261,20 @@ cdef class RequestParser:
             self._length_too_big = int(value) > self._body_bytes_max
         elif n == 6 and _is_lower(s, b"expect", 6) and m == 12 and _is_lower(PyBytes_AS_STRING(value), b"100-continue", 12):
             self._expect_continue = True
+        elif n == 17 and _is_lower(s, b"transfer-encoding", 17) and not only_chunked(value):
+            # RFC 9112 6.1: a coding we do not decode (llhttp refuses some itself)
+            self._fail(_NOT_IMPLEMENTED, "only the chunked transfer coding is supported")
 
     def on_headers_complete(self):
         self._in_head = False
         self._head_bytes = 0
-        if not self._has_host and self._parser.get_http_version() == "1.1":
+        cdef bint http11 = self._parser.get_http_version() == "1.1"
+        if not self._has_host and http11:
             self._fail(_BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
         # Refuse an announced oversize body before the client sends it.
         if self._length_too_big:
             self._fail(_BODY_TOO_LARGE, f"body is larger than {self._body_bytes_max} bytes")
-        if self._expect_continue:
+        if self._expect_continue and http11:  # RFC 9110 10.1.1: HTTP/1.0 ignores it
             self.interim += b"HTTP/1.1 100 Continue\r\n\r\n"
 
     def on_body(self, bytes body):

@@ -13,7 +13,7 @@ import httptools
 
 from ingest import errors
 from ingest.errors import ErrorCode
-from ingest.http_types import HttpError, Request
+from ingest.http_types import HttpError, Request, host_is_valid, only_chunked
 
 
 class RequestParser:
@@ -37,7 +37,12 @@ class RequestParser:
         self._now = 0.0
         # Bytes received while a request line or headers are incomplete:
         # httptools buffers a header that never ends without telling us, so
-        # the limit is applied to what we feed it.
+        # the limit is applied to what we feed it. httptools does not say
+        # where in a feed a request begins, so a feed is handed to it in
+        # pieces of at most header_bytes_max bytes, and a piece counts if it
+        # starts in a head: a head that begins inside a piece is counted from
+        # the next one, so a head that never ends is refused by the time it
+        # is 2 * header_bytes_max long, wherever in a segment it began.
         self._in_head = True
         self._head_bytes = 0
         # After a request that closes the connection nothing more is parsed.
@@ -62,26 +67,35 @@ class RequestParser:
         if self._finished:
             return []
         self._now = now
-        if self._in_head:
-            self._head_bytes += len(data)
         error = None
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
-            error = self._error
-        except httptools.HttpParserUpgrade:
-            # llhttp completes the upgrade request, then stops: it is refused,
-            # the requests before it are not.
-            error = HttpError(errors.BAD_REQUEST, "protocol upgrade is not supported")
-            if self._done:
-                self._done.pop()
-        except httptools.HttpParserError as exc:
-            error = HttpError(errors.BAD_REQUEST, f"bad HTTP request: {exc}")
+        step = self._header_bytes_max if self._header_bytes_max > 0 else 1
+        size = len(data)
+        view = data if size <= step else memoryview(data)
+        at = 0
+        while True:
+            piece = view if size <= step else view[at:at + step]
+            at += step
+            if self._in_head:
+                self._head_bytes += len(piece)
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserCallbackError:
+                error = self._error
+            except httptools.HttpParserUpgrade:
+                # llhttp completes the upgrade request, then stops: it is refused,
+                # the requests before it are not.
+                error = HttpError(errors.BAD_REQUEST, "protocol upgrade is not supported")
+                if self._done:
+                    self._done.pop()
+            except httptools.HttpParserError as exc:
+                error = HttpError(errors.BAD_REQUEST, f"bad HTTP request: {exc}")
+            if error is None and self._in_head and self._head_bytes > self._header_bytes_max:
+                error = HttpError(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
+            if error is not None or self._finished or at >= size:
+                break
         done = self._done
         if done:
             self._done = []
-        if error is None and self._in_head and self._head_bytes > self._header_bytes_max:
-            error = HttpError(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
         if error is not None:
             if self._finished:
                 return done  # bytes after a closing request are not ours to judge
@@ -112,6 +126,11 @@ class RequestParser:
             self._fail(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
         n = len(name)
         if n == 4 and name.lower() == b"host":
+            # RFC 9112 3.2: more than one Host, or an invalid one, is a 400.
+            if self._has_host:
+                self._fail(errors.BAD_REQUEST, "more than one Host header")
+            if not host_is_valid(value):
+                self._fail(errors.BAD_REQUEST, "Host header is not host[:port]")
             self._has_host = True
         elif n == 12 and name.lower() == b"content-type":
             self._content_type = value.split(b";", 1)[0].strip().lower()
@@ -120,16 +139,20 @@ class RequestParser:
             self._content_length = int(value)
         elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        elif n == 17 and name.lower() == b"transfer-encoding" and not only_chunked(value):
+            # RFC 9112 6.1: a coding we do not decode (llhttp refuses some itself)
+            self._fail(errors.NOT_IMPLEMENTED, "only the chunked transfer coding is supported")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        if not self._has_host and self._parser.get_http_version() == "1.1":
+        http11 = self._parser.get_http_version() == "1.1"
+        if not self._has_host and http11:
             self._fail(errors.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
         # Refuse an announced oversize body before the client sends it.
         if self._content_length is not None and self._content_length > self._body_bytes_max:
             self._fail(errors.BODY_TOO_LARGE, f"body is larger than {self._body_bytes_max} bytes")
-        if self._expect_continue:
+        if self._expect_continue and http11:  # RFC 9110 10.1.1: HTTP/1.0 ignores it
             self.interim += b"HTTP/1.1 100 Continue\r\n\r\n"
 
     def on_body(self, body: bytes) -> None:

@@ -675,6 +675,74 @@ def test_http11_request_without_host_is_400(server):
         assert conn.read_response().status == 400
 
 
+def test_unterminated_header_after_a_request_in_the_same_segment_is_431(server):
+    """The head is counted from where it begins, wherever in a segment: not a
+    408 after request_seconds_max."""
+    data = (raw_request("GET", "/livez") + b"GET /livez HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * (HEADER_MAX * 8))
+    with exchange(server, data) as conn:
+        t0 = time.monotonic()
+        assert conn.read_response().status == 200
+        resp = conn.read_response()
+        assert resp.status == 431, resp
+        assert resp.json()["error"]["code"] == "headers_too_large"
+        assert time.monotonic() - t0 < REQUEST_S
+        assert conn.at_eof()
+    assert_serving(server)
+
+
+def test_two_host_headers_are_400(server):
+    with exchange(server, b"GET /livez HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") as conn:
+        resp = conn.read_response()
+        assert resp.status == 400 and resp.json()["error"]["code"] == "bad_request", resp
+        assert "more than one Host" in resp.json()["error"]["message"]
+        assert conn.at_eof()
+
+
+@pytest.mark.parametrize("host", [b"a/b@c d", b"u@h", b"h:8x", b"[::1", b"%zz"])
+def test_invalid_host_value_is_400(server, host):
+    with exchange(server, b"GET /livez HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") as conn:
+        resp = conn.read_response()
+        assert resp.status == 400 and resp.json()["error"]["code"] == "bad_request", resp
+        assert "Host" in resp.json()["error"]["message"]
+        assert conn.at_eof()
+
+
+@pytest.mark.parametrize("host", [b"localhost:8080", b"127.0.0.1:8080", b"[::1]:8080", b"bench", b"example.com", b""])
+def test_ordinary_host_values_are_served(server, host):
+    with exchange(server, b"GET /livez HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") as conn:
+        assert conn.read_response().status == 200
+
+
+def test_no_100_continue_for_http10(server):
+    head = (b"POST /v1/bindings HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+            b"Expect: 100-continue\r\n\r\n")
+    with exchange(server, head) as conn:
+        conn.sock.settimeout(REQUEST_S / 2)
+        with pytest.raises(socket.timeout):
+            conn.read_response()  # no interim answer: the client sends its body anyway
+        assert conn.buf == b""
+        conn.sock.settimeout(WAIT_S)
+        conn.send(b"{}")
+        resp = conn.read_response()
+    assert_malformed(resp.status, resp.json())
+
+
+@pytest.mark.parametrize("coding, status, code", [
+    (b"gzip, chunked", 501, "not_implemented"),
+    (b"identity", 501, "not_implemented"),
+    (b"chunked, gzip", 400, "bad_request"),
+])
+def test_unknown_transfer_coding_is_refused(server, coding, status, code):
+    body = VALID  # claimed to be gzip-coded, it is not: it must not be bound
+    data = (b"POST /v1/bindings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: "
+            + coding + b"\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    with exchange(server, data) as conn:
+        resp = conn.read_response()
+        assert (resp.status, resp.json()["error"]["code"]) == (status, code), resp
+        assert conn.at_eof()
+    assert_serving(server)
+
+
 # -- odd but harmless ------------------------------------------------------------------
 
 

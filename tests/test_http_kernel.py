@@ -1,9 +1,11 @@
 """The compiled HTTP kernel against its Python twin, on random input.
 
 Random streams of valid and malformed requests (pipelined, cut at arbitrary
-byte boundaries, oversize heads and bodies, missing Host, Expect:
-100-continue, absolute-form targets, Connection: close, HTTP/1.0, upgrades,
-chunked bodies, garbage) are fed to ``ingest._http_py.RequestParser`` and
+byte boundaries, oversize heads and bodies, heads that begin inside a feed and
+never end, missing, repeated and invalid Host, Expect: 100-continue (also on
+HTTP/1.0), transfer codings other than chunked, absolute-form targets,
+Connection: close, HTTP/1.0, upgrades, chunked bodies, garbage) are fed to
+``ingest._http_py.RequestParser`` and
 ``ingest._http.RequestParser`` side by side. After every feed both must
 have returned the same requests (every slot, with its type) or raised the
 same error (type, code, message, the requests attached), and agree on
@@ -64,6 +66,12 @@ content_types = st.one_of(
     ]),
     st.text(VALUE, max_size=24),
 )
+# valid and invalid Host values (RFC 9112 3.2: uri-host [":" port])
+hosts = st.one_of(
+    st.sampled_from(["h", "127.0.0.1:8080", "", "[::1]:8080", "example.com", "h:", " h ", "%41", "[v1.x]",
+                     "a/b@c d", "h:8x", "[::1", "u@h", "%zz", "h:1:2", "a b"]),
+    st.text(URL_CHARS + " []", max_size=12),
+)
 other_headers = st.tuples(
     st.one_of(
         st.text(TOKEN, min_size=1, max_size=16),
@@ -85,7 +93,9 @@ def requests(draw) -> bytes:
     body = draw(st.binary(max_size=80))
     headers: list[tuple[str, str]] = []
     if not odd or draw(st.booleans()):  # a missing Host now and then
-        headers.append((draw(_cases("Host")), draw(st.sampled_from(["h", "127.0.0.1:8080", ""]))))
+        headers.append((draw(_cases("Host")), draw(hosts if odd else st.sampled_from(["h", "127.0.0.1:8080", ""]))))
+    if odd and draw(st.sampled_from([False] * 3 + [True])):  # a second Host
+        headers.append((draw(_cases("Host")), draw(hosts)))
     if draw(st.booleans()):
         headers.append((draw(_cases("Content-Type")), draw(content_types)))
     framings = ["length", "none", "chunked"] + (["wrong length", "odd length"] if odd else [])
@@ -100,7 +110,7 @@ def requests(draw) -> bytes:
         headers.append(("Content-Length", draw(st.sampled_from(
             ["x", "-1", "1_0", " 5", "5 ", "0005", "99999999999999999999999", "18446744073709551615", "", "1,1"]))))
     elif framing == "chunked":
-        coding = draw(st.sampled_from(["chunked", "gzip, chunked", "identity"])) if odd else "chunked"
+        coding = draw(st.sampled_from(["chunked", "gzip, chunked", "identity", "Chunked ", "chunked, gzip", "x,chunked"])) if odd else "chunked"
         headers.append((draw(_cases("Transfer-Encoding")), coding))
     if draw(st.sampled_from([False] * 3 + [True])):
         headers.append((draw(_cases("Expect")), draw(st.sampled_from(["100-continue", "100-Continue", "100-continues", "200-ok"]))))
@@ -173,6 +183,17 @@ def _cuts(stream: bytes, points: list[int]) -> list[bytes]:
          points=[60], header_max=16_384, body_max=1024, clear_interim=False, int_clock=True, view=False)
 @example(stream=b"GET http://h/p?q HTTP/1.1\r\nHost: h\r\n\r\nGET * HTTP/1.1\r\nHost: h\r\n\r\n",
          points=[], header_max=16_384, body_max=1024, clear_interim=True, int_clock=False, view=False)
+# A head that begins after a request in the same feed and never ends; a second
+# Host; a bad Host; Expect on HTTP/1.0; a coding other than chunked.
+@example(stream=b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nX-A: " + b"a" * 300,
+         points=[100, 150], header_max=128, body_max=1024, clear_interim=False, int_clock=False, view=True)
+@example(stream=b"GET / HTTP/1.1\r\nHost: h\r\nHOST: h\r\n\r\n", points=[], header_max=16_384, body_max=1024,
+         clear_interim=False, int_clock=False, view=False)
+@example(stream=b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\nGET / HTTP/1.1\r\nHost: a/b@c d\r\n\r\n", points=[],
+         header_max=16_384, body_max=1024, clear_interim=False, int_clock=False, view=False)
+@example(stream=b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"
+         b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+         points=[], header_max=16_384, body_max=1024, clear_interim=False, int_clock=False, view=False)
 # The kernel's own paths, each once for sure: media types cut, stripped and
 # folded; Content-Length digits, odd spellings and the limit +-1; Expect in
 # any case; names of the lengths we read; a body in pieces; HTTP/1.0.

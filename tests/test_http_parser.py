@@ -148,6 +148,99 @@ def test_header_that_never_ends_hits_the_limit(impl):
     assert e.value.error is errors.HEADERS_TOO_LARGE
 
 
+GOOD = b"GET /livez HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+@pytest.mark.parametrize("tail_feeds", [0, 2, 3])
+def test_header_that_never_ends_after_a_request_in_the_same_feed_hits_the_limit(impl, tail_feeds):
+    """The head is counted from where it begins, not from where a feed does:
+    a request, then a header that never ends, in one segment (and more of
+    that header in later ones) is refused within 2 * header_bytes_max."""
+    p = parser(impl, header_max=1024)
+    with pytest.raises(HttpError) as e:
+        p.feed(GOOD + b"GET /livez HTTP/1.1\r\nHost: h\r\nX-A: " + b"a" * (2048 if tail_feeds == 0 else 600), 0)
+        for _ in range(tail_feeds):
+            p.feed(b"a" * 700, 1)
+    assert e.value.error is errors.HEADERS_TOO_LARGE
+    assert [r.path for r in e.value.requests] == (["/livez"] if tail_feeds == 0 else [])
+
+
+def test_header_that_never_ends_after_a_request_is_refused_by_twice_the_limit(impl):
+    """The bound: httptools does not say where in a feed a head begins, so it
+    may be counted from the next header_bytes_max bytes on, never later."""
+    p = parser(impl, header_max=1024)
+    start = b"GET /livez HTTP/1.1\r\nHost: h\r\nX-A: "
+    p.feed(GOOD * 20 + start, 0)
+    head = len(start)
+    with pytest.raises(HttpError) as e:
+        while head <= 2 * 1024 + 1:
+            p.feed(b"a" * 50, 1)
+            head += 50
+    assert e.value.error is errors.HEADERS_TOO_LARGE
+
+
+def test_a_head_that_begins_after_a_body_is_not_charged_for_the_body(impl):
+    body = b"b" * 3000
+    post = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3000\r\n\r\n" + body
+    head = b"GET /b HTTP/1.1\r\nHost: h\r\nX-A: " + b"a" * 900 + b"\r\n\r\n"  # under 1024
+    p = parser(impl, header_max=1024, body_max=4096)
+    got = p.feed(post + head[:100], 0)
+    got += p.feed(head[100:], 1)
+    assert [r.path for r in got] == ["/a", "/b"]
+
+
+def test_two_host_headers_are_bad_request(impl):
+    with pytest.raises(HttpError) as e:
+        parser(impl).feed(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 0)
+    assert (e.value.error, e.value.message) == (errors.BAD_REQUEST, "more than one Host header")
+
+
+@pytest.mark.parametrize("host", [
+    b"localhost:8080", b"127.0.0.1:8080", b"[::1]:8080", b"bench", b"example.com", b"", b"h:", b" h \t",
+    b"a-b.c_d~e", b"%41b", b"x!$&'()*+,;=y", b"[v1.fe80::a+en1]", b"[::ffff:1.2.3.4]",
+])
+def test_valid_host_values_are_accepted(impl, host):
+    [req] = parser(impl).feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", 0)
+    assert req.path == "/"
+
+
+@pytest.mark.parametrize("host", [
+    b"a/b@c d", b"a b", b"a/b", b"u@h", b"h:8x", b"h:80:80", b"[::1", b"::1]", b"[]", b"%4", b"%zz", b"h?q", b"h#f",
+    b"\xe9", b"h\"",
+])
+def test_invalid_host_value_is_bad_request(impl, host):
+    with pytest.raises(HttpError) as e:
+        parser(impl).feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", 0)
+    assert (e.value.error, e.value.message) == (errors.BAD_REQUEST, "Host header is not host[:port]")
+
+
+def test_no_100_continue_for_http10(impl):
+    p = parser(impl)
+    [req] = p.feed(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab", 0)
+    assert p.interim == b"" and req.body == b"ab"
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"GZIP,chunked", b"identity", b"gzip", b"x\r\nTransfer-Encoding: chunked"])
+def test_transfer_coding_other_than_chunked_is_not_implemented(impl, coding):
+    raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + coding + b"\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+    with pytest.raises(HttpError) as e:
+        parser(impl).feed(raw, 0)
+    assert e.value.error is errors.NOT_IMPLEMENTED and e.value.error.status == 501
+
+
+def test_chunked_not_last_is_bad_request(impl):
+    with pytest.raises(HttpError) as e:
+        parser(impl).feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 0)
+    assert e.value.error is errors.BAD_REQUEST
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"Chunked ", b"CHUNKED"])
+def test_chunked_in_any_case_is_decoded(impl, coding):
+    raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + coding + b"\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+    [req] = parser(impl).feed(raw, 0)
+    assert req.body == b"ab"
+
+
 def test_requests_before_a_parse_error_are_handed_over(impl):
     good = b"GET /livez HTTP/1.1\r\nHost: h\r\n\r\n"
     with pytest.raises(HttpError) as e:
