@@ -259,6 +259,8 @@ cdef class HttpProtocol:
     cdef public Py_ssize_t _depth_max
     # True while _dispatch runs: see the twin.
     cdef public bint _dispatching
+    # The clocks of idle_check: see the twin.
+    cdef public object _read_resumed_at, _stalled_since, _closed_at
     # pending: handed to the app, not yet written; waiting: parsed, not yet
     # handed over. Deques, with the methods used per request bound once.
     cdef object _pending, _waiting
@@ -279,6 +281,9 @@ cdef class HttpProtocol:
         self._writing_paused = False
         self._depth_max = limits.pipeline_depth_max
         self._dispatching = False
+        self._read_resumed_at = None
+        self._stalled_since = None
+        self._closed_at = None
 
     @property
     def pending(self):
@@ -356,7 +361,8 @@ cdef class HttpProtocol:
         try:
             waiting = self._waiting
             app = self.app
-            while not self._pending and not self.closing:
+            # Nothing is handed over while writing is paused: see the twin.
+            while not self._pending and not self.closing and not self._writing_paused:
                 if waiting:
                     req = self._waiting_popleft()
                     slot = _new_slot(self, req.keep_alive, req.method == b"HEAD")
@@ -377,12 +383,18 @@ cdef class HttpProtocol:
         return 0
 
     def pause_writing(self):
-        # The client does not read its answers: stop reading its requests.
-        self._writing_paused = True
+        # The client does not read its answers: stop reading its requests,
+        # and handing them over (_dispatch).
+        if not self._writing_paused:
+            self._writing_paused = True
+            self._stalled_since = self.server.now
         self._pause_reading()
 
     def resume_writing(self):
         self._writing_paused = False
+        self._stalled_since = None
+        if self.transport is not None and not self._pending and (self._waiting or self._failed is not None):
+            self._dispatch()
         self._maybe_resume_reading()
 
     # -- answers -------------------------------------------------------------
@@ -409,11 +421,22 @@ cdef class HttpProtocol:
         self._dispatch()
 
     cpdef close(self):
-        self.closing = True
+        if not self.closing:
+            self.closing = True
+            self._closed_at = self.server.now
         self._pending.clear()
         self._waiting.clear()
         if self.transport is not None:
             self.transport.close()
+
+    cdef int _abort(self) except -1:
+        # Drops what is not yet written: connection_lost follows.
+        self.closing = True
+        self._closed_at = None
+        self._pending.clear()
+        self._waiting.clear()
+        self.transport.abort()
+        return 0
 
     cdef int _pause_reading(self) except -1:
         if not self._reading_paused and self.transport is not None:
@@ -425,16 +448,34 @@ cdef class HttpProtocol:
         if (self._reading_paused and not self._writing_paused and not self.closing
                 and len(self._waiting) < self._depth_max // 2 + 1 and self.transport is not None):
             self._reading_paused = False
+            self._read_resumed_at = self.server.now
             self.transport.resume_reading()
         return 0
 
     # -- timers (called by the server's tick) ----------------------------------
 
     def idle_check(self, now, request_s, keepalive_s):
-        if self.transport is None or self.closing or self._failed is not None:
+        if self.transport is None:
+            return
+        if self.closing:
+            # A client that never reads its answers: see the twin.
+            if self._closed_at is not None and now - self._closed_at > keepalive_s:
+                self._abort()
+            return
+        if self._writing_paused:
+            if now - self._stalled_since > keepalive_s:
+                self._abort()
+            return
+        if self._failed is not None:
             return
         started = self.parser.started_at
         if started is not None:
+            # The request's clock runs only while the server reads: see the twin.
+            if self._reading_paused:
+                return
+            resumed = self._read_resumed_at
+            if resumed is not None and resumed > started:
+                started = resumed
             if now - started > request_s:
                 self.fail(_REQUEST_TIMEOUT, f"request not completed within {request_s:g} s")
         elif not self._pending and not self._waiting and now - self.last_active > keepalive_s:

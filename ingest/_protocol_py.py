@@ -49,7 +49,8 @@ class Slot:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("server", "app", "transport", "parser", "pending", "waiting", "last_active", "closing",
-                 "_failed", "_reading_paused", "_writing_paused", "_depth_max", "_dispatching")
+                 "_failed", "_reading_paused", "_writing_paused", "_depth_max", "_dispatching",
+                 "_read_resumed_at", "_stalled_since", "_closed_at")
 
     def __init__(self, server: "Server"):
         self.server = server
@@ -69,6 +70,12 @@ class HttpProtocol(asyncio.Protocol):
         # True while _dispatch runs: an answer given inside a handler must not
         # start a dispatch of its own (one level deeper per pipelined request).
         self._dispatching = False
+        # The clocks of idle_check (server.now values; None when not running):
+        # when reading last resumed, since when the client has not taken its
+        # answers (writing paused), since when the connection is closing.
+        self._read_resumed_at = None
+        self._stalled_since = None
+        self._closed_at = None
 
     # -- asyncio callbacks -------------------------------------------------
 
@@ -121,7 +128,10 @@ class HttpProtocol(asyncio.Protocol):
         try:
             waiting = self.waiting
             handle = self.app.handle
-            while not self.pending and not self.closing:
+            # Nothing is handed over while writing is paused: the client does
+            # not take its answers, and answering more would only grow the
+            # transport's buffer without bound; resume_writing goes on.
+            while not self.pending and not self.closing and not self._writing_paused:
                 if waiting:
                     req = waiting.popleft()
                     slot = Slot(self, req.keep_alive, req.method == b"HEAD")
@@ -141,12 +151,18 @@ class HttpProtocol(asyncio.Protocol):
             self._dispatching = False
 
     def pause_writing(self) -> None:
-        # The client does not read its answers: stop reading its requests.
-        self._writing_paused = True
+        # The client does not read its answers: stop reading its requests,
+        # and handing them over (_dispatch).
+        if not self._writing_paused:
+            self._writing_paused = True
+            self._stalled_since = self.server.now
         self._pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._stalled_since = None
+        if self.transport is not None and not self.pending and (self.waiting or self._failed is not None):
+            self._dispatch()
         self._maybe_resume_reading()
 
     # -- answers -------------------------------------------------------------
@@ -173,11 +189,21 @@ class HttpProtocol(asyncio.Protocol):
         self._dispatch()
 
     def close(self) -> None:
-        self.closing = True
+        if not self.closing:
+            self.closing = True
+            self._closed_at = self.server.now
         self.pending.clear()
         self.waiting.clear()
         if self.transport is not None:
             self.transport.close()
+
+    def _abort(self) -> None:
+        # Drops what is not yet written: connection_lost follows.
+        self.closing = True
+        self._closed_at = None
+        self.pending.clear()
+        self.waiting.clear()
+        self.transport.abort()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -188,15 +214,41 @@ class HttpProtocol(asyncio.Protocol):
         if (self._reading_paused and not self._writing_paused and not self.closing
                 and len(self.waiting) < self._depth_max // 2 + 1 and self.transport is not None):
             self._reading_paused = False
+            self._read_resumed_at = self.server.now
             self.transport.resume_reading()
 
     # -- timers (called by the server's tick) ----------------------------------
 
     def idle_check(self, now: float, request_s: float, keepalive_s: float) -> None:
-        if self.transport is None or self.closing or self._failed is not None:
+        if self.transport is None:
+            return
+        if self.closing:
+            # transport.close() waits until every answer is written: a client
+            # that never reads them would keep the connection, and its
+            # buffer, for ever. Given the keep-alive time, it is aborted.
+            if self._closed_at is not None and now - self._closed_at > keepalive_s:
+                self._abort()
+            return
+        if self._writing_paused:
+            # The client takes none of its answers: it is idle like a client
+            # that sends nothing, and the answers it left cannot be written.
+            if now - self._stalled_since > keepalive_s:
+                self._abort()
+            return
+        if self._failed is not None:
             return
         started = self.parser.started_at
         if started is not None:
+            # A request's clock runs only while the server reads it: with
+            # reading paused (pipeline_depth_max reached) its remaining bytes
+            # wait unread in the socket, through no fault of the client; when
+            # reading resumes its clock starts again. (Reading paused because
+            # the client does not read its answers is timed above.)
+            if self._reading_paused:
+                return
+            resumed = self._read_resumed_at
+            if resumed is not None and resumed > started:
+                started = resumed
             if now - started > request_s:
                 self.fail(errors.REQUEST_TIMEOUT, f"request not completed within {request_s:g} s")
         elif not self.pending and not self.waiting and now - self.last_active > keepalive_s:

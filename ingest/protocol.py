@@ -7,6 +7,16 @@ HTTP allows concurrent handling only of safe methods. Throughput comes from
 many connections and from the batch endpoint, not from pipelining. Each
 request's answer goes through a `Slot`, which also times it.
 
+Back-pressure and timers: reading pauses at `pipeline_depth_max` waiting
+requests and while the client does not take its answers (pause_writing);
+in the latter case no further request is handed to the app either, so one
+connection's buffers stay bounded. `idle_check` answers 408 to a request not
+completed within `request_s` of reading time (the clock stops while reading
+is paused and restarts when it resumes), closes a keep-alive connection idle
+for `keepalive_s`, and aborts one whose client has taken no answer for
+`keepalive_s` (writing paused) or that is still not closed `keepalive_s`
+after close() (its last answers unread).
+
     HttpProtocol(server)           # what loop.create_server's factory returns
     app.handle(request, slot)      # called for each request, in order
     slot.respond(status, body, content_type=b"application/json", extra=b"")

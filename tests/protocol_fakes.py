@@ -1,7 +1,9 @@
 """What an HttpProtocol talks to, without sockets or a loop.
 
 `Transport` records every call the protocol makes on it, in order, so two
-implementations can be compared call for call; `Server` has the attributes
+implementations can be compared call for call; given a `high_water` it also
+keeps a write buffer that only `drain()` empties, and calls the protocol's
+pause_writing / resume_writing as asyncio's transports do; `Server` has the attributes
 HttpProtocol reads from ingest.server.Server; `App` answers each request as
 its path says (`/later...` waits until the test answers it, `/raise...`
 raises out of the handler, anything else is answered at once).
@@ -15,11 +17,27 @@ DATE = b"Sun, 22 Nov 2026 00:00:00 GMT"
 
 
 class Transport:
-    def __init__(self):
+    def __init__(self, high_water: int | None = None):
         self.calls: list[tuple] = []
+        self.high_water = high_water  # None: no buffer, never pauses the protocol
+        self.buffered = 0  # bytes written that the client has not taken (drain)
+        self.writing_paused = False
+        self.protocol = None  # set by connect()
 
     def write(self, data: bytes) -> None:
         self.calls.append(("write", bytes(data)))
+        if self.high_water is not None:
+            self.buffered += len(data)
+            if self.buffered > self.high_water and not self.writing_paused:
+                self.writing_paused = True
+                self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        """The client takes everything written so far."""
+        self.buffered = 0
+        if self.writing_paused:
+            self.writing_paused = False
+            self.protocol.resume_writing()
 
     def close(self) -> None:
         self.calls.append(("close",))
@@ -84,9 +102,10 @@ class Server:
         self.draining = False
 
 
-def connect(impl, server: Server):
+def connect(impl, server: Server, high_water: int | None = None):
     """A new connection of `impl` (a protocol module) on `server`, and its transport."""
     conn = impl.HttpProtocol(server)
-    transport = Transport()
+    transport = Transport(high_water)
+    transport.protocol = conn
     conn.connection_made(transport)
     return conn, transport

@@ -8,6 +8,7 @@ last_seq moved only by the events this module meant to bind.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -772,3 +773,91 @@ def test_refused_input_changed_nothing(server, ledger):
     status = server.status()
     assert status["last_seq"] == ledger["seq0"] + ledger["accepted"]
     assert status["in_flight"] == 0
+
+
+# -- a server that stops reading, a client that stops reading ---------------------------
+# (own servers: nothing here touches the module's ledger)
+
+
+def _post_binding(ev: dict) -> bytes:
+    return post_request(json.dumps(ev).encode())
+
+
+def _statuses(data: bytes) -> list[bytes]:
+    return re.findall(rb"HTTP/1.1 (\d+) ", data)
+
+
+def _rss_mib(srv) -> int:
+    with open(f"/proc/{srv.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_no_408_for_a_request_the_server_stopped_reading(server_factory):
+    # The whole pipeline sent at once: the server pauses reading at
+    # pipeline_depth_max with a request half read; the rest waits in the
+    # socket through no fault of the client, who reads all the while.
+    n = 4000
+    srv = server_factory(config=config_with(limits={"request_seconds_max": 0.5}))
+    data = b"".join(_post_binding(event()) for _ in range(n))
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+    sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+    sender.start()
+    sock.settimeout(0.2)
+    out, deadline = b"", time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and out.count(b"HTTP/1.1 ") < n:
+            try:
+                got = sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
+            if not got:
+                break
+            out += got
+    finally:
+        sock.close()
+        sender.join(10)
+    statuses = _statuses(out)
+    assert b"408" not in statuses, (len(statuses), statuses[-3:])
+    assert statuses == [b"201"] * n, (len(statuses), statuses[-3:])
+
+
+def test_client_that_never_reads_is_closed_and_bounded(server_factory):
+    # A client that sends requests and reads none of the answers: answers
+    # are not made beyond what the transport holds, and the connection is
+    # aborted once it has taken nothing for keepalive_seconds_max.
+    srv = server_factory(config=config_with(limits={"request_seconds_max": 1.0, "keepalive_seconds_max": 2.0}))
+    for _ in range(3):
+        srv.request("GET", "/metrics")
+    before = _rss_mib(srv)
+    req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.setblocking(False)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2:
+            try:
+                sock.send(req * 2000)
+            except BlockingIOError:
+                time.sleep(0.05)
+            except (ConnectionResetError, BrokenPipeError):
+                break
+        time.sleep(1)
+        grown = _rss_mib(srv) - before
+        deadline = time.monotonic() + 10  # > keepalive_seconds_max + ticks
+        while True:
+            open_conns = metric(srv.metrics(), "ingest_http_connections")  # counts the scrape's own connection
+            if open_conns == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    finally:
+        sock.close()
+    assert open_conns == 1, f"{open_conns - 1} stalled connection(s) still open; RSS grew {grown} MiB"
+    assert grown < 8, f"one non-reading connection made the server grow by {grown} MiB"
+    assert_serving(srv)

@@ -189,10 +189,79 @@ def test_writing_paused_keeps_reading_paused_after_answers(impl):
     conn.data_received(get("/later") * 3)
     conn.pause_writing()
     server.app.answer_later(0)
-    server.app.answer_later(0)
+    # while writing is paused nothing more is handed over, nor read
+    assert len(server.app.handled) == 1 and len(conn.waiting) == 2
     assert ("resume_reading",) not in t.calls
     conn.resume_writing()
+    assert len(server.app.handled) == 2 and len(conn.waiting) == 1
     assert t.calls[-1] == ("resume_reading",)
+
+
+def test_a_client_that_does_not_read_is_handed_nothing_more(impl):
+    # The answers of requests already read are not made while the client
+    # takes none: that would only grow the transport's buffer.
+    server = Server()
+    conn, t = connect(impl, server, high_water=len(answer(b"GET", "/a")) - 1)
+    conn.data_received(b"".join(get(f"/a{i}") for i in range(6)))
+    assert t.calls == [("write", answer(b"GET", "/a0")), ("pause_reading",)]
+    assert len(server.app.handled) == 1 and len(conn.waiting) == 5
+    for i in range(1, 6):
+        t.drain()  # the client takes one answer: one more is made
+        assert len(server.app.handled) == i + 1 and t.buffered == len(answer(b"GET", f"/a{i}"))
+    t.drain()
+    assert t.written() == b"".join(answer(b"GET", f"/a{i}") for i in range(6))
+    assert t.calls[-1] == ("resume_reading",) and t.calls.count(("resume_reading",)) == 1
+
+
+def test_a_client_that_does_not_read_is_aborted_after_the_keepalive_time(impl):
+    server = Server()
+    conn, t = connect(impl, server, high_water=10)
+    conn.data_received(get("/a") * 3 + b"GET / HTTP/1.1\r\n")
+    assert t.calls[-1] == ("pause_reading",) and len(conn.waiting) == 2
+    conn.idle_check(server.now + 74, 10.0, 75.0)  # no 408 either: it could not be read
+    assert t.calls[-1] == ("pause_reading",)
+    conn.idle_check(server.now + 76, 10.0, 75.0)
+    assert t.calls[-1] == ("abort",) and conn.closing and not conn.waiting and not conn.pending
+    conn.idle_check(server.now + 200, 10.0, 75.0)
+    assert t.calls.count(("abort",)) == 1
+
+
+def test_a_closing_connection_whose_answers_are_not_read_is_aborted(impl):
+    # transport.close() waits until the buffer is written, which a client
+    # that does not read never lets happen.
+    server = Server()
+    conn, t = connect(impl, server)
+    conn.data_received(get("/a", b"Connection: close\r\n"))
+    assert t.calls[-1] == ("close",) and conn.closing
+    server.now += 50
+    conn.close()  # closed again (draining does so): the clock is not restarted
+    conn.idle_check(server.now + 24, 10.0, 75.0)
+    assert t.calls[-1] == ("close",)
+    conn.idle_check(server.now + 26, 10.0, 75.0)
+    assert t.calls[-1] == ("abort",)
+    conn.idle_check(server.now + 100, 10.0, 75.0)
+    assert t.calls.count(("abort",)) == 1
+
+
+def test_no_408_while_the_server_does_not_read(impl):
+    # pipeline_depth_max reached: the rest of the request waits unread in
+    # the socket; its clock starts again when reading resumes.
+    server = Server(pipeline_depth_max=2)
+    conn, t = connect(impl, server)
+    conn.data_received(get("/later") * 3 + b"GET / HTTP/1.1\r\n")
+    assert t.calls == [("pause_reading",)] and conn.parser.started_at == 100.0
+    conn.idle_check(server.now + 30, 10.0, 75.0)
+    assert t.calls == [("pause_reading",)]
+    server.now += 30
+    server.app.answer_later(0)
+    assert t.calls[-1] == ("resume_reading",)
+    server.app.answer_later(0)
+    server.app.answer_later(0)
+    conn.idle_check(server.now + 9, 10.0, 75.0)
+    assert t.written() == answer(b"GET", "/later") * 3 and not conn.closing
+    conn.idle_check(server.now + 11, 10.0, 75.0)
+    assert t.written().startswith(answer(b"GET", "/later") * 3 + b"HTTP/1.1 408 Request Timeout\r\n")
+    assert t.calls[-1] == ("close",)
 
 
 def test_slow_request_gets_408(impl):

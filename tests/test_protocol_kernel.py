@@ -124,6 +124,7 @@ def _conn_state(conn, transport) -> tuple:
         transport.calls[:], conn.transport is transport, conn.transport is None, len(conn.pending),
         len(conn.waiting), conn.closing, conn.last_active, type(conn.last_active),
         parser.in_request, parser.started_at, parser.interim,
+        conn._read_resumed_at, conn._stalled_since, conn._closed_at,
     )
 
 
@@ -214,6 +215,19 @@ def run(impl, session) -> list:
                ("idle_check", 0), ("tick", 80.0), ("idle_check", 0)],
     "header_bytes_max": 16_384, "body_bytes_max": 1024, "pipeline_depth_max": 64, "connections_max": 3,
     "int_clock": True,
+})
+@example(session={
+    # a client that does not read: nothing handed over, no 408, aborted; a
+    # closing connection aborted; a request whose clock restarts on resume
+    "streams": [b"GET /now HTTP/1.1\r\nHost: h\r\n\r\n" * 3 + b"GET /now HTTP/1.1\r\n",
+                b"GET /now HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n" * 3 + b"GET /now HTTP/1.1\r\n"],
+    "cuts": [[], [], []],
+    "events": [("pause_writing", 0), ("feed", 0), ("feed", 1), ("feed", 2), ("tick", 11.0), ("idle_check", 0),
+               ("idle_check", 2), ("answer", 0, 0), ("idle_check", 2), ("tick", 80.0), ("idle_check", 0),
+               ("idle_check", 1), ("idle_check", 2), ("resume_writing", 0)],
+    "header_bytes_max": 16_384, "body_bytes_max": 1024, "pipeline_depth_max": 2, "connections_max": 3,
+    "int_clock": False,
 })
 def test_twins_agree_on_any_session(session):
     expected = run(_protocol_py, session)
