@@ -124,6 +124,7 @@ cdef class RequestParser:
         bint _length_too_big
         bint _expect_continue
         bint _has_host
+        object _host_ok  # see the twin: the last Host value found valid
         object _body  # the first body chunk, or None
         list _body_parts  # every chunk, once there are two
         Py_ssize_t _body_len
@@ -149,6 +150,7 @@ cdef class RequestParser:
         self._in_head = True
         self._head_bytes = 0
         self._finished = False
+        self._host_ok = None
         self._reset()
 
     cdef inline void _reset(self) noexcept:
@@ -240,8 +242,10 @@ cdef class RequestParser:
             # RFC 9112 3.2: more than one Host, or an invalid one, is a 400.
             if self._has_host:
                 self._fail(_BAD_REQUEST, "more than one Host header")
-            if not host_is_valid(value):
-                self._fail(_BAD_REQUEST, "Host header is not host[:port]")
+            if value != self._host_ok:
+                if not host_is_valid(value):
+                    self._fail(_BAD_REQUEST, "Host header is not host[:port]")
+                self._host_ok = value
             self._has_host = True
         elif n == 12 and _is_lower(s, b"content-type", 12):
             self._content_type = _media_type(value)
@@ -268,7 +272,8 @@ cdef class RequestParser:
     def on_headers_complete(self):
         self._in_head = False
         self._head_bytes = 0
-        cdef bint http11 = self._parser.get_http_version() == "1.1"
+        # See the twin: the version is asked for only when a rule needs it.
+        cdef bint http11 = (not self._has_host or self._expect_continue) and self._parser.get_http_version() == "1.1"
         if not self._has_host and http11:
             self._fail(_BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
         # Refuse an announced oversize body before the client sends it.

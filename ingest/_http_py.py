@@ -20,7 +20,7 @@ class RequestParser:
     __slots__ = (
         "_parser", "_header_bytes_max", "_body_bytes_max", "_done", "_url", "_header_bytes",
         "_content_type", "_content_length", "_expect_continue", "_has_host", "_body", "_body_len", "_error",
-        "started_at", "interim", "_now", "_in_head", "_head_bytes", "_finished",
+        "started_at", "interim", "_now", "_in_head", "_head_bytes", "_finished", "_host_ok",
     )
 
     def __init__(self, header_bytes_max: int, body_bytes_max: int):
@@ -47,6 +47,9 @@ class RequestParser:
         self._head_bytes = 0
         # After a request that closes the connection nothing more is parsed.
         self._finished = False
+        # The last Host value found valid: a connection sends the same one
+        # with every request, so it is checked once, not per request.
+        self._host_ok = None
         self._reset()
 
     def _reset(self) -> None:
@@ -129,8 +132,10 @@ class RequestParser:
             # RFC 9112 3.2: more than one Host, or an invalid one, is a 400.
             if self._has_host:
                 self._fail(errors.BAD_REQUEST, "more than one Host header")
-            if not host_is_valid(value):
-                self._fail(errors.BAD_REQUEST, "Host header is not host[:port]")
+            if value != self._host_ok:
+                if not host_is_valid(value):
+                    self._fail(errors.BAD_REQUEST, "Host header is not host[:port]")
+                self._host_ok = value
             self._has_host = True
         elif n == 12 and name.lower() == b"content-type":
             self._content_type = value.split(b";", 1)[0].strip().lower()
@@ -146,7 +151,8 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        http11 = self._parser.get_http_version() == "1.1"
+        # The version matters only to these two rules; asking for it costs a call.
+        http11 = (not self._has_host or self._expect_continue) and self._parser.get_http_version() == "1.1"
         if not self._has_host and http11:
             self._fail(errors.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
         # Refuse an announced oversize body before the client sends it.

@@ -260,6 +260,14 @@ def test_absolute_form_target(impl):
     assert (req.path, req.query) == ("/v1/status", "x=1")
 
 
+def test_each_request_s_host_is_checked_though_valid_ones_are_remembered(impl):
+    p = parser(impl)
+    assert len(p.feed(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n" * 2, 0)) == 2
+    with pytest.raises(HttpError) as e:
+        p.feed(b"GET / HTTP/1.1\r\nHost: a/b@c d\r\n\r\n", 0)
+    assert (e.value.error, e.value.message) == (errors.BAD_REQUEST, "Host header is not host[:port]")
+
+
 def test_http11_needs_host_http10_does_not(impl):
     with pytest.raises(HttpError) as e:
         parser(impl).feed(b"GET / HTTP/1.1\r\n\r\n", 0)
