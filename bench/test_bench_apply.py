@@ -11,6 +11,7 @@ rules and their LMDB and msgspec calls, nothing else.
 from __future__ import annotations
 
 import pytest
+from twins import kernel_and_twin
 
 from ingest import rules
 from ingest.codes import DEMO_SCHEMES
@@ -19,11 +20,7 @@ from ingest.events import BindingEvent
 from ingest.store import Store, WriteTx
 
 WINDOW_MS = 12 * 3_600_000
-try:
-    from ingest import _apply
-    IMPLS = {"cython": _apply.apply_binding, "python": rules.apply_binding_py}
-except ImportError:  # the twin alone, without a build
-    IMPLS = {"python": rules.apply_binding_py}
+IMPLS = kernel_and_twin("_apply", rules.apply_binding_py, "apply_binding")
 
 SOURCE = Events("BAPL")
 
@@ -49,9 +46,8 @@ def store(tmp_path_factory):
 
 
 @pytest.mark.benchmark(group="apply: 1000 bindings in one transaction")
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_apply(benchmark, store, impl):
-    apply_binding = IMPLS[impl]
+@pytest.mark.parametrize("apply_binding", IMPLS)
+def test_apply(benchmark, store, apply_binding):
 
     def one_round():
         txn = store.env.begin(write=True)

@@ -5,23 +5,14 @@
 Each round checks the whole list once; the report groups the two twins of a
 kernel side by side.  The data is seeded, so runs compare like with like.
 """
-import os
 import random
 from itertools import repeat
 
 import pytest
+from twins import kernel_and_twin
 
 from ingest import _codes_py
 from ingest.codes import DEMO_SCHEMES
-
-_MISSING = ""
-try:
-    from ingest import _codes
-except ImportError as exc:
-    if os.environ.get("INGEST_PURE_PYTHON") != "1":
-        raise
-    _codes = None
-    _MISSING = f"ingest._codes is not importable ({exc}); only the Python twin runs"
 
 CODES_PER_ROUND = 1000
 # Fixed, so that the same birth dates are "in the future" on every run.
@@ -90,14 +81,7 @@ TUBES = tube_codes(_rng, CODES_PER_ROUND)
 PERSONS_VALID = sum(_codes_py.person_check(c, TODAY) == 0 for c in PERSONS)
 TUBES_VALID = sum(_codes_py.tube_classify(c, DEMO_SCHEMES.table) >= 0 for c in TUBES)
 
-IMPLS = [
-    pytest.param(_codes_py, id="python"),
-    pytest.param(
-        _codes,
-        id="cython",
-        marks=pytest.mark.skipif(_codes is None, reason=_MISSING),
-    ),
-]
+IMPLS = kernel_and_twin("_codes", _codes_py)
 
 
 # map() keeps the per-code loop in C, so the figures are the kernels' own.

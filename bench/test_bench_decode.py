@@ -12,27 +12,14 @@ wrapper) on a whole request, and the response writer, each as the compiled kerne
 """
 from __future__ import annotations
 
-import os
-
 import msgspec
 import pytest
+from twins import kernel_and_twin
 
 from ingest import _http_py, events
 from ingest.drill import Events
 
-_MISSING = ""
-try:
-    from ingest import _http
-except ImportError as exc:
-    if os.environ.get("INGEST_PURE_PYTHON") != "1":
-        raise
-    _http = None
-    _MISSING = f"ingest._http is not importable ({exc}); only the Python twin runs"
-
-HTTP_IMPLS = [
-    pytest.param(_http_py, id="python"),
-    pytest.param(_http, id="cython", marks=pytest.mark.skipif(_http is None, reason=_MISSING)),
-]
+HTTP_IMPLS = kernel_and_twin("_http", _http_py)
 
 EVENTS = [Events("BDEC").next() for _ in range(1000)]
 JSON_BODIES = [msgspec.json.encode(e) for e in EVENTS]

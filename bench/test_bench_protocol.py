@@ -12,31 +12,18 @@ the same parser (the one ``ingest.http`` selects):
 """
 from __future__ import annotations
 
-import os
-
 import msgspec
 import pytest
 from inproc_cpu import FakeServer, NullTransport
 from noop_server import NoopApp
+from twins import kernel_and_twin
 
 from ingest import _protocol_py
 from ingest import config as config_mod
 from ingest.drill import Events
 from ingest.metrics import Metrics
 
-_MISSING = ""
-try:
-    from ingest import _protocol
-except ImportError as exc:
-    if os.environ.get("INGEST_PURE_PYTHON") != "1":
-        raise
-    _protocol = None
-    _MISSING = f"ingest._protocol is not importable ({exc}); only the Python twin runs"
-
-IMPLS = [
-    pytest.param(_protocol_py, id="python"),
-    pytest.param(_protocol, id="cython", marks=pytest.mark.skipif(_protocol is None, reason=_MISSING)),
-]
+IMPLS = kernel_and_twin("_protocol", _protocol_py)
 
 BODIES = [msgspec.json.encode(Events("BPRO").next()) for _ in range(1000)]
 REQUESTS = [b"POST /v1/bindings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
