@@ -7,7 +7,6 @@ make a cycle.
 """
 from __future__ import annotations
 
-import functools
 import re
 
 from ingest.errors import ErrorCode
@@ -18,11 +17,10 @@ from ingest.errors import ErrorCode
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
 
 
-@functools.lru_cache(maxsize=256)
 def host_is_valid(value: bytes) -> bool:
     """`value` (a Host field value, OWS around it allowed) is uri-host [":" port].
-    Cached: every request carries one, nearly always one of a few values, and
-    the match costs ~0.4 us against ~0.08 us for the lookup."""
+    ~0.4 us: the parsers call it once per connection (they remember the last
+    value found valid), not per request."""
     return _HOST.fullmatch(value.strip(b" \t")) is not None
 
 

@@ -3,6 +3,7 @@ kernels run, and signals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import signal
 import socket
@@ -138,11 +139,17 @@ def test_read_only_store_is_a_start_error(tmp_path, monkeypatch):
     assert str(exc.value) == f"cannot open the store in {tmp_path / 'data'}: Permission denied"
 
 
-def test_replication_port_in_use_names_the_replication_listen(tmp_path):
+@contextlib.contextmanager
+def busy_port():
+    """A loopback port something already listens on, for as long as the block runs."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
+        yield busy.getsockname()[1]
+
+
+def test_replication_port_in_use_names_the_replication_listen(tmp_path):
+    with busy_port() as port:
         result = ingest("serve", "--data", str(tmp_path / "data"), "--port", "0", "--replication-port", str(port),
                         cwd=tmp_path)
     assert result.returncode == 1, result.stderr
@@ -226,10 +233,7 @@ def test_admin_answer_not_http_is_a_clear_error(tmp_path, not_http_url):
 
 
 def test_port_in_use_is_a_clear_error(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = ingest("serve", "--data", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port),
                         cwd=tmp_path)
     assert result.returncode not in (0, None)
