@@ -194,8 +194,8 @@ def tune_gc() -> None:
     Everything alive after start-up lives as long as the process: keep it
     out of every collection. Per-request garbage is acyclic and freed by
     reference counting, so the collector may run far less often than its
-    default of every 700 allocations; at that default it took about a tenth
-    of a batch's CPU (docs/benchmarks.md, "Cycle collector").
+    default of every 700 allocations; at that default it cost 13-15% of the
+    instructions per event (docs/benchmarks.md, "The cycle collector").
     """
     gc.collect()
     gc.freeze()
