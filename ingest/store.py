@@ -427,6 +427,17 @@ class Store:
         self.write(apply_all)
         return self.last_seq
 
+    def tip(self, seq: int) -> bytes | None:
+        """A digest of the log entry at `seq`; None when the log does not hold
+        it (seq 0, or trimmed). A standby sends its own in HELLO, the primary
+        compares it with its entry there (replication.protocol.history_refusal):
+        an entry holds its commit time and payload, so two histories that
+        forked do not share one at the same seq."""
+        if seq <= 0:
+            return None
+        raw = self._read(lambda txn: txn.get(seq_key(seq), db=self.dbs[b"log"]))
+        return None if raw is None else hashlib.blake2b(raw, digest_size=16).digest()
+
     def log_raw(self, after: int, limit: int = 1000, bytes_max: int = 4 << 20) -> list[tuple[int, bytes]]:
         """Stored log entries after `after`, as bytes, for streaming."""
         def scan(txn: lmdb.Transaction) -> list[tuple[int, bytes]]:

@@ -1,7 +1,10 @@
 """Streaming replication between real server processes on loopback."""
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 
 
@@ -242,3 +245,63 @@ def test_primary_store_full_replicates_only_what_it_took(server_factory):
     primary.stop()
     standby.stop()
     assert digest(primary) == digest(standby)
+
+
+def failover(server_factory, tail: int):
+    """A primary and a standby (which can serve replication once promoted);
+    the standby stops, the primary takes `tail` more events alone (async
+    mode: acknowledged, never shipped) and dies; the standby comes back,
+    is promoted and takes more writes than that tail. Returns the former
+    primary (killed), the new primary and the seq the two histories share."""
+    primary = server_factory(args=("--replication-port", "0"))
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}", "--replication-port", "0"))
+    for _ in range(3):
+        assert primary.post(event(fresh_tube()))[0] == 201
+    shared = wait_caught_up(primary, standby)["last_seq"]
+    standby.stop()
+    tail_ids = []
+    for _ in range(tail):
+        ev = event(fresh_tube())
+        assert primary.post(ev)[0] == 201
+        tail_ids.append(ev["event_id"])
+    primary.kill()
+    promoted = server_factory(data=standby.data, args=standby.args)
+    status, _, body = promoted.request("POST", "/v1/admin/promote", {})
+    assert status == 200 and body["result"] == "promoted", body
+    for _ in range(tail + 2):
+        assert promoted.post(event(fresh_tube()))[0] == 201
+    return primary, promoted, shared, tail_ids
+
+
+def stopped_because(node) -> str | None:
+    deadline = time.monotonic() + WAIT_S
+    while node.status()["replication"]["stopped_because"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return node.status()["replication"]["stopped_because"]
+
+
+def test_a_former_primary_with_an_unreplicated_tail_is_refused_not_forked(server_factory):
+    old, new, shared, tail_ids = failover(server_factory, tail=4)
+    before = digest(old)
+    # The new primary's log is longer than the old one's, so "ahead" cannot
+    # catch it: the entries at the old node's last seq differ.
+    rejoined = server_factory(data=old.data, args=("--follow", f"127.0.0.1:{replication_port(new)}"))
+    assert stopped_because(rejoined) == "diverged"
+    assert rejoined.last_seq() == shared + len(tail_ids)
+    assert "diverged" in rejoined.stderr_text() and "diverged" in new.stderr_text()
+    rejoined.stop()
+    assert digest(rejoined) == before  # nothing of the new history was mixed in
+    # what the operator is told to do: write the tail out, replay it
+    out = subprocess.run([sys.executable, "-m", "ingest", "tail", "--data", str(old.data), "--after", str(shared)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert [json.loads(line)["event_id"] for line in out.stdout.splitlines()] == tail_ids
+    assert new.post(json.loads(out.stdout.splitlines()[0]))[0] == 201
+
+
+def test_a_former_primary_without_a_tail_rejoins_and_catches_up(server_factory):
+    old, new, _, _ = failover(server_factory, tail=0)
+    rejoined = server_factory(data=old.data, args=("--follow", f"127.0.0.1:{replication_port(new)}"))
+    wait_caught_up(new, rejoined)
+    new.stop()
+    rejoined.stop()
+    assert digest(new) == digest(rejoined)

@@ -8,6 +8,7 @@ import random
 import struct
 import zlib
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from ingest.replication import wire
 from ingest.replication.protocol import (
     Acked, Apply, Close, Fence, Hello, Primary, Send, SnapshotBegin, SnapshotChunk, SnapshotEnd, Standby,
-    StateError, Welcomed,
+    StateError, Welcomed, history_refusal,
 )
 from ingest.replication.wire import FRAME_BYTES_MAX, HEADER, HEADER_SIZE, Frame, FrameDecoder, Type, WireError
 
@@ -277,6 +278,52 @@ def test_caller_may_refuse_for_its_own_reasons():
     assert standby.receive(data) == [Close("ahead", "standby has seq 30, this primary only 20")]
     with pytest.raises(StateError):
         primary.refuse("ahead", "twice")
+
+
+# -- whose history a primary may continue (history_refusal) ------------------
+
+TIP_A, TIP_B = b"\x01" * 16, b"\x02" * 16
+
+
+def test_the_standby_tip_reaches_the_primary():
+    primary = Primary("p", 3)
+    assert primary.receive(Standby("s", 3, 10, TIP_A).hello()) == [Hello("s", 3, 10, TIP_A)]
+
+
+def test_a_hello_from_before_tips_still_decodes():
+    # a peer of the previous release sends a three-field HELLO
+    old = msgspec.msgpack.encode(["s", 10, 3])
+    primary = Primary("p", 3)
+    assert primary.receive(wire.encode(Type.HELLO, 3, 10, old)) == [Hello("s", 3, 10, b"")]
+
+
+@pytest.mark.parametrize("standby_last, tip, standby_epoch, tip_here, expected", [
+    (30, TIP_A, 3, None, "ahead"),          # entries this primary never had
+    (10, TIP_B, 3, TIP_A, "diverged"),      # same seq, another entry: a fork at or before it
+    (10, TIP_B, 2, TIP_A, "diverged"),      # a former primary's tail, however the epochs stand
+    (10, TIP_A, 2, None, "unverifiable"),   # trimmed here; an older epoch may hold a tail of its own
+    (10, b"", 2, None, "unverifiable"),     # the same from a peer too old to send its tip
+    (10, TIP_A, 3, TIP_A, None),            # a prefix of our history: stream from seq 11
+    (10, TIP_A, 2, TIP_A, None),            # a former primary with nothing unreplicated rejoins
+    (10, TIP_A, 3, None, None),             # trimmed here, our own epoch: a snapshot brings it up
+    (10, b"", 3, TIP_A, None),              # a peer too old to send its tip: not checkable, let in
+    (0, b"", 1, None, None),                # an empty store is a prefix of anything
+])
+def test_history_refusal(standby_last, tip, standby_epoch, tip_here, expected):
+    hello = Hello("s", standby_epoch, standby_last, tip)
+    refused = history_refusal(hello, 3, 20, tip_here)
+    assert (refused and refused[0]) == expected
+    if refused:
+        assert str(standby_last) in refused[1]
+
+
+def test_a_diverged_standby_is_told_why_and_stops():
+    primary = Primary("p", 3)
+    standby = Standby("s", 2, 10, TIP_B)
+    (hello,) = primary.receive(standby.hello())
+    code, message = history_refusal(hello, primary.epoch, 20, TIP_A)
+    assert standby.receive(primary.refuse(code, message)) == [Close("diverged", message)]
+    assert (primary.state, standby.state) == ("closed", "closed")
 
 
 def test_entries_apply_and_ack():

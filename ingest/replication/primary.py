@@ -80,13 +80,16 @@ class Session(asyncio.Protocol):
 
     def _hello(self, hello: protocol.Hello) -> None:
         store = self.hub.store
-        if hello.last_seq > store.last_seq:
-            # It has entries we never had (a former primary's unreplicated
-            # tail): following us would silently fork the history.
-            self.transport.write(self.proto.refuse(
-                "ahead", f"standby has seq {hello.last_seq}, this primary only {store.last_seq}"))
+        tip_here = store.tip(hello.last_seq)
+        refusal = protocol.history_refusal(hello, store.epoch, store.last_seq, tip_here)
+        if refusal is not None:
+            log.error("refusing standby %s (%s): %s: %s", hello.node, self.peer, *refusal)
+            self.transport.write(self.proto.refuse(*refusal))
             self.transport.close()
             return
+        if hello.last_seq and not hello.tip:
+            log.warning("standby %s (%s) sent no tip (an older version): its log at seq %d cannot be checked "
+                        "against ours", hello.node, self.peer, hello.last_seq)
         self.node = hello.node
         self.cursor = hello.last_seq
         self.acked = hello.last_seq

@@ -12,6 +12,8 @@ Primary (one per standby connection)
                                                 Close
                     HELLO                       Hello                                 welcoming
     welcoming       welcome(last_seq)           -> bytes                              streaming
+                    refuse(history_refusal())   -> bytes (ahead, diverged,            closed
+                                                unverifiable)
     streaming       ACK, non-decreasing, sent   Acked                                 streaming
                     ACK going back or unsent    Close(bad_ack)                        closed
                     entries(), ping()           -> bytes                              streaming
@@ -60,7 +62,7 @@ files: the caller writes the chunks somewhere and installs them on
 SnapshotEnd; a cut before that leaves nothing installed.
 
 REFUSE is sent when the peer is sound but must not be followed or served
-(self, stale_primary, ahead): it tells the other side why. A broken
+(self, stale_primary, ahead, diverged, unverifiable): it tells the other side why. A broken
 stream (bad frame, gap, bad ACK) is closed without one, since a peer that
 sends such frames cannot be relied on to read one. In `closed`, `receive`
 discards everything and the sending methods raise StateError, except the
@@ -108,7 +110,8 @@ class Welcomed(NamedTuple):
 class Hello(NamedTuple):
     node: str
     epoch: int
-    last_seq: int  # stream from last_seq + 1
+    last_seq: int  # stream from last_seq + 1, once history_refusal() found nothing against it
+    tip: bytes = b""  # digest of the standby's entry at last_seq; b"" from a peer too old to send it
 
 
 class Fence(NamedTuple):
@@ -290,7 +293,7 @@ class Primary(_Endpoint):
         self.peer = hello.node
         self._acked = self._sent = hello.last_seq
         self.state = WELCOMING
-        return [Hello(hello.node, hello.epoch, hello.last_seq)]
+        return [Hello(hello.node, hello.epoch, hello.last_seq, hello.tip)]
 
     def _ack(self, seq: int) -> list[Action]:
         if seq < self._acked:
@@ -301,10 +304,46 @@ class Primary(_Endpoint):
         return [Acked(seq)]
 
 
+def history_refusal(hello: Hello, epoch: int, last_seq: int, tip_here: bytes | None) -> tuple[str, str] | None:
+    """Why a primary (at `epoch`, with `last_seq`) must not continue the
+    standby's history, as (code, message) for REFUSE; None if it may.
+
+    `tip_here` is the digest of the primary's own log entry at the standby's
+    last seq (None when its log no longer holds that seq). Streaming from
+    last_seq + 1 is only right if the standby's log is a prefix of ours:
+    after a failover, the former primary rejoining as a standby may hold an
+    unreplicated tail of its own (async mode), and continuing it would mix
+    two histories with no error anywhere. Equal digests at one seq mean one
+    history up to it: a standby only ever appends what its primary sent,
+    after this same check. Without our entry to compare, a standby of our
+    own epoch followed this history; one of an older epoch may be that
+    former primary, and the snapshot that would bring it up to date would
+    overwrite its tail, so it is refused too."""
+    if hello.last_seq > last_seq:
+        return "ahead", (f"standby has seq {hello.last_seq}, this primary only {last_seq}: it holds entries "
+                         "this primary never had (a former primary's unreplicated tail)")
+    if hello.last_seq == 0:
+        return None  # an empty store: a prefix of any history
+    if not hello.tip and tip_here is not None:
+        return None  # a peer from before tips (a rolling upgrade): cannot check; the caller warns
+    advice = ("write out its tail (`ingest tail --data DIR --after SEQ`, replayed through this primary), "
+              "then start it with an empty data directory")
+    if tip_here is None:
+        if hello.epoch < epoch:
+            return "unverifiable", (f"standby (epoch {hello.epoch}) is at seq {hello.last_seq}, which this "
+                                    f"primary's log no longer holds; it may hold a tail of its own: {advice}")
+        return None
+    if hello.tip != tip_here:
+        return "diverged", (f"standby's entry at seq {hello.last_seq} differs from this primary's: its history "
+                            f"forked at or before it: {advice}")
+    return None
+
+
 class Standby(_Endpoint):
-    def __init__(self, node: str, epoch: int, last_seq: int) -> None:
+    def __init__(self, node: str, epoch: int, last_seq: int, tip: bytes = b"") -> None:
         super().__init__(node, epoch, CONNECTING)
         self.last_seq = last_seq  # the last seq handed out in Apply (or stored before connecting)
+        self.tip = tip  # digest of our entry at last_seq (Store.tip), sent in HELLO
         self.primary: str | None = None
         self._acked = last_seq
         self._primary_last_seq = last_seq
@@ -318,7 +357,7 @@ class Standby(_Endpoint):
     def hello(self) -> bytes:
         self._require(CONNECTING)
         self.state = AWAITING_WELCOME
-        return wire.encode(Type.HELLO, self.epoch, self.last_seq, wire.hello(self.node, self.last_seq, self.epoch))
+        return wire.encode(Type.HELLO, self.epoch, self.last_seq, wire.hello(self.node, self.last_seq, self.epoch, self.tip))
 
     def ack(self, seq: int) -> bytes:
         """ACK for entries handed out in Apply; b"" once closed.

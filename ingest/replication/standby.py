@@ -28,7 +28,7 @@ READ_TIMEOUT_S = 5.0
 # own timeout (minutes), with the status saying nothing.
 CONNECT_TIMEOUT_S = 5.0
 # Refusals after which trying again cannot help: an operator must act.
-FATAL = {"self", "stale_primary", "ahead", "gap", "epoch_changed"}
+FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed"}
 
 
 async def tell_promoted(host: str, port: int, store: Store) -> bool:
@@ -125,7 +125,7 @@ class Follower:
         except asyncio.TimeoutError:
             return f"no connection within {CONNECT_TIMEOUT_S:g}s"
         store = self.store
-        proto = protocol.Standby(store.node, store.epoch, store.last_seq)
+        proto = protocol.Standby(store.node, store.epoch, store.last_seq, store.tip(store.last_seq) or b"")
         incoming = None  # the snapshot file being received, if any
         try:
             writer.write(proto.hello())

@@ -159,6 +159,12 @@ class HelloPayload(msgspec.Struct, array_like=True, frozen=True):
     node: str
     last_seq: int
     epoch: int
+    # Digest of the standby's log entry at last_seq (Store.tip): the primary
+    # compares it with its own entry there, so that a history which forked
+    # (a former primary's unreplicated tail) is refused, not continued. A
+    # trailing field: a peer from before it sends none (b""), and one from
+    # before it ignores it.
+    tip: bytes = b""
 
 
 class WelcomePayload(msgspec.Struct, array_like=True, frozen=True):
@@ -202,8 +208,8 @@ def _decode(decoder: msgspec.msgpack.Decoder, payload: bytes):
         raise WireError("bad_payload", str(exc)) from None
 
 
-def hello(node: str, last_seq: int, epoch: int) -> bytes:
-    return _encoder.encode(HelloPayload(node, last_seq, epoch))
+def hello(node: str, last_seq: int, epoch: int, tip: bytes = b"") -> bytes:
+    return _encoder.encode(HelloPayload(node, last_seq, epoch, tip))
 
 
 def decode_hello(payload: bytes) -> HelloPayload:
