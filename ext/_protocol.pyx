@@ -261,6 +261,7 @@ cdef class HttpProtocol:
     cdef public bint _dispatching
     # The clocks of idle_check: see the twin.
     cdef public object _read_resumed_at, _stalled_since, _closed_at
+    cdef public bint _eof  # the client half-closed: answer what it sent, then close
     # pending: handed to the app, not yet written; waiting: parsed, not yet
     # handed over. Deques, with the methods used per request bound once.
     cdef object _pending, _waiting
@@ -284,6 +285,7 @@ cdef class HttpProtocol:
         self._read_resumed_at = None
         self._stalled_since = None
         self._closed_at = None
+        self._eof = False
 
     @property
     def pending(self):
@@ -321,8 +323,15 @@ cdef class HttpProtocol:
         self.server.connections.discard(self)
 
     def eof_received(self):
-        # asyncio.Protocol's: None, so the transport closes itself
-        return None
+        # Answer what a half-closed client sent, then close: see the twin.
+        if self.closing or self.transport is None:
+            return None
+        self._eof = True
+        if self.parser.in_request and self._failed is None:
+            self.fail(errors.BAD_REQUEST, "the client closed its side of the connection in the middle of a request")
+        elif not self._pending and not self._waiting and self._failed is None:
+            return None
+        return True
 
     def data_received(self, data):
         if self.closing or self._failed is not None:
@@ -409,7 +418,10 @@ cdef class HttpProtocol:
                 self.close()
                 return
         self.last_active = self.server.now
-        if not pending and (self._waiting or self._failed is not None):
+        if not pending and (self._waiting or self._failed is not None or self._eof):
+            if not self._waiting and self._failed is None:
+                self.close()  # half-closed, and everything it sent is answered
+                return
             self._dispatch()
         if self._reading_paused:
             self._maybe_resume_reading()

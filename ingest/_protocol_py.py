@@ -50,7 +50,7 @@ class Slot:
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("server", "app", "transport", "parser", "pending", "waiting", "last_active", "closing",
                  "_failed", "_reading_paused", "_writing_paused", "_depth_max", "_dispatching",
-                 "_read_resumed_at", "_stalled_since", "_closed_at")
+                 "_read_resumed_at", "_stalled_since", "_closed_at", "_eof")
 
     def __init__(self, server: "Server"):
         self.server = server
@@ -76,6 +76,8 @@ class HttpProtocol(asyncio.Protocol):
         self._read_resumed_at = None
         self._stalled_since = None
         self._closed_at = None
+        # The client half-closed: answer what it sent, then close.
+        self._eof = False
 
     # -- asyncio callbacks -------------------------------------------------
 
@@ -90,6 +92,21 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.server.connections.discard(self)
+
+    def eof_received(self) -> bool | None:
+        # The client sends nothing more (a one-shot client half-closes after
+        # its request) but may still read: what it sent is answered, then the
+        # connection closes. True keeps the transport open for the answers;
+        # asyncio's default (None) closes it at once, and a binding that was
+        # committed meanwhile would get no answer.
+        if self.closing or self.transport is None:
+            return None
+        self._eof = True
+        if self.parser.in_request and self._failed is None:
+            self.fail(errors.BAD_REQUEST, "the client closed its side of the connection in the middle of a request")
+        elif not self.pending and not self.waiting and self._failed is None:
+            return None
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self._failed is not None:
@@ -177,7 +194,10 @@ class HttpProtocol(asyncio.Protocol):
                 self.close()
                 return
         self.last_active = self.server.now
-        if not pending and (self.waiting or self._failed is not None):
+        if not pending and (self.waiting or self._failed is not None or self._eof):
+            if not self.waiting and self._failed is None:
+                self.close()  # half-closed, and everything it sent is answered
+                return
             self._dispatch()
         if self._reading_paused:
             self._maybe_resume_reading()

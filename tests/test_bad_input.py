@@ -563,6 +563,35 @@ def test_pipelined_requests_are_answered_in_order(server, ledger):
     assert third.status == 200 and third.json()["tube"] == known["tube"]
 
 
+def test_a_half_closed_client_gets_its_answers(server, ledger):
+    # A one-shot client (nc -N, some scanner firmware) shuts its sending side
+    # right after its requests: the bindings are committed all the same, so
+    # their answers must reach it; asyncio's default closed the connection
+    # on the EOF and dropped them.
+    first, second = event(), event()
+    data = post_request(json.dumps(first).encode()) + post_request(json.dumps(second).encode())
+    with exchange(server, data) as conn:
+        conn.sock.shutdown(socket.SHUT_WR)
+        answers = [conn.read_response(), conn.read_response()]
+        assert conn.at_eof()  # then the server closes
+    ledger["accepted"] += 2
+    assert [(a.status, a.json()["event_id"]) for a in answers] == [(201, first["event_id"]), (201, second["event_id"])]
+    assert server.tube(first["tube"])[0] == 200
+
+
+def test_half_close_in_the_middle_of_a_request_is_400_and_stores_nothing(server):
+    ev = event()
+    whole = post_request(json.dumps(ev).encode())
+    with exchange(server, whole[:-5]) as conn:
+        conn.sock.shutdown(socket.SHUT_WR)
+        resp = conn.read_response()
+        assert conn.at_eof()
+    assert resp.status == 400 and resp.json()["error"]["code"] == "bad_request"
+    assert "in the middle of a request" in resp.json()["error"]["message"]
+    assert server.tube(ev["tube"])[0] == 404
+    assert_serving(server)
+
+
 def test_deep_pipeline_with_a_slow_reader_is_answered_in_order(server, ledger):
     """More pipelined requests than limits.pipeline_depth_max, sent while the
     client does not read: back-pressure, then every answer in order."""

@@ -107,6 +107,38 @@ def test_connection_close_is_answered_then_closed(impl):
     assert len(t.calls) == 2 and server.app.handled == [(b"GET", "/a")]
 
 
+def test_a_half_closed_client_gets_its_answers_then_the_close(impl):
+    # a one-shot client sends its requests, then shuts its sending side
+    server = Server()
+    conn, t = connect(impl, server)
+    conn.data_received(get("/later1") + get("/b"))
+    assert conn.eof_received() is True  # asyncio keeps the transport open for the answers
+    assert t.calls == [] and not conn.closing
+    server.app.answer_later(0)
+    assert t.calls == [("write", answer(b"GET", "/later1")), ("write", answer(b"GET", "/b")), ("close",)]
+    assert conn.closing
+
+
+def test_eof_with_everything_answered_closes_at_once(impl):
+    conn, t = connect(impl, Server())
+    conn.data_received(get("/a"))
+    assert conn.eof_received() is None  # asyncio closes the transport itself
+    assert t.calls == [("write", answer(b"GET", "/a"))]
+
+
+def test_eof_in_the_middle_of_a_request_is_a_400_after_those_before(impl):
+    server = Server()
+    conn, t = connect(impl, server)
+    conn.data_received(get("/later1") + post("/b", b"hello")[:-2])
+    assert conn.eof_received() is True
+    assert t.calls == []
+    server.app.answer_later(0)
+    assert t.calls[0] == ("write", answer(b"GET", "/later1"))
+    assert t.calls[1][1].startswith(b"HTTP/1.1 400 Bad Request") and b"in the middle of a request" in t.calls[1][1]
+    assert t.calls[2] == ("close",)
+    assert server.app.handled == [(b"GET", "/later1")]  # the cut request was never handed over
+
+
 def test_http10_closes_unless_keep_alive(impl):
     conn, t = connect(impl, Server())
     conn.data_received(get("/a", version=b"HTTP/1.0"))

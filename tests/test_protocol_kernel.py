@@ -100,6 +100,7 @@ events = st.one_of(
     st.tuples(st.just("close"), conn_ids),
     st.tuples(st.just("fail"), conn_ids),
     st.tuples(st.just("flush"), conn_ids),
+    st.tuples(st.just("eof"), conn_ids),
 )
 sessions = st.fixed_dictionaries({
     "streams": st.lists(streams, min_size=CONNS, max_size=CONNS),
@@ -124,7 +125,7 @@ def _conn_state(conn, transport) -> tuple:
         transport.calls[:], conn.transport is transport, conn.transport is None, len(conn.pending),
         len(conn.waiting), conn.closing, conn.last_active, type(conn.last_active),
         parser.in_request, parser.started_at, parser.interim,
-        conn._read_resumed_at, conn._stalled_since, conn._closed_at,
+        conn._read_resumed_at, conn._stalled_since, conn._closed_at, conn._eof,
     )
 
 
@@ -172,13 +173,14 @@ def run(impl, session) -> list:
             conn.fail(errors.REQUEST_TIMEOUT, "failed by the test")
         elif kind == "flush" and conn.transport is not None:
             conn.flush()
+        elif kind == "eof":
+            return conn.eof_received()  # what it returns decides whether asyncio closes
 
     # the session's events, then every stream to its end and every answer
     tail = [("feed", i) for i in range(CONNS) for _ in pieces[i]] + [("answer", 0, i % 3) for i in range(60)]
     for event in [*session["events"], *tail]:
         try:
-            step(event)
-            outcome = None
+            outcome = step(event)
         except Exception as exc:  # noqa: BLE001 - whatever raises must raise in both
             outcome = (type(exc), str(exc))
         trace.append((
