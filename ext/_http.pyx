@@ -41,6 +41,7 @@ _BAD_REQUEST = errors.BAD_REQUEST
 _HEADERS_TOO_LARGE = errors.HEADERS_TOO_LARGE
 _BODY_TOO_LARGE = errors.BODY_TOO_LARGE
 _NOT_IMPLEMENTED = errors.NOT_IMPLEMENTED
+_HTTP_VERSION_NOT_SUPPORTED = errors.HTTP_VERSION_NOT_SUPPORTED
 _new = object.__new__
 
 
@@ -272,8 +273,13 @@ cdef class RequestParser:
     def on_headers_complete(self):
         self._in_head = False
         self._head_bytes = 0
-        # See the twin: the version is asked for only when a rule needs it.
-        cdef bint http11 = (not self._has_host or self._expect_continue) and self._parser.get_http_version() == "1.1"
+        # See the twin: the version is asked for only where it can matter.
+        cdef bint http11 = True
+        if not self._has_host or self._expect_continue or not self._should_keep_alive():
+            version = self._parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                self._fail(_HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{version} is not supported: send HTTP/1.1")
+            http11 = version == "1.1"
         if not self._has_host and http11:
             self._fail(_BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
         # Refuse an announced oversize body before the client sends it.

@@ -151,8 +151,16 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        # The version matters only to these two rules; asking for it costs a call.
-        http11 = (not self._has_host or self._expect_continue) and self._parser.get_http_version() == "1.1"
+        # Asking for the version costs a call, so it is asked only where it
+        # can matter: no Host, an Expect, or no keep-alive. llhttp also takes
+        # HTTP/0.9 and HTTP/2.0 request lines, and those are never keep-alive
+        # for it (unless a 2.0 one says Connection: keep-alive).
+        version = "1.1"
+        if not self._has_host or self._expect_continue or not self._parser.should_keep_alive():
+            version = self._parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                self._fail(errors.HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{version} is not supported: send HTTP/1.1")
+        http11 = version == "1.1"
         if not self._has_host and http11:
             self._fail(errors.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
         # Refuse an announced oversize body before the client sends it.

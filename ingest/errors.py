@@ -53,6 +53,7 @@ HEADERS_TOO_LARGE = ErrorCode("headers_too_large", 431, "request line and header
 UNSUPPORTED_MEDIA_TYPE = ErrorCode("unsupported_media_type", 415, "use application/json or application/msgpack")
 BAD_REQUEST = ErrorCode("bad_request", 400, "the HTTP request itself could not be parsed")
 NOT_IMPLEMENTED = ErrorCode("not_implemented", 501, "the request uses a transfer coding other than chunked")
+HTTP_VERSION_NOT_SUPPORTED = ErrorCode("http_version_not_supported", 505, "the request is not HTTP/1.1 or HTTP/1.0")
 INSUFFICIENT_STORAGE = ErrorCode("insufficient_storage", 507, "the store is full; nothing was written")
 STORE_ERROR = ErrorCode("store_error", 500, "the store failed; nothing was written")
 INTERNAL_ERROR = ErrorCode("internal_error", 500, "the server failed to handle the request; it is logged")

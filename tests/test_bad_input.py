@@ -773,6 +773,20 @@ def test_unknown_transfer_coding_is_refused(server, coding, status, code):
     assert_serving(server)
 
 
+@pytest.mark.parametrize("request_line", [b"POST /v1/bindings HTTP/2.0", b"POST /v1/bindings HTTP/0.9"])
+def test_http_versions_other_than_1_are_505_and_bind_nothing(server, request_line):
+    ev = event()
+    body = json.dumps(ev).encode()
+    data = request_line + b"\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    with exchange(server, data) as conn:
+        resp = conn.read_response()
+        assert (resp.status, resp.json()["error"]["code"]) == (505, "http_version_not_supported"), resp
+        assert conn.at_eof()
+    assert server.tube(ev["tube"])[0] == 404
+    assert_serving(server)
+
+
 # -- odd but harmless ------------------------------------------------------------------
 
 

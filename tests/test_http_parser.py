@@ -228,6 +228,28 @@ def test_transfer_coding_other_than_chunked_is_not_implemented(impl, coding):
     assert e.value.error is errors.NOT_IMPLEMENTED and e.value.error.status == 501
 
 
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",     # an HTTP/1 request line claiming 2.0
+    b"GET / HTTP/2.0\r\n\r\n",
+    b"GET / HTTP/0.9\r\nHost: h\r\n\r\n",
+    b"GET /\r\n\r\n",                          # HTTP/0.9: no version at all
+])
+def test_http_versions_other_than_1_are_505(impl, raw):
+    with pytest.raises(HttpError) as e:
+        parser(impl).feed(raw, 0)
+    assert e.value.error is errors.HTTP_VERSION_NOT_SUPPORTED and e.value.error.status == 505
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+])
+def test_http_1_with_and_without_keep_alive_is_served(impl, raw):
+    [req] = parser(impl).feed(raw, 0)
+    assert req.path == "/"
+
+
 def test_chunked_not_last_is_bad_request(impl):
     with pytest.raises(HttpError) as e:
         parser(impl).feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 0)
