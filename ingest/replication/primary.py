@@ -118,16 +118,26 @@ class Session(asyncio.Protocol):
         asyncio.get_running_loop().create_task(self._send_snapshot())
 
     async def _send_snapshot(self) -> None:
-        # Never cancelled: the copy runs on a thread that writes to the file,
-        # which must stay open until it returns. A lost connection is noticed
-        # at each step instead.
+        # A lost connection is noticed at each step. The task itself is only
+        # cancelled when the loop ends (shutdown), maybe mid-copy: see below.
         store = self.hub.store
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         fd, path = tempfile.mkstemp(prefix=SNAPSHOT_OUT_PREFIX, suffix=".mdb", dir=store.path)
+        f = os.fdopen(fd, "rb")
+        copy = self.hub.pool.submit(store.snapshot, fd)
         try:
-            with os.fdopen(fd, "rb") as f:
-                last_seq = await loop.run_in_executor(self.hub.pool, store.snapshot, f.fileno())
+            try:
+                last_seq = await asyncio.wrap_future(copy)
+            except BaseException:
+                # The copy writes through this descriptor on its own thread.
+                # Closed under it (this task is cancelled when the loop ends
+                # at shutdown), its number would go to the next file opened,
+                # which would receive the rest of the copy: the file closes
+                # when the copy is done (at once if it is).
+                copy.add_done_callback(lambda _: f.close())
+                raise
+            with f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(0)  # the copy wrote through the same descriptor
                 if self.transport is None:
