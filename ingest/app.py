@@ -27,6 +27,7 @@ from ingest.events import (
     HandoverEvent,
     Malformed,
     ReceiveEvent,
+    ResultEvent,
     SealEvent,
     VoidEvent,
     decode_batch,
@@ -50,6 +51,12 @@ from ingest.rules import (
     check_stateless,
 )
 from ingest.store import Store
+
+# Each lifecycle event's own time, checked against the clock (App._refusal).
+_EVENT_TIME = {
+    SealEvent: "sealed_at", VoidEvent: "voided_at", BoxEvent: "packed_at", HandoverEvent: "handed_at",
+    ReceiveEvent: "received_at", ResultEvent: "tested_at",
+}
 
 log = logging.getLogger("ingest.app")
 
@@ -164,7 +171,9 @@ class App:
             extra = b""
             if target is errors.METHOD_NOT_ALLOWED:
                 extra = f"Allow: {routes.allowed(req.path)}\r\n".encode()
-            self._error(slot, target, f"{req.method.decode(errors='replace')} {req.path}: {target.doc}", extra=extra)
+            # Not the path itself: it may hold a person code (logs and
+            # answers never show one in full), and the client knows it.
+            self._error(slot, target, f"{req.method.decode(errors='replace')}: {target.doc}", extra=extra)
             return
         name, param = target
         slot.route = name
@@ -221,7 +230,36 @@ class App:
         self._post_items(req, slot, decode_batch, self._binding_work)
 
     def post_results(self, req: Request, slot) -> None:
-        self._post_items(req, slot, decode_results, lambda ev: (ev, results.apply_result))
+        self._post_items(req, slot, decode_results, lambda ev: self._refusal(ev) or (ev, results.apply_result))
+
+    def _refusal(self, ev) -> Rejected | None:
+        """A lifecycle event's refusals that need no write transaction: its
+        own time outside the window scanned_at has (rules.check_stateless);
+        for a receipt, a lab id that is not configured, or that owns none of
+        the box's tubes (a typo would otherwise use up the box's one receipt).
+        A retry of a stored event is not refused here, also after its time
+        aged past the window or the lab table changed: its apply answers it
+        (a duplicate, or event_id_conflict). Rare paths, one read each."""
+        name = _EVENT_TIME[type(ev)]
+        at = getattr(ev, name)
+        now_ms = time.time_ns() // 1_000_000
+        refusal = None
+        if at > now_ms + self._future_ms:
+            refusal = Rejected(errors.INVALID_TIME, f"{name} is ahead of the server clock", name)
+        elif at < now_ms - self._age_ms:
+            refusal = Rejected(errors.INVALID_TIME, f"{name} is older than the accepted age", name)
+        elif type(ev) is ReceiveEvent:
+            if ev.lab_id not in self.schemes.labs:
+                refusal = Rejected(errors.UNKNOWN_LAB, f"no configured lab has the id {ev.lab_id}", "lab_id")
+            else:
+                # A box's tubes are fixed when it is packed; an unknown box
+                # is the apply's to refuse.
+                box = self.store.box(ev.box)
+                if box is not None and all(self.schemes.lab_of(t) != ev.lab_id for t in box.tubes):
+                    refusal = Rejected(errors.WRONG_LAB, f"the box holds no tube of lab {ev.lab_id}", "lab_id")
+        if refusal is not None and self.store.event(ev.event_id) is not None:
+            return None
+        return refusal
 
     def _binding_work(self, ev: BindingEvent):
         lab = self._stateless(ev)
@@ -292,6 +330,10 @@ class App:
                             path_field)
                 return
             ev = msgspec.structs.replace(ev, **{path_field: path_value})
+        refusal = self._refusal(ev)
+        if refusal is not None:
+            self._answer_one(slot, media, [refusal])
+            return
         if kind is ReceiveEvent:
             # Which found tubes belong to another lab is decided from the lab
             # table here, and stored with the event (see boxes.apply_receive).

@@ -45,12 +45,17 @@ REFUSED = {
 def claim(tx: WriteTx, kind: str, ev, result: str, *extra) -> tuple[list, Outcome | None]:
     """Claim the event's id: returns its change-log payload (the kind, the
     event's fields, then `extra`) and None, or the answer to an earlier claim
-    of the id (a Repeat, or event_id_conflict)."""
-    payload = [kind, *_astuple(ev), *extra]
+    of the id (a Repeat, or event_id_conflict).
+
+    A retry is the same event when the client's part is: `extra` is what the
+    server decided (a receipt's other-lab tubes, from the lab table), and a
+    changed lab table must not turn a retry into a conflict."""
+    sent = [kind, *_astuple(ev)]
+    payload = [*sent, *extra]
     seen = tx.claim_event(ev.event_id, EventRecord(tx.seq + 1, 0, payload, kind))
     if seen is None:
         return payload, None
-    if seen.kind != kind or seen.payload != payload:
+    if seen.kind != kind or seen.payload[:len(sent)] != sent:
         return payload, Rejected(
             errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
     return payload, Repeat(ev.event_id, result, seen.seq)

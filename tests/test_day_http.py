@@ -9,8 +9,9 @@ the labs.
 """
 from __future__ import annotations
 
+import pytest
 
-from helpers import event, fresh_event_id, fresh_person, gs1_tube, luhn_tube, next_n, now_ms
+from helpers import config_with, event, fresh_event_id, fresh_person, gs1_tube, luhn_tube, next_n, now_ms
 
 LUHN = "DEMO-LUHN"
 GS1 = "DEMO-GS1"
@@ -563,3 +564,85 @@ def test_voided_person_is_not_in_the_positives(server):
     listed = feed["positives"][0]["persons"]
     assert listed == persons_of([e for i, e in enumerate(evs) if i != 1])
     assert evs[1]["person"] not in {p["person"] for p in listed}
+
+
+# -- refusals that need no transaction: the lab of a receipt, event times --------------
+
+
+def test_a_receipt_by_an_unknown_lab_or_one_owning_none_of_the_tubes_leaves_the_box(server):
+    # a typo in lab_id used to receive the box (every tube "other lab"),
+    # and the real lab could then never receive it nor post a result
+    site = fresh_site()
+    box, tubes = in_transit_tubes(server, 2, site_id=site)
+    before = server.last_seq()
+    status, got = post_receive(server, box, receive_req(tubes, lab_id="DEMO-LUNH"))
+    assert (status, code(got), got["error"]["field"]) == (422, "unknown_lab", "lab_id")
+    status, got = post_receive(server, box, receive_req(tubes, lab_id=GS1))  # a real lab, not of these tubes
+    assert (status, code(got), got["error"]["field"]) == (403, "wrong_lab", "lab_id")
+    assert server.last_seq() == before and get_box(server, box)["state"] == "in_transit"
+    status, got = post_receive(server, box, receive_req(tubes))
+    assert status == 201 and got["received"] == 2, got
+
+
+@pytest.mark.parametrize("path, field, body", [
+    ("/v1/tubes/{tube}/seal", "sealed_at", lambda: {"event_id": fresh_event_id("seal"), "site_id": "S",
+                                                     "device_id": "D"}),
+    ("/v1/boxes", "packed_at", lambda: box_req(fresh_box(), [luhn()], site_id="S")),
+    ("/v1/boxes/{box}/handover", "handed_at", lambda: handover_req()),
+    ("/v1/boxes/{box}/receive", "received_at", lambda: receive_req([luhn()])),
+    ("/v1/bindings/{box}/void", "voided_at", lambda: {"event_id": fresh_event_id("void"), "device_id": "D",
+                                                      "reason": "wrong person"}),
+])
+@pytest.mark.parametrize("when", ["epoch", "future"])
+def test_lifecycle_times_are_checked_like_scanned_at(server, path, field, body, when):
+    req = body()
+    req[field] = 0 if when == "epoch" else now_ms() + 3_600_000
+    before = server.last_seq()
+    status, _, got = server.request("POST", path.format(tube=luhn(), box=fresh_box()), req)
+    assert (status, code(got), got["error"]["field"]) == (422, "invalid_time", field), got
+    assert server.last_seq() == before
+
+
+def test_a_result_dated_1970_is_refused_not_hidden_from_dated_exports(server):
+    _, tubes = received_tubes(server, 1, site_id=fresh_site())
+    item = result_item(tubes[0], "positive")
+    item["tested_at"] = 0
+    [got] = post_results(server, [item])
+    assert (got["error"]["code"], got["error"]["field"]) == ("invalid_time", "tested_at")
+    assert "result" not in tube_view(server, tubes[0])
+
+
+def test_not_found_and_not_allowed_do_not_echo_the_path(server):
+    person = fresh_person()
+    for method, path in (("GET", f"/v1/persons/{person}/tubes"), ("POST", f"/v1/persons/{person}")):
+        status, _, got = server.request(method, path, {})
+        assert status in (404, 405) and person not in got["error"]["message"], got
+
+
+def test_retries_stay_duplicates_after_the_window_and_the_lab_table_change(server_factory):
+    """A lab replays its receipt after a restart with a new lab table, and a
+    site its seal after the event aged past the accepted age: both are the
+    same events, so both are duplicates, not conflicts or refusals."""
+    first = server_factory()
+    site = fresh_site()
+    box, tubes = in_transit_tubes(first, 1, site_id=site)
+    receipt = receive_req(tubes)
+    assert post_receive(first, box, receipt)[0] == 201
+    tube = luhn()
+    bind_all(first, tube, 1, site_id=site)
+    sealing = {"event_id": fresh_event_id("seal"), "site_id": site, "device_id": "D",
+               "sealed_at": now_ms() - 2 * 86_400_000}  # two days old: within the default 7
+    status, _, got = first.request("POST", f"/v1/tubes/{tube}/seal", sealing)
+    assert status == 201, got
+    first.stop()
+    # the new lab takes the "100" prefix of these DEMO-LUHN codes: other_lab changes
+    new_lab = '[[labs]]\nid = "DEMO-NEW"\nprefix = "100"\nlength = 12\ncharset = "digits"\ncheck = "none"\n\n'
+    assert tubes[0].startswith("100")
+    again = server_factory(data=first.data, config=config_with(rules={"scanned_at_age_days_max": 1}) + new_lab)
+    status, got = post_receive(again, box, receipt)
+    assert status == 200 and got["result"] == "duplicate", got
+    status, _, got = again.request("POST", f"/v1/tubes/{tube}/seal", sealing)
+    assert status == 200 and got["result"] == "duplicate", got
+    other = {**sealing, "event_id": fresh_event_id("seal")}  # a new event that old is refused
+    status, _, got = again.request("POST", f"/v1/tubes/{tube}/seal", other)
+    assert (status, code(got)) == (422, "invalid_time"), got
