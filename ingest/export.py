@@ -1,7 +1,8 @@
 """`ingest export`: CSV of bindings, tubes or results, streamed.
 
-Rows come from one read-only LMDB snapshot, cursor by cursor, and are
-written as they are read, so 35 million rows need no more memory than one.
+Rows come from one read-only LMDB snapshot (store.StoreReader: the store
+is neither grown nor written), cursor by cursor, and are written as they
+are read, so 35 million rows need no more memory than one.
 The server may keep running meanwhile (LMDB readers never block the writer;
 a very long export only delays the reuse of freed pages, so the file may
 grow while it runs).
@@ -19,7 +20,7 @@ import lmdb
 
 from ingest import records
 from ingest.records import STATE_NAMES
-from ingest.store import TABLES
+from ingest.store import StoreError, StoreReader
 
 KINDS = ("bindings", "tubes", "results")
 
@@ -89,10 +90,15 @@ def _result_rows(txn, dbs, site, since, until) -> Iterator[list]:
 
 def export(data_dir: str, kind: str, out: IO[str], site: str | None = None,
            since_ms: int = 0, until_ms: int = 2**63) -> int:
-    """Write the CSV to `out`; returns the number of rows."""
-    env = lmdb.open(data_dir, readonly=True, lock=True, max_dbs=len(TABLES) + 4, subdir=True)
+    """Write the CSV to `out`; returns the number of rows. Raises lmdb.Error
+    when the store cannot be read: `ingest export` reports that as "cannot
+    read the store in DIR"."""
     try:
-        dbs = {name: env.open_db(name, create=False) for name in TABLES}
+        reader = StoreReader(data_dir)
+    except StoreError as exc:
+        raise lmdb.Error(str(exc)) from None
+    try:
+        env, dbs = reader.env, reader.dbs
         writer = csv.writer(out)
         writer.writerow(COLUMNS[kind])
         n = 0
@@ -108,7 +114,7 @@ def export(data_dir: str, kind: str, out: IO[str], site: str | None = None,
                 n += 1
         return n
     finally:
-        env.close()
+        reader.close()
 
 
 __all__ = ["KINDS", "COLUMNS", "FORMULA_STARTS", "export"]

@@ -24,6 +24,7 @@ committer); readers may run on any thread.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -67,6 +68,11 @@ TRIM_STEP = 1000
 SNAPSHOT_OUT_PREFIX = "snapshot-out-"
 SNAPSHOT_IN = "snapshot-in.mdb"
 CLOSE_WAIT_S = 120.0
+# One process per data directory: LMDB does not stop a second writer, and
+# with writemap the second one's open truncates data.mdb to its own map size
+# under the first (SIGBUS on its next write). The lock is an flock on this
+# file, which holds the holder's pid for the refusal message.
+LOCK_FILE = "ingest.lock"
 
 
 def seq_key(seq: int) -> bytes:
@@ -112,7 +118,126 @@ class StoreFull(Exception):
 
 
 class StoreError(Exception):
-    """Any other failure of a write transaction; nothing was written."""
+    """Any other failure of a write transaction; nothing was written. Also:
+    a store refused at open (not ours, another format, in use)."""
+
+
+class StoreInUse(StoreError):
+    """Another process holds the data directory's lock."""
+
+
+def _make_directory(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:  # what makedirs says of a file in the way
+        raise StoreError(f"{path}: not a directory") from None
+
+
+def _lock_holder(fd: int) -> str:
+    raw = os.pread(fd, 32, 0).strip()
+    return f"pid {int(raw)}" if raw.isdigit() else "pid unknown"
+
+
+def _lock_directory(path: str, shared: bool = False) -> int | None:
+    """Take the data directory's lock without waiting, or raise StoreInUse;
+    returns the fd that holds it (closing it releases the lock).
+
+    An flock belongs to the open file, so the kernel drops it when its
+    process dies, SIGKILL included: no stale lock to clean up. Store removes
+    the file at close (the directory holds only the store then), so a lock
+    taken on a file no longer at its path is the previous holder's: taken
+    again on the new one.
+
+    `shared` is for a reader without LMDB's lock (StoreReader), which must
+    not read beside a writer. It may not write, so it neither creates nor
+    changes the file: None when there is none (no ingest process has the
+    store open)."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    while True:
+        try:
+            if shared:
+                fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            if shared:
+                return None
+            raise
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            if _same_file(fd, lock_path):
+                break
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise StoreInUse(f"data directory {path} is in use by another ingest process ({holder})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    if not shared:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _unlock_directory(path: str, fd: int) -> None:
+    """Release Store's lock: the file goes first, while it is still held."""
+    try:
+        os.unlink(os.path.join(path, LOCK_FILE))
+    except OSError:
+        pass  # left behind, as after a kill: the next opener takes it over
+    os.close(fd)
+
+
+def _check_format(env: lmdb.Environment, path: str) -> bool:
+    """Whether `env` is new (no key at all: to be initialised). Raises
+    StoreError unless it is an ingest store of this format. Reads only, so
+    a store refused here is left as it was."""
+    with env.begin() as txn:
+        if not txn.cursor().first():
+            return True
+    try:
+        meta = env.open_db(b"meta", create=False)
+    except lmdb.Error:  # NotFoundError, or IncompatibleError: a plain key "meta"
+        raise StoreError(f"{path}: not an ingest store (an LMDB environment without its meta table)") from None
+    with env.begin(db=meta) as txn:
+        fmt = txn.get(_FORMAT)
+    if fmt is None:
+        raise StoreError(f"{path}: not an ingest store (no format in its meta table)")
+    if int.from_bytes(fmt, "big") != FORMAT_VERSION:
+        raise StoreError(f"{path}: store format {int.from_bytes(fmt, 'big')}, this build reads {FORMAT_VERSION}")
+    return False
+
+
+def _open_readonly(path: str, lock: bool) -> lmdb.Environment:
+    # No writemap and no map size of ours: nothing is allocated, and
+    # data.mdb is neither grown nor written.
+    return lmdb.open(path, readonly=True, lock=lock, max_dbs=len(TABLES) + 4, readahead=False)
+
+
+def _is_new(path: str) -> bool:
+    """Whether there is no store yet (Store initialises one). Whatever is
+    there is checked with a read-only open: StoreError unless it is an
+    ingest store of this format."""
+    data_file = os.path.join(path, "data.mdb")
+    if not os.path.exists(data_file) or os.path.getsize(data_file) == 0:
+        return True  # LMDB creates the file before its first page: a first open was killed
+    # lock=False: the caller holds the directory's lock, no ingest process writes.
+    env = _open_readonly(path, lock=False)
+    try:
+        return _check_format(env, path)
+    finally:
+        env.close()
 
 
 class WriteTx:
@@ -242,10 +367,83 @@ class WriteTx:
         return self.seq
 
 
+class StoreReader:
+    """A store opened for reading only, by the tools that read the store of
+    a stopped node (`ingest tail`) or beside a running one (`ingest
+    export`): no writemap and no allocation, so data.mdb is neither grown
+    nor written; the format is checked as at Store's open.
+
+    Raises StoreError, its text without the leading path (the caller says
+    "cannot read the store in DIR")."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.env: lmdb.Environment | None = None
+        self._lock_fd: int | None = None
+        try:
+            self.env = self._open()
+            if _check_format(self.env, path):
+                raise StoreError("no ingest store here (an empty LMDB environment)")
+            self.dbs = {name: self._table(name) for name in TABLES}
+        except (lmdb.Error, StoreError, OSError) as exc:
+            self.close()
+            text = getattr(exc, "strerror", None) or str(exc)
+            raise StoreError(text.removeprefix(f"{path}: ")) from None
+
+    def _table(self, name: bytes):
+        try:
+            return self.env.open_db(name, create=False)
+        except lmdb.Error:
+            raise StoreError(f"an incomplete store: no {name.decode()} table") from None
+
+    def _open(self) -> lmdb.Environment:
+        if not os.path.isdir(self.path):
+            raise StoreError("not a directory" if os.path.exists(self.path) else "no such directory")
+        data_file = os.path.join(self.path, "data.mdb")
+        if not os.path.exists(data_file) or os.path.getsize(data_file) == 0:
+            raise StoreError("no ingest store here (no data.mdb)")
+        try:
+            # With LMDB's lock (lock.mdb): a running server sees this reader
+            # and does not reuse the pages it reads.
+            return _open_readonly(self.path, lock=True)
+        except lmdb.ReadonlyError:
+            pass
+        # lock.mdb is not ours to write (a store of another user, a
+        # read-only mount): read without it, and only if no ingest process
+        # has the store open. The directory's lock is held shared meanwhile
+        # when its file is there (a reader may not create it).
+        self._lock_fd = _lock_directory(self.path, shared=True)
+        try:
+            return _open_readonly(self.path, lock=False)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def log_start(self, txn: lmdb.Transaction) -> int:
+        """The oldest seq in the log (last_seq + 1 when it is empty), as
+        Store.log_start."""
+        cur = txn.cursor(db=self.dbs[b"log"])
+        if cur.first():
+            return int.from_bytes(cur.key(), "big")
+        raw = txn.get(_LAST_SEQ, db=self.dbs[b"meta"])
+        return (0 if raw is None else int.from_bytes(raw, "big")) + 1
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
 class Store:
-    def __init__(self, path: str, map_bytes_initial: int = 1 << 30, map_bytes_max: int = 1 << 40,
+    def __init__(self, path: str, map_bytes_initial: int = 64 << 20, map_bytes_max: int = 1 << 40,
                  time_zone: str = "UTC", log_keep: int = 0):
-        os.makedirs(path, exist_ok=True)
+        _make_directory(path)
         self.path = path
         self.hour_of = HourLabels(time_zone)
         self.map_bytes_initial = map_bytes_initial
@@ -254,9 +452,6 @@ class Store:
         # Trimmed inside write transactions (`_trim`), on every node alike.
         self.log_keep = log_keep
         self._data_file = os.path.join(path, "data.mdb")
-        for name in os.listdir(path):
-            if name == SNAPSHOT_IN or name.startswith(SNAPSHOT_OUT_PREFIX):
-                os.unlink(os.path.join(path, name))
         # LMDB may only change the map size while this process has no open
         # transaction; every transaction passes this gate. A hot copy holds
         # a read transaction for its whole length without holding the gate
@@ -264,7 +459,17 @@ class Store:
         self._gate = threading.Lock()
         self._copies = 0
         self._copies_done = threading.Condition(self._gate)
-        self._open()
+        # Before anything in the directory is touched: the debris below may
+        # be a running process's snapshot on its way.
+        self._lock_fd: int | None = _lock_directory(path)
+        try:
+            for name in os.listdir(path):
+                if name == SNAPSHOT_IN or name.startswith(SNAPSHOT_OUT_PREFIX):
+                    os.unlink(os.path.join(path, name))
+            self._open()
+        except BaseException:
+            self._unlock()
+            raise
 
     def _open(self) -> None:
         # writemap: transactions write straight into the map and a commit is
@@ -275,6 +480,10 @@ class Store:
         # the map is allocated (fallocate) before LMDB may use it, and a
         # failed allocation is a clean StoreFull.
         # readahead off: access is random and the store outgrows RAM.
+        # What is there is checked first, read-only: a writemap open already
+        # grows the file to the map size, and a store that is not ours (or
+        # of another format) must be refused as it was found.
+        new = _is_new(self.path)
         self.env = lmdb.open(
             self.path,
             map_size=self.map_bytes_initial,
@@ -287,24 +496,30 @@ class Store:
         )
         # LMDB creates the file (a new one must be its own); nothing has been
         # written through the map yet when its blocks are allocated here.
-        self._allocate(self.env.info()["map_size"])
-        self.dbs = {name: self.env.open_db(name) for name in TABLES}
-        # One transaction, not _read: a snapshot swap reopens with the gate held.
-        with self.env.begin(write=True, db=self.dbs[b"meta"]) as txn:
-            fmt = txn.get(_FORMAT)
-            if txn.get(_NODE) is None:
-                txn.put(_NODE, os.urandom(8).hex().encode())
-            if fmt is None:
-                txn.put(_FORMAT, FORMAT_VERSION.to_bytes(4, "big"))
-            elif int.from_bytes(fmt, "big") != FORMAT_VERSION:
-                raise StoreError(f"{self.path}: store format {int.from_bytes(fmt, 'big')}, "
-                                 f"this build reads {FORMAT_VERSION}")
-            raw = txn.get(_LAST_SEQ)
+        try:
+            self._allocate(self.env.info()["map_size"])
+            self._load(new)
+        except BaseException:
+            self.env.close()
+            raise
+
+    def _load(self, new: bool) -> None:
+        # One transaction, not _read: a snapshot swap reopens with the gate
+        # held. A new store gets its tables and format in it too, so that a
+        # kill cannot leave tables without a format (refused at the next open).
+        with self.env.begin(write=True) as txn:
+            self.dbs = {name: self.env.open_db(name, txn=txn) for name in TABLES}
+            meta = self.dbs[b"meta"]
+            if new:
+                txn.put(_FORMAT, FORMAT_VERSION.to_bytes(4, "big"), db=meta)
+            if txn.get(_NODE, db=meta) is None:
+                txn.put(_NODE, os.urandom(8).hex().encode(), db=meta)
+            raw = txn.get(_LAST_SEQ, db=meta)
             self.last_seq = 0 if raw is None else int.from_bytes(raw, "big")
-            self.node = bytes(txn.get(_NODE)).decode()
-            raw = txn.get(_EPOCH)
+            self.node = bytes(txn.get(_NODE, db=meta)).decode()
+            raw = txn.get(_EPOCH, db=meta)
             self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
-            raw = txn.get(_FENCED)
+            raw = txn.get(_FENCED, db=meta)
             self.fenced_at = 0 if raw is None else int.from_bytes(raw, "big")
             self.log_start = self._first_seq(txn)
 
@@ -322,6 +537,12 @@ class Store:
             if not self._copies_done.wait_for(lambda: self._copies == 0, timeout=CLOSE_WAIT_S):
                 return  # the process is exiting; closing under the copy would crash it
             self.env.close()
+            self._unlock()  # after the environment: no write may follow the next opener's
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            _unlock_directory(self.path, self._lock_fd)
+            self._lock_fd = None
 
     # -- writing ------------------------------------------------------------
 

@@ -11,16 +11,14 @@ safe). `ingest drill` reads the tail in-process on one machine and through
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 
+import lmdb
+
 from ingest.events import BindingEvent
 from ingest.records import decode_log_entry
-from ingest.store import Store
-
-# Entries read per transaction: bounds memory for a long tail.
-PAGE_ENTRIES = 1000
+from ingest.store import StoreError, StoreReader, seq_key
 
 
 class TailIncomplete(Exception):
@@ -30,31 +28,34 @@ class TailIncomplete(Exception):
 def bindings_after(data: str, after: int) -> Iterator[dict]:
     """The binding events in the store at `data` with seq > `after`.
 
-    Raises TailIncomplete when there is no store there (Store would create an
-    empty one, whose empty tail would pass for "nothing unreplicated") or when
-    retention has trimmed entries after `after`.
+    Reads the store read-only (StoreReader: a stopped node's store is not
+    grown, written or created). Raises TailIncomplete when there is no store
+    there (an empty tail would pass for "nothing unreplicated"), when it
+    cannot be read, or when retention has trimmed entries after `after`.
     """
-    if not os.path.isfile(os.path.join(data, "data.mdb")):
-        raise TailIncomplete(f"no store in {data}")
-    store = Store(data)
     try:
-        if store.log_start > after + 1:
-            raise TailIncomplete(f"the log in {data} starts at seq {store.log_start}; "
-                                 f"its tail after seq {after} is no longer all there")
-        fields = BindingEvent.__struct_fields__
-        # Every page moves `after` forward, and the log is finite (nothing
-        # writes to a dead node's store): the loop ends by last_seq.
-        while after < store.last_seq:
-            page = store.log_raw(after, limit=PAGE_ENTRIES)
-            if not page:
-                break
-            for seq, raw in page:
-                entry = decode_log_entry(raw)
-                if entry.kind == "binding":
-                    yield {k: v for k, v in zip(fields, entry.payload) if v is not None}
-                after = seq
+        reader = StoreReader(data)
+    except StoreError as exc:
+        raise TailIncomplete(f"cannot read the store in {data}: {exc}") from None
+    try:
+        # One read transaction: nothing writes to a dead node's store, and
+        # the entries are decoded and handed on one at a time.
+        with reader.env.begin(buffers=False) as txn:
+            log_start = reader.log_start(txn)
+            if log_start > after + 1:
+                raise TailIncomplete(f"the log in {data} starts at seq {log_start}; "
+                                     f"its tail after seq {after} is no longer all there")
+            fields = BindingEvent.__struct_fields__
+            cur = txn.cursor(db=reader.dbs[b"log"])
+            if cur.set_range(seq_key(after + 1)):
+                for _key, raw in cur:
+                    entry = decode_log_entry(raw)
+                    if entry.kind == "binding":
+                        yield {k: v for k, v in zip(fields, entry.payload) if v is not None}
+    except lmdb.Error as exc:
+        raise TailIncomplete(f"cannot read the store in {data}: {exc}") from None
     finally:
-        store.close()
+        reader.close()
 
 
 def main(args) -> int:

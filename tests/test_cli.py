@@ -119,7 +119,7 @@ def test_data_that_is_a_file_is_a_store_error(tmp_path):
     data.write_text("x")
     result = ingest("serve", "--data", str(data), "--port", "0", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines()[-1] == f"ingest: cannot open the store in {data}: File exists", result.stderr
+    assert result.stderr.splitlines()[-1] == f"ingest: cannot open the store in {data}: not a directory", result.stderr
     assert "cannot serve" not in result.stderr
     assert "Traceback" not in result.stderr
 

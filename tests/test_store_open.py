@@ -1,0 +1,147 @@
+"""Opening a data directory: one process at a time (an flock on
+ingest.lock), and only an ingest store of this format or nothing yet;
+anything else is refused as it was found (docs/storage.md "Opening a data
+directory")."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import lmdb
+import pytest
+
+from helpers import config_with, event, fresh_tube
+from ingest import rules
+from ingest.events import BindingEvent
+from ingest.store import FORMAT_VERSION, LOCK_FILE, Store, StoreError, StoreInUse
+
+NOW = 1_700_000_000_000
+MAP = 1 << 20
+
+
+def bind(store: Store, n: int) -> None:
+    events = [BindingEvent(f"e{i}", "S1", "D1", f"T{i // 10:08d}", f"P{i:016d}", 10, NOW) for i in range(n)]
+    store.write(lambda tx: [rules.apply_binding(tx, e, "LAB", 0) for e in events])
+
+
+def files(path) -> dict[str, tuple[int, str]]:
+    """Every file in the directory: size and SHA-256."""
+    out = {}
+    for name in sorted(os.listdir(path)):
+        with open(os.path.join(path, name), "rb") as f:
+            data = f.read()
+        out[name] = (len(data), hashlib.sha256(data).hexdigest())
+    return out
+
+
+def serve(data, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingest", "serve", "--data", str(data), "--port", "0", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+# -- one process per directory -----------------------------------------------
+
+
+def test_a_second_store_on_one_directory_is_refused(tmp_path):
+    path = str(tmp_path / "d")
+    first = Store(path, map_bytes_initial=MAP)
+    try:
+        with pytest.raises(StoreInUse, match=rf"^data directory {path} is in use by another ingest process "
+                                             rf"\(pid {os.getpid()}\)$"):
+            Store(path, map_bytes_initial=MAP)
+        bind(first, 25)  # the refused one changed nothing under it
+        assert first.last_seq == 25
+    finally:
+        first.close()
+    assert LOCK_FILE not in os.listdir(path)  # released with the store
+    again = Store(path, map_bytes_initial=MAP)
+    try:
+        assert again.last_seq == 25
+    finally:
+        again.close()
+
+
+def test_a_second_server_is_refused_and_the_first_keeps_writing(server_factory):
+    # A small map that has grown: the second server's writemap open used to
+    # cut data.mdb back to its own map size, and the first died of SIGBUS.
+    config = config_with(store={"map_bytes_initial": MAP})
+    first = server_factory(config)
+    for _ in range(6):
+        status, _, body = first.batch([event(pool_size=1) for _ in range(500)])
+        assert status == 200, body
+    second = serve(first.data, "--config", str(first.config_path))
+    assert second.returncode == 1, second.stderr
+    assert second.stderr == (f"ingest: cannot open the store in {first.data}: data directory {first.data} "
+                             f"is in use by another ingest process (pid {first.proc.pid})\n")
+    status, _, body = first.batch([event(pool_size=1) for _ in range(500)])
+    assert status == 200 and {r["status"] for r in body["results"]} == {201}, body
+    assert first.post(event(fresh_tube()))[0] == 201
+    # The kernel drops the lock with its process: a restart after SIGKILL opens.
+    first.kill()
+    again = server_factory(config, data=first.data)
+    assert again.post(event(fresh_tube()))[0] == 201
+
+
+# -- only ingest stores of this format ----------------------------------------
+
+
+def foreign_keys(txn, env) -> None:
+    for i in range(3):
+        txn.put(b"k%03d" % i, b"v")
+
+
+def foreign_meta_without_format(txn, env) -> None:
+    meta = env.open_db(b"meta", txn=txn)
+    txn.put(b"last_seq", (7).to_bytes(8, "big"), db=meta)
+
+
+@pytest.mark.parametrize("fill", [foreign_keys, foreign_meta_without_format])
+def test_a_foreign_lmdb_is_refused_as_found(tmp_path, fill):
+    path = str(tmp_path / "d")
+    env = lmdb.open(path, map_size=MAP, max_dbs=4)
+    with env.begin(write=True) as txn:
+        fill(txn, env)
+    env.close()
+    before = files(path)
+    with pytest.raises(StoreError, match=r"not an ingest store"):
+        Store(path, map_bytes_initial=4 * MAP)
+    assert files(path) == before  # not grown, no table, no format, no lock file
+
+
+def test_a_store_of_another_format_is_refused_as_found(tmp_path):
+    path = str(tmp_path / "d")
+    store = Store(path, map_bytes_initial=MAP)
+    bind(store, 5)
+    store.close()
+    env = lmdb.open(path, max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"format", (FORMAT_VERSION + 1).to_bytes(4, "big"), db=env.open_db(b"meta", txn=txn))
+        txn.drop(env.open_db(b"stats", txn=txn), delete=True)  # a table this build would add
+    env.close()
+    before = files(path)
+    with pytest.raises(StoreError, match=rf"store format {FORMAT_VERSION + 1}, this build reads {FORMAT_VERSION}"):
+        Store(path, map_bytes_initial=4 * MAP)
+    assert files(path) == before
+
+
+def test_a_new_empty_environment_is_initialised(tmp_path):
+    path = str(tmp_path / "d")
+    lmdb.open(path, map_size=MAP).close()  # an environment with no key yet
+    store = Store(path, map_bytes_initial=MAP)
+    try:
+        bind(store, 3)
+        assert store.last_seq == 3
+    finally:
+        store.close()
+
+
+def test_a_file_as_data_directory_is_not_a_directory(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("")
+    with pytest.raises(StoreError, match="not a directory"):
+        Store(str(path))
+    out = serve(path)
+    assert out.returncode == 1
+    assert out.stderr == f"ingest: cannot open the store in {path}: not a directory\n"
