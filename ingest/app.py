@@ -17,7 +17,7 @@ import msgspec
 from ingest import boxes, codes, errors, kernels, lifecycle, query, results, routes
 from ingest.answers import batch_item, outcome_body, outcome_key
 from ingest.committer import Committer, Work
-from ingest.config import Config
+from ingest.config import Config, tube_schemes
 from ingest.errors import ErrorCode, error_body, error_json
 from ingest.events import (
     JSON,
@@ -84,9 +84,7 @@ class App:
         self.store = store
         self.committer = committer
         self.metrics = metrics
-        self.schemes = codes.TubeSchemes(
-            [codes.TubeScheme(lab.id, lab.prefix, lab.length, lab.charset, lab.check) for lab in config.labs]
-        )
+        self.schemes = tube_schemes(config.labs)
         self.draining = False
         # "primary" takes writes; "standby" follows one; "fenced": a former
         # primary that learned of a higher epoch (kept in the store, so that

@@ -31,6 +31,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
     try:
         server.run(cfg, args.data, args.host, args.port, args.follow, args.replication_port)
+    except config.ConfigError as exc:  # the config contradicts the options (sync mode, no replication port)
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2
     except server.StartError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1

@@ -2,9 +2,12 @@
 
 `load(path)` returns a `Config`; a missing key takes the shipped default
 (`default_config.toml`), a wrong type or value is a `ConfigError` naming it.
+Every number has an upper bound as well as a lower one: an `inf` or a huge
+value would otherwise pass here and break later, in C integers or timers.
 """
 from __future__ import annotations
 
+import re
 from importlib import resources
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -12,8 +15,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import Meta, Struct
 
-Positive = Annotated[float, Meta(gt=0)]
-PositiveInt = Annotated[int, Meta(gt=0)]
+from ingest import codes
+
+# Upper bounds far above any real use and far below what overflows: the
+# windows and ages in ms are C long longs in the kernels, sizes and depths
+# Py_ssize_t, timers must be finite.
+Seconds = Annotated[float, Meta(gt=0, le=86_400)]  # a timer longer than a day is a typo
+Bytes = Annotated[int, Meta(ge=1, le=1 << 30)]
+# A store does not open in less than about 64 KiB (MDB_MAP_FULL); 256 KiB
+# leaves room and still lets a test fill a map quickly.
+MapBytes = Annotated[int, Meta(ge=256 << 10, le=1 << 50)]
+Count = Annotated[int, Meta(ge=1, le=1_000_000)]
 
 
 class ConfigError(ValueError):
@@ -21,34 +33,34 @@ class ConfigError(ValueError):
 
 
 class Rules(Struct, forbid_unknown_fields=True):
-    person_other_tube_window_hours: Annotated[float, Meta(ge=0)] = 12
-    scanned_at_future_minutes_max: Annotated[float, Meta(ge=0)] = 5
-    scanned_at_age_days_max: Annotated[float, Meta(gt=0)] = 7
+    person_other_tube_window_hours: Annotated[float, Meta(ge=0, le=87_600)] = 12  # ten years
+    scanned_at_future_minutes_max: Annotated[float, Meta(ge=0, le=525_600)] = 5  # a year
+    scanned_at_age_days_max: Annotated[float, Meta(gt=0, le=3_650)] = 7  # ten years
 
 
 class Limits(Struct, forbid_unknown_fields=True):
-    body_bytes_max: PositiveInt = 2_097_152
-    header_bytes_max: PositiveInt = 16_384
-    request_seconds_max: Positive = 10.0
-    keepalive_seconds_max: Positive = 75.0
-    connections_max: PositiveInt = 20_000
-    pipeline_depth_max: PositiveInt = 64
-    commit_events_max: PositiveInt = 4096
-    drain_seconds_max: Positive = 30.0
+    body_bytes_max: Bytes = 2_097_152
+    header_bytes_max: Bytes = 16_384
+    request_seconds_max: Seconds = 10.0
+    keepalive_seconds_max: Seconds = 75.0
+    connections_max: Count = 20_000
+    pipeline_depth_max: Annotated[int, Meta(ge=1, le=65_536)] = 64
+    commit_events_max: Count = 4096
+    drain_seconds_max: Seconds = 30.0
 
 
 class StoreSettings(Struct, forbid_unknown_fields=True):
-    map_bytes_initial: PositiveInt = 64 << 20
-    map_bytes_max: PositiveInt = 1 << 40
+    map_bytes_initial: MapBytes = 64 << 20
+    map_bytes_max: MapBytes = 1 << 40
 
 
 class ReplicationSettings(Struct, forbid_unknown_fields=True):
     mode: Literal["async", "sync"] = "async"
-    sync_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    sync_timeout_s: Seconds = 10.0
     on_standby_lost: Literal["wait", "async"] = "async"
     # Change-log entries kept (the newest); 0 keeps them all. A standby that
     # needs an older one gets a snapshot of the whole store instead.
-    log_keep_entries: Annotated[int, Meta(ge=0)] = 0
+    log_keep_entries: Annotated[int, Meta(ge=0, le=10**12)] = 0
 
 
 class StatsSettings(Struct, forbid_unknown_fields=True):
@@ -89,29 +101,98 @@ def default_text() -> str:
     return resources.files("ingest").joinpath("default_config.toml").read_text()
 
 
-def loads(text: str) -> Config:
+# msgspec's words for a number out of bounds, e.g.
+# "Expected `int` <= 1073741824 - at `$.limits.header_bytes_max`".
+_OUT_OF_RANGE = re.compile(r"Expected `(?:int|float)` [<>]=? \S+ - at `\$(?P<path>(?:\.\w+|\[\d+\])+)`")
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def _number(value: float) -> str:
+    # TOML's own spelling, so that the range can be pasted back.
+    return f"{value:_}" if isinstance(value, int) else f"{value:g}"
+
+
+def _allowed(info) -> str:
+    if info.ge is not None and info.le is not None:
+        return f"from {_number(info.ge)} to {_number(info.le)}"
+    bounds = (("at least", info.ge), ("above", info.gt), ("at most", info.le), ("below", info.lt))
+    return ", ".join(f"{word} {_number(bound)}" for word, bound in bounds if bound is not None)
+
+
+def _range_error(exc: msgspec.ValidationError, text: str) -> str | None:
+    """For a number outside its bounds: the key, the range and the value
+    (msgspec names one bound only, and not the value)."""
+    match = _OUT_OF_RANGE.fullmatch(str(exc))
+    if match is None:
+        return None
+    info, value = msgspec.inspect.type_info(Config), msgspec.toml.decode(text)
+    for name, index in _STEP.findall(match["path"]):
+        if index:
+            info, value = info.item_type, value[int(index)]
+        else:
+            info, value = next(f.type for f in info.fields if f.name == name), value[name]
+    return f"{match['path'][1:]} must be {_allowed(info)}, not {_number(value)}"
+
+
+def _decode(text: str) -> Config:
     try:
-        config = msgspec.toml.decode(text, type=Config)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config: {_range_error(exc, text) or exc}") from None
+    except msgspec.DecodeError as exc:
         raise ConfigError(f"config: {exc}") from None
-    if not config.labs:
+
+
+def tube_schemes(labs: list[Lab]) -> codes.TubeSchemes:
+    """The [[labs]] compiled as the server uses them; what TubeSchemes would
+    refuse at start, after the store is open, is a ConfigError naming the lab."""
+    reserved = (codes.LAB_UNKNOWN, codes.LAB_INVALID_TUBE)
+    owner: dict[str, str] = {}
+    schemes = []
+    for lab in labs:
+        if lab.id in reserved:
+            raise ConfigError(f"config: lab {lab.id}: the id is reserved (the server names tubes of no lab "
+                              f"{' and '.join(reserved)}); choose another")
+        if lab.prefix in owner:
+            raise ConfigError(f"config: labs {owner[lab.prefix]} and {lab.id} have the same prefix {lab.prefix}: "
+                              "the second could never be found")
+        owner[lab.prefix] = lab.id
+        try:
+            schemes.append(codes.TubeScheme(lab.id, lab.prefix, lab.length, lab.charset, lab.check))
+        except ValueError as exc:
+            raise ConfigError(f"config: lab {lab.id}: {str(exc).removeprefix(f'tube scheme {lab.id!r}: ')}") from None
+    try:
+        return codes.TubeSchemes(schemes)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+
+
+def _check_labs(labs: list[Lab]) -> None:
+    if not labs:
         raise ConfigError("config: at least one [[labs]] tube scheme is needed")
-    ids = [lab.id for lab in config.labs]
+    ids = [lab.id for lab in labs]
     if len(set(ids)) != len(ids):
         raise ConfigError("config: lab ids must be unique")
-    for lab in config.labs:
+    for lab in labs:
         if len(lab.prefix) >= lab.length:
             raise ConfigError(f"config: lab {lab.id}: prefix must be shorter than length")
         if lab.charset == "digits" and not lab.prefix.isdigit():
             raise ConfigError(f"config: lab {lab.id}: a digits scheme needs a digit prefix")
         if lab.check in ("luhn", "gs1") and lab.charset != "digits":
             raise ConfigError(f"config: lab {lab.id}: {lab.check} needs charset digits")
+    tube_schemes(labs)
+
+
+def loads(text: str) -> Config:
+    config = _decode(text)
+    _check_labs(config.labs)
     try:
         ZoneInfo(config.stats.time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"config: stats.time_zone: unknown time zone {config.stats.time_zone!r}") from None
     if config.store.map_bytes_initial > config.store.map_bytes_max:
-        raise ConfigError("config: store.map_bytes_initial exceeds map_bytes_max")
+        raise ConfigError(f"config: store.map_bytes_initial ({_number(config.store.map_bytes_initial)}) exceeds "
+                          f"store.map_bytes_max ({_number(config.store.map_bytes_max)})")
     return config
 
 

@@ -21,7 +21,7 @@ import lmdb
 from ingest import codes
 from ingest.app import App
 from ingest.committer import Committer
-from ingest.config import Config
+from ingest.config import Config, ConfigError
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
 from ingest.store import Store, StoreError, StoreFull
@@ -50,9 +50,22 @@ async def _listen(what: str, host: str, port: int, start):
         raise StartError(f"cannot {what} on {host}:{port}: {_reason(exc)}") from exc
 
 
+def check_role(config: Config, follow: str | None, replication_port: int | None) -> None:
+    """Refuse a primary that cannot keep its config's promise. In sync mode
+    an answer waits for a standby; without a replication port none can
+    follow, and the gate that makes answers wait is never installed, so
+    every write would be acknowledged from one disk. A standby (--follow)
+    does not read the mode."""
+    if config.replication.mode == "sync" and follow is None and replication_port is None:
+        raise ConfigError('config: replication.mode is "sync" but no --replication-port is given, so no standby '
+                          'could follow and nothing could be acknowledged on two disks: give --replication-port, '
+                          'or set mode = "async"')
+
+
 class Server:
     def __init__(self, config: Config, data_dir: str, host: str = "127.0.0.1", port: int = 8080,
                  follow: str | None = None, replication_port: int | None = None):
+        check_role(config, follow, replication_port)
         self.config = config
         self.follow = follow
         self.replication_port = replication_port
@@ -206,6 +219,6 @@ def run(config: Config, data_dir: str, host: str, port: int, follow: str | None 
         replication_port: int | None = None) -> None:
     import uvloop
 
+    server = Server(config, data_dir, host, port, follow, replication_port)  # ConfigError before anything opens
     tune_gc()
-    server = Server(config, data_dir, host, port, follow, replication_port)
     uvloop.run(server.serve())
