@@ -37,6 +37,12 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
 
+def stderr_lines(text: str) -> list[str]:
+    """A command's stderr lines, without the warning `ingest serve` logs
+    first under INGEST_PURE_PYTHON=1 (the suite runs in both modes)."""
+    return [line for line in text.splitlines() if "running the pure-Python kernels" not in line]
+
+
 def config_with(limits: dict | None = None, rules: dict | None = None, store: dict | None = None) -> str:
     """A config file text: the given sections plus the shipped labs."""
     parts = []

@@ -4,7 +4,7 @@ import sys
 
 import msgspec
 import pytest
-from helpers import LABS_TOML, REPO
+from helpers import LABS_TOML, REPO, stderr_lines
 
 from ingest import codes, config
 
@@ -144,7 +144,8 @@ def serve(tmp_path, *args, config_text=None, timeout=RUN_TIMEOUT_S):
 
 def assert_refused(result, tmp_path, starts):
     assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"ingest: {starts}"), result.stderr
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"ingest: {starts}"), result.stderr
     # Refused before the store was opened (or created).
     assert not (tmp_path / "data").exists()
 

@@ -12,7 +12,7 @@ import sys
 import lmdb
 import pytest
 
-from helpers import config_with, event, fresh_tube
+from helpers import config_with, event, fresh_tube, stderr_lines
 from ingest import rules
 from ingest.events import BindingEvent
 from ingest.store import FORMAT_VERSION, LOCK_FILE, Store, StoreError, StoreInUse
@@ -73,8 +73,8 @@ def test_a_second_server_is_refused_and_the_first_keeps_writing(server_factory):
         assert status == 200, body
     second = serve(first.data, "--config", str(first.config_path))
     assert second.returncode == 1, second.stderr
-    assert second.stderr == (f"ingest: cannot open the store in {first.data}: data directory {first.data} "
-                             f"is in use by another ingest process (pid {first.proc.pid})\n")
+    assert stderr_lines(second.stderr) == [f"ingest: cannot open the store in {first.data}: data directory "
+                                           f"{first.data} is in use by another ingest process (pid {first.proc.pid})"]
     status, _, body = first.batch([event(pool_size=1) for _ in range(500)])
     assert status == 200 and {r["status"] for r in body["results"]} == {201}, body
     assert first.post(event(fresh_tube()))[0] == 201
@@ -144,4 +144,4 @@ def test_a_file_as_data_directory_is_not_a_directory(tmp_path):
         Store(str(path))
     out = serve(path)
     assert out.returncode == 1
-    assert out.stderr == f"ingest: cannot open the store in {path}: not a directory\n"
+    assert stderr_lines(out.stderr) == [f"ingest: cannot open the store in {path}: not a directory"]
