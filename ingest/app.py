@@ -549,8 +549,14 @@ class App:
         slot.respond(200, b'{"status":"live"}')
 
     def get_readyz(self, req: Request, slot) -> None:
+        # Ready means "send writes here": a load balancer in front of a pair
+        # must route to the primary only (a standby or fenced node refuses
+        # every write; its reads are GET routes, and /livez says it runs).
         if self.draining:
             self._error(slot, errors.SHUTTING_DOWN, "draining for shutdown")
+        elif self.role != "primary":
+            self._error_body(slot, errors.NOT_PRIMARY, f"this node is {self.role}; it takes no writes",
+                             {"primary": self.primary_address} if self.primary_address else None)
         else:
             slot.respond(200, b'{"status":"ready"}')
 

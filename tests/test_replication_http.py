@@ -167,16 +167,24 @@ def test_promote_then_the_old_primary_is_fenced(server_factory):
     assert follower.status()["replication"]["stopped_because"] == "stale_primary"
 
 
+def readyz(node) -> tuple[int, str]:
+    status, _, body = node.request("GET", "/readyz")
+    return status, body.get("status") or body["error"]["code"]
+
+
 def test_promotion_fences_the_former_primary_when_it_is_still_there(server_factory):
     # a promotion made while the primary is alive (a partition, an operator
     # too early): the promoted node tells it, and it stops taking writes
     primary, standby = pair(server_factory)
     assert primary.post(event(fresh_tube()))[0] == 201
     wait_caught_up(primary, standby)
+    # a load balancer routes writes by /readyz: to the primary only
+    assert (readyz(primary), readyz(standby)) == ((200, "ready"), (503, "not_primary"))
     status, _, body = standby.request("POST", "/v1/admin/promote", {})
     assert status == 200 and body["epoch"] == 1, body
     assert_fenced(primary)
     assert standby.post(event(fresh_tube()))[0] == 201
+    assert (readyz(primary), readyz(standby)) == ((503, "not_primary"), (200, "ready"))
 
 
 def test_standby_pointed_at_itself_stops(server_factory):
