@@ -434,6 +434,12 @@ class App:
         # The largest u64 is a sequence number, but none can follow it (nor
         # would the store's key for since + 1 fit its 8 bytes).
         found = self.store.positives(since, limit) if since < _SEQ_MAX else []
+        gate = self.gate
+        if gate is not None and not gate.degraded:
+            # Sync mode: only what a standby has. A positive shown before it
+            # is replicated could vanish in a failover and its seq go to
+            # another positive, which a poller past that seq would never see.
+            found = [(seq, code) for seq, code in found if seq <= gate.acked]
         items = []
         last = since
         for seq, code in found:

@@ -138,3 +138,33 @@ def test_failover_under_load_loses_no_acknowledged_event(server_factory):
         status, _, body = standby.post(ev)
         assert status == 200 and body["result"] == "duplicate", (ev["event_id"], body)
         assert body["original"]["seq"] == seq
+
+
+def test_the_positives_feed_shows_only_what_the_standby_has(server_factory):
+    # A positive the feed showed before the standby had it could vanish in a
+    # failover, its seq going to another positive that a poller past it
+    # would never see: in sync mode the feed stops at the standby's seq.
+    from test_day_http import positives, received_tubes, result_item
+
+    primary, standby = sync_pair(server_factory, policy="wait", timeout_s=0.5)
+    _, tubes = received_tubes(primary, 2, site_id="S-POS")
+    status, _, got = primary.request("POST", "/v1/results", {"results": [result_item(tubes[0], "positive")]})
+    assert status == 200 and got["results"][0]["status"] == 201, got
+    first = positives(primary, 0)["positives"]
+    assert [p["tube"] for p in first] == [tubes[0]]
+    standby.kill()
+    answer = {}
+    writer = threading.Thread(target=lambda: answer.update(r=primary.request(
+        "POST", "/v1/results", {"results": [result_item(tubes[1], "positive")]})))
+    writer.start()
+    deadline = time.monotonic() + WAIT_S
+    while primary.last_seq() <= first[0]["seq"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert primary.last_seq() > first[0]["seq"]  # committed on the primary, waiting for a standby
+    page = positives(primary, first[0]["seq"])
+    assert (page["positives"], page["next_since"]) == ([], first[0]["seq"])
+    again = server_factory(data=standby.data, args=standby.args)
+    writer.join(WAIT_S)
+    assert answer["r"][0] == 200 and answer["r"][2]["results"][0]["status"] == 201, answer
+    wait_caught_up(primary, again)
+    assert [p["tube"] for p in positives(primary, first[0]["seq"])["positives"]] == [tubes[1]]
