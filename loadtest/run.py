@@ -264,6 +264,11 @@ def write_summary(out: Path, summary: dict) -> None:
           for k, v in summary["store"].items()], "",
     ]
     logs = summary.get("server_log_lines", {})
+    idle = [k for k, v in summary["store"].items() if v["acknowledged"] == 0]
+    if idle:
+        # Not a failure (a short run may pack no box yet), but not tested either.
+        lines += [f"Not exercised in this run: {', '.join(idle)} (no such event was acknowledged; "
+                  "run longer, or with more users: one in 21 is a LabUser).", ""]
     lines += [f"Server warnings and errors logged: primary {logs.get('primary', 0)}, "
               f"standby {logs.get('standby', 0)} (see primary.log, standby.log).", ""]
     if summary.get("standby") != "none":
