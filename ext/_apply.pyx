@@ -16,7 +16,7 @@ internals is a change here too; the differential test catches a mismatch.
 """
 from ingest import errors, records
 from ingest.outcomes import Bound, Duplicate, Rejected
-from ingest.store import MEMBER_POSITION_MAX
+from ingest.store import MEMBER_POSITION_MAX, StoreError
 from ingest.records import (
     OPEN, PEOPLE, STAT_FIELDS, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube,
 )
@@ -123,7 +123,8 @@ def apply_binding(tx, ev, str lab, long long window_ms):
     persons.put(person_key, _encode(history))
     # store.WriteTx.append, inline
     tx.seq = seq
-    tx._log.put(_seq_key(seq), _encode(LogEntry("binding", lab, raw_payload, tx.at_ms)), True, True, True)
+    if not tx._log.put(_seq_key(seq), _encode(LogEntry("binding", lab, raw_payload, tx.at_ms)), True, True, True):
+        raise StoreError(f"log entry {seq} exists already: the log must only grow")
     _count(tx, site_id, _PEOPLE)
     return Bound(event_id, tube_code, lab, count, pool_size, seq)
 

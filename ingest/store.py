@@ -363,7 +363,8 @@ class WriteTx:
     def append(self, entry: LogEntry) -> int:
         self.seq += 1
         entry.at_ms = self.at_ms
-        self._log.put(seq_key(self.seq), records.encode(entry), True, True, True)  # dupdata, overwrite, append
+        if not self._log.put(seq_key(self.seq), records.encode(entry), True, True, True):  # dupdata, overwrite, append
+            raise StoreError(f"log entry {self.seq} exists already: the log must only grow")
         return self.seq
 
 
@@ -457,6 +458,12 @@ class Store:
         # a read transaction for its whole length without holding the gate
         # (that would stop ingest): it is counted, and growing waits for it.
         self._gate = threading.Lock()
+        # One write transaction at a time, from its begin to the update of
+        # last_seq after its commit. LMDB serializes write transactions, but
+        # last_seq is read after begin and set after commit: a second writer
+        # (the fence, a promotion, beside the committer) began between those
+        # two and appended at seqs the log already held.
+        self._writer = threading.Lock()
         self._copies = 0
         self._copies_done = threading.Condition(self._gate)
         # Before anything in the directory is touched: the debris below may
@@ -553,6 +560,10 @@ class Store:
         again after the map grows). Raises StoreFull or StoreError, in which
         case nothing was written.
         """
+        with self._writer:
+            return self._write(fn, at_ms)
+
+    def _write(self, fn: Callable[[WriteTx], T], at_ms: int | None) -> T:
         while True:
             with self._gate:
                 txn = self.env.begin(write=True)

@@ -1,10 +1,12 @@
 """Store limits: the map grows when full, and past its maximum a write fails
 cleanly (StoreFull, nothing written) instead of crashing."""
+import threading
+
 import pytest
 
 from ingest import rules
 from ingest.events import BindingEvent
-from ingest.store import Store, StoreFull
+from ingest.store import Store, StoreError, StoreFull
 
 NOW = 1_700_000_000_000
 
@@ -56,5 +58,53 @@ def test_reopen_keeps_last_seq_and_state(tmp_path):
         assert s.digest() == digest
         head, members = s.tube("T00000001")
         assert head.count == 10 and [m.seq for m in members] == list(range(11, 21))
+    finally:
+        s.close()
+
+
+def test_a_second_writer_thread_never_rewinds_the_log(tmp_path):
+    """The committer writes groups while another thread writes meta (the
+    fence, a promotion): every group's log entries must stay at their seqs.
+    A write began between another's commit and its update of last_seq once
+    appended at seqs the log held, and an acknowledged entry was lost."""
+    s = Store(str(tmp_path / "d"), map_bytes_initial=16 << 20)
+    stop = threading.Event()
+    groups = 300
+
+    def committer():
+        for g in range(groups):
+            write(s, many(3, start=3 * g))
+        stop.set()
+
+    def meta_writer():
+        epoch = 0
+        while not stop.is_set():
+            epoch += 1
+            s.fence(epoch)
+
+    threads = [threading.Thread(target=committer), threading.Thread(target=meta_writer)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert s.last_seq == 3 * groups
+        logged = s.log_raw(0, limit=10 * groups)
+        assert [seq for seq, _ in logged] == list(range(1, 3 * groups + 1))
+        assert all(s.event(f"e{i}") is not None for i in range(3 * groups))
+    finally:
+        stop.set()
+        s.close()
+
+
+def test_an_append_onto_an_existing_log_entry_fails_the_write(tmp_path):
+    s = Store(str(tmp_path / "d"), map_bytes_initial=16 << 20)
+    try:
+        write(s, many(5))
+        s.last_seq = 2  # what the race left: a stale in-memory seq
+        with pytest.raises(StoreError, match="exists already"):
+            write(s, many(1, start=100))
+        s.last_seq = 5
+        assert [seq for seq, _ in s.log_raw(0)] == [1, 2, 3, 4, 5] and s.event("e100") is None
     finally:
         s.close()
