@@ -92,6 +92,7 @@ class App:
         self.role = "fenced" if store.fenced_at else "primary"
         self.primary_address = ""
         self.follower = None
+        self._telling: asyncio.Task | None = None  # after a promotion: keep_telling_promoted
         self.hub = None
         self.gate = None
         self._future_ms = config.future_ms_max
@@ -149,13 +150,27 @@ class App:
         a duplicate read from the store and sync replication is on. A
         duplicate says "the server has it", so in sync mode it waits at the
         gate like an answer from a commit does: the event it names may not be
-        on a standby yet (its first answer may still be waiting there)."""
+        on a standby yet (its first answer may still be waiting there).
+
+        `answer()` must answer from `outcomes` as they are when it runs: if
+        the node is fenced while it waits, each duplicate in the list is
+        replaced by a 503 not_primary refusal first (the new primary may
+        not have the event; the client sends it there again)."""
         gate = self.committer.gate
         if gate is None or not any(type(o) is Duplicate for o in outcomes):
             answer()
             return
+
+        def refuse() -> None:
+            from ingest.committer import REPLACED
+
+            for i, outcome in enumerate(outcomes):
+                if type(outcome) is Duplicate:
+                    outcomes[i] = REPLACED
+            answer()
+
         seq = max(o.seq for o in outcomes if type(o) is Duplicate)
-        gate.park(max(seq, self.store.last_seq), answer)  # the gate's queue is in seq order
+        gate.park(max(seq, self.store.last_seq), answer, refuse)  # the gate's queue is in seq order
 
     # -- dispatch ----------------------------------------------------------
 
@@ -209,7 +224,8 @@ class App:
             return
         lab = self._stateless(ev)
         if type(lab) is not str:
-            self.when_replicated([lab], lambda: self._answer_one(slot, media, [lab]))
+            outcomes = [lab]  # when_replicated may replace it (fenced while waiting)
+            self.when_replicated(outcomes, lambda: self._answer_one(slot, media, outcomes))
             return
         if self.draining:
             self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")
@@ -517,6 +533,11 @@ class App:
             log.error("fenced: epoch %d is above ours (%d); refusing writes from now on", epoch, self.store.epoch)
             self.role = "fenced"
             asyncio.get_running_loop().run_in_executor(None, self._store_fence, epoch)
+            if self.gate is not None:
+                # Answers waiting for a standby (sync mode) speak of events
+                # the new primary may never get: they are refused, not
+                # released, while this node is not the primary.
+                self.gate.fence(lambda: self.role != "primary")
 
     def _store_fence(self, epoch: int) -> None:
         try:
@@ -543,10 +564,11 @@ class App:
         self.primary_address = ""
         log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
         slot.respond(200, _encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
-        from ingest.replication.standby import tell_promoted
+        from ingest.replication.standby import keep_telling_promoted
 
-        if followed is not None and await tell_promoted(*followed, self.store):
-            log.warning("told the former primary %s:%d of epoch %d: it stops taking writes", *followed, epoch)
+        if followed is not None:
+            self._telling = asyncio.get_running_loop().create_task(
+                keep_telling_promoted(*followed, self.store, lambda: self.role == "primary"))
 
     def get_metrics(self, req: Request, slot) -> None:
         slot.respond(200, self.metrics.render(), _PROMETHEUS)

@@ -33,6 +33,12 @@ log = logging.getLogger("ingest.committer")
 
 _STOP = object()
 
+# The answer to each event of a group the sync gate holds when the node is
+# fenced: committed here, but maybe on no standby, so maybe not in the new
+# primary's history. A retry there is safe (event ids).
+REPLACED = Rejected(errors.NOT_PRIMARY, "this node was replaced by a new primary before a standby had the "
+                                         "event; send it again to the primary")
+
 
 class Work(msgspec.Struct, frozen=True):
     """One request's share of a commit: its items, and whom to tell.
@@ -148,8 +154,10 @@ class Committer:
                 log.exception("after-commit hook failed")
         if self.gate is not None:
             # Even a duplicate or a refusal waits: its answer speaks of state
-            # that must be on the standby too.
-            self.gate.park(last_seq, lambda: self._answer(batch, outcomes, n))
+            # that must be on the standby too. Fenced before a standby had
+            # it, the whole group is refused instead (syncgate.py).
+            self.gate.park(last_seq, lambda: self._answer(batch, outcomes, n),
+                           lambda: self._answer(batch, self._fail(batch, REPLACED), n))
         else:
             self._answer(batch, outcomes, n)
 

@@ -7,7 +7,9 @@ import time
 
 from helpers import event, fresh_tube
 from proxy import Proxy
-from test_replication_http import digest, mixed_load, replication_port, wait_caught_up
+from test_replication_http import assert_fenced, digest, mixed_load, replication_port, wait_caught_up
+
+from ingest.replication import standby as standby_module
 
 
 def test_cuts_and_stalls_end_in_the_same_state(server_factory):
@@ -76,5 +78,31 @@ def test_a_stalled_link_is_dropped_and_the_standby_reconnects(server_factory):
         assert "nothing from the primary" in standby.stderr_text()
         proxy.flowing.set()
         wait_caught_up(primary, standby)
+    finally:
+        proxy.close()
+
+
+def test_a_former_primary_behind_a_partition_is_fenced_when_it_heals(server_factory):
+    """The promoted node keeps telling the primary it followed of its epoch:
+    one attempt, made while a partition held, left two primaries taking
+    writes once it healed."""
+    primary = server_factory(args=("--replication-port", "0"))
+    proxy = Proxy(replication_port(primary))
+    try:
+        standby = server_factory(args=("--follow", f"127.0.0.1:{proxy.port}"))
+        assert primary.post(event(fresh_tube()))[0] == 201
+        wait_caught_up(primary, standby)
+        proxy.flowing.clear()  # the partition: bytes are held, not delivered
+        proxy.cut_all()
+        status, _, body = standby.request("POST", "/v1/admin/promote", {})
+        assert status == 200 and body["result"] == "promoted", body
+        held_until = time.monotonic() + standby_module.CONNECT_TIMEOUT_S + 1  # the first tell times out
+        while time.monotonic() < held_until:
+            assert primary.status()["role"] == "primary"  # it has heard nothing
+            time.sleep(0.2)
+        proxy.cut_all()  # what was held is dropped, never delivered
+        proxy.flowing.set()  # the partition heals
+        assert_fenced(primary)
+        assert standby.post(event(fresh_tube()))[0] == 201
     finally:
         proxy.close()

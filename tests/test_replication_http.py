@@ -313,3 +313,33 @@ def test_a_former_primary_without_a_tail_rejoins_and_catches_up(server_factory):
     new.stop()
     rejoined.stop()
     assert digest(new) == digest(rejoined)
+
+
+def test_lag_seconds_is_the_age_of_the_first_entry_the_standby_misses(server_factory):
+    # A standby caught up, idle for a while, then stalled: its lag is how
+    # long it has missed what it misses, not the time since its last ACK
+    # (or since it connected).
+    import signal
+
+    primary, standby = pair(server_factory)
+    assert primary.post(event(fresh_tube()))[0] == 201
+    wait_caught_up(primary, standby)
+    deadline = time.monotonic() + WAIT_S
+    while primary.status()["replication"]["standbys"][0]["lag_events"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(3.0)  # idle, caught up
+    standby.proc.send_signal(signal.SIGSTOP)  # a stall: no FIN, no ACK
+    try:
+        before = time.time()
+        assert primary.post(event(fresh_tube()))[0] == 201
+        time.sleep(0.5)
+        [session] = primary.status()["replication"]["standbys"]
+        assert session["lag_events"] == 1
+        assert 0.45 <= session["lag_seconds"] <= time.time() - before + 0.01, session
+    finally:
+        standby.proc.send_signal(signal.SIGCONT)
+    wait_caught_up(primary, standby)
+    deadline = time.monotonic() + WAIT_S
+    while primary.status()["replication"]["standbys"][0]["lag_events"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert primary.status()["replication"]["standbys"][0]["lag_seconds"] == 0.0

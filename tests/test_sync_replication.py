@@ -168,3 +168,110 @@ def test_the_positives_feed_shows_only_what_the_standby_has(server_factory):
     assert answer["r"][0] == 200 and answer["r"][2]["results"][0]["status"] == 201, answer
     wait_caught_up(primary, again)
     assert [p["tube"] for p in positives(primary, first[0]["seq"])["positives"]] == [tubes[1]]
+
+
+def test_the_gate_refuses_everything_once_fenced_and_releases_nothing_after():
+    from ingest.replication.syncgate import SyncGate
+
+    gate = SyncGate(0.1, "async")
+    got = []
+
+    def park(seq):
+        gate.park(seq, lambda: got.append(f"released {seq}"), lambda: got.append(f"refused {seq}"))
+
+    park(1)
+    park(2)
+    role = ["fenced"]
+    gate.fence(lambda: role[0] != "primary")
+    assert got == ["refused 1", "refused 2"] and gate.status()["waiting_answers"] == 0
+    park(3)  # a commit delivered after the fence
+    assert got[-1] == "refused 3"
+    gate.check(time.monotonic() + 60)  # the degraded path (policy async)
+    gate.on_ack(3, 3)  # a late ACK
+    assert len(got) == 3 and not gate.degraded
+    role[0] = "primary"  # promoted again: the gate waits and releases as before
+    park(4)
+    assert len(got) == 3
+    gate.on_ack(4, 4)
+    assert got[-1] == "released 4"
+
+
+def test_a_fenced_primary_answers_the_writes_waiting_for_a_standby_not_primary(server_factory):
+    # Answers wait at the gate (the standby is gone) when the primary learns
+    # that another node was promoted: the new primary may never get those
+    # events, so a 201, or a "duplicate" (you have it) for a retry, would be
+    # a promise nobody keeps once this node dies. Each is refused with 503
+    # not_primary (the client sends it to the new primary), at once, and
+    # the policy ("async": release after sync_timeout_s) releases nothing.
+    from ingest.store import Store
+
+    primary, standby = sync_pair(server_factory, policy="async", timeout_s=8.0,
+                                 rules={"scanned_at_age_days_max": 1.0 / 86400})
+    standby.kill()
+    ev = event(fresh_tube())
+    answers = {}
+
+    def post(name):
+        if name == "batch":
+            answers[name] = primary.request("POST", "/v1/bindings/batch", {"events": [ev]})
+        else:
+            answers[name] = primary.post(ev)
+
+    first = threading.Thread(target=post, args=("first",), daemon=True)  # through the committer
+    first.start()
+    first.join(1.5)  # past the 1 s age: the retry below is answered from the store
+    assert first.is_alive(), "the write was answered without a standby"
+    retry = threading.Thread(target=post, args=("batch",), daemon=True)  # App.when_replicated
+    retry.start()
+    deadline = time.monotonic() + WAIT_S
+    while primary.status()["replication"]["waiting_answers"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert primary.status()["replication"]["waiting_answers"] == 2
+    # The standby learned of a higher epoch (as from a promotion) and says
+    # hello: the primary is fenced.
+    store = Store(str(standby.data))
+    store.set_epoch(1)
+    store.close()
+    server_factory(data=standby.data, args=standby.args)
+    first.join(WAIT_S)
+    retry.join(WAIT_S)
+    assert primary.status()["role"] == "fenced"
+    status, _, body = answers["first"]
+    assert status == 503 and body["error"]["code"] == "not_primary", answers
+    assert "replaced" in body["error"]["message"]
+    status, _, body = answers["batch"]
+    assert status == 200 and body["results"][0]["status"] == 503, answers
+    assert body["results"][0]["error"]["code"] == "not_primary", answers
+    after = primary.status()
+    assert after["replication"]["waiting_answers"] == 0 and after["in_flight"] == 0
+    assert after["replication"]["degraded"] is False
+    assert "SYNC REPLICATION DEGRADED" not in primary.stderr_text()
+
+
+def test_a_retry_after_a_primary_restart_needs_no_other_write(server_factory):
+    # The standby reconnects to the restarted primary with everything it has:
+    # its HELLO acknowledges that (no ACK comes until a new entry), so a
+    # client's retry answered from the store is not left waiting for an
+    # unrelated write (policy wait: for ever without one).
+    primary, _ = sync_pair(server_factory, policy="wait", timeout_s=0.5)
+    ev = event(fresh_tube())
+    status, _, body = primary.post(ev)
+    assert status == 201, body
+    seq = body["seq"]
+    port = replication_port(primary)
+    config = primary.config_path.read_text()
+    primary.stop()
+    again = server_factory(config=config, data=primary.data, args=("--replication-port", str(port)))
+    deadline = time.monotonic() + WAIT_S
+    while not again.status()["replication"]["standbys"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [session] = again.status()["replication"]["standbys"]
+    assert session["acked_seq"] == seq
+    assert again.status()["replication"]["acked_seq"] == seq  # the gate heard it too
+    answer = {}
+    retry = threading.Thread(target=lambda: answer.update(r=again.post(ev)), daemon=True)
+    retry.start()
+    retry.join(10.0)
+    assert not retry.is_alive(), "the retry waits for another write"
+    status, _, body = answer["r"]
+    assert status == 200 and body["original"]["seq"] == seq, body

@@ -41,6 +41,10 @@ class Session(asyncio.Protocol):
         self.node = ""
         self.cursor = -1  # last seq sent; -1 until the standby said hello
         self.acked = 0
+        # The last time the standby was known to have everything: at its
+        # hello or an ACK of our last seq (until then, the session's start).
+        # lag_seconds counts from it when the log no longer holds the first
+        # entry the standby lacks.
         self.caught_up_at = time.time()
         self._paused = False
         self._writable = asyncio.Event()
@@ -93,8 +97,18 @@ class Session(asyncio.Protocol):
         self.node = hello.node
         self.cursor = hello.last_seq
         self.acked = hello.last_seq
+        if hello.last_seq >= store.last_seq:
+            self.caught_up_at = time.time()
         log.info("standby %s (%s) follows from seq %d", hello.node, self.peer, hello.last_seq)
         self.transport.write(self.proto.welcome(store.last_seq))
+        if hello.last_seq == 0 or (hello.tip and tip_here is not None):
+            # Its log is a prefix of ours up to last_seq (history_refusal
+            # compared the digests), durably on its disk: as good as an ACK of
+            # it. After a reconnect (a primary restart, a lost ACK) no ACK may
+            # come until the next write, and answers waiting at the sync gate
+            # for what it already has would wait for that write. A peer that
+            # sent no tip was not checked: its first ACK counts.
+            self.hub.on_ack(self)
         self.pump()
 
     def pump(self) -> None:
@@ -188,10 +202,23 @@ class Session(asyncio.Protocol):
         self._writable.set()
         self.pump()
 
+    def lag_seconds(self) -> float:
+        """How long the standby has missed something it still misses: since
+        the commit of the first entry it lacks (the entry's `at_ms`, one read
+        per status), or, when the log no longer holds that entry, since it
+        was last known to have everything."""
+        store = self.hub.store
+        if self.acked >= store.last_seq:
+            return 0.0
+        since = self.caught_up_at
+        first = store.log(self.acked, 1)
+        if first and first[0][0] == self.acked + 1 and first[0][1].at_ms:
+            since = first[0][1].at_ms / 1000
+        return round(max(time.time() - since, 0.0), 3)
+
     def status(self) -> dict:
-        lag = self.hub.store.last_seq - self.acked
         return {"node": self.node, "peer": self.peer, "sent_seq": max(self.cursor, 0), "acked_seq": self.acked,
-                "lag_events": lag, "lag_seconds": 0.0 if lag <= 0 else round(time.time() - self.caught_up_at, 3),
+                "lag_events": self.hub.store.last_seq - self.acked, "lag_seconds": self.lag_seconds(),
                 "snapshot": self.snapshot}
 
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol
@@ -52,6 +53,28 @@ async def tell_promoted(host: str, port: int, store: Store) -> bool:
         return False
     finally:
         writer.close()
+
+
+# How often a promoted node tells the primary it followed of its epoch, for
+# as long as it is the primary (see keep_telling_promoted).
+TELL_PROMOTED_EVERY_S = 2.0
+
+
+async def keep_telling_promoted(host: str, port: int, store: Store, is_primary: Callable[[], bool]) -> None:
+    """After a promotion: tell the former primary of the new epoch, and keep
+    telling it while this node is the primary. Once is not enough: a primary
+    behind a partition that heals later, or one started again on its old
+    data (its fence perhaps never stored), would take writes beside this
+    one. A connect every few seconds is the whole cost; a node that already
+    knows the epoch just refuses the hello."""
+    heard = False
+    while is_primary():
+        if await tell_promoted(host, port, store):
+            if not heard:
+                log.warning("told the former primary %s:%d of epoch %d: it stops taking writes", host, port,
+                            store.epoch)
+            heard = True
+        await asyncio.sleep(TELL_PROMOTED_EVERY_S)
 
 
 class Follower:
