@@ -3,13 +3,16 @@ something that is not an ingest node: the standby ends equal or refuses,
 never different."""
 from __future__ import annotations
 
+import socket
 import time
 
 from helpers import event, fresh_tube
 from proxy import Proxy
 from test_replication_http import assert_fenced, digest, mixed_load, replication_port, wait_caught_up
 
+from ingest.replication import primary as primary_module
 from ingest.replication import standby as standby_module
+from ingest.replication import wire
 
 
 def test_cuts_and_stalls_end_in_the_same_state(server_factory):
@@ -106,3 +109,29 @@ def test_a_former_primary_behind_a_partition_is_fenced_when_it_heals(server_fact
         assert standby.post(event(fresh_tube()))[0] == 201
     finally:
         proxy.close()
+
+
+def test_the_replication_port_drops_silent_peers_and_caps_sessions(server_factory):
+    """Whoever reaches the port gets HELLO_TIMEOUT_S to say hello, and at
+    most SESSIONS_MAX sessions are served; the real standby keeps its own."""
+    primary = server_factory(args=("--replication-port", "0"))
+    port = replication_port(primary)
+    standby = server_factory(args=("--follow", f"127.0.0.1:{port}"))
+    assert primary.post(event(fresh_tube()))[0] == 201
+    wait_caught_up(primary, standby)
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(primary_module.SESSIONS_MAX)]
+    try:
+        # the standby holds one session: the last of these is one too many
+        refused = silent[-1].recv(4096)
+        assert wire.decode_refuse(wire.FrameDecoder().feed(refused)[0].payload).code == "busy"
+        assert silent[-1].recv(4096) == b""
+        started = time.monotonic()
+        for sock in silent[:-1]:
+            assert sock.recv(4096) == b""  # closed: no hello in time
+        assert time.monotonic() - started < primary_module.HELLO_TIMEOUT_S + 5
+        assert primary.post(event(fresh_tube()))[0] == 201
+        wait_caught_up(primary, standby)
+        assert "no hello within" in primary.stderr_text()
+    finally:
+        for sock in silent:
+            sock.close()

@@ -1,4 +1,7 @@
-"""The snapshot copy's file outlives a cancel of the task that sends it.
+"""A snapshot's temporary file: open as long as its copy writes to it, and
+removed when the transfer ends however it ends.
+
+The snapshot copy's file outlives a cancel of the task that sends it.
 
 The copy (LMDB's copyfd) writes through a descriptor on a thread of its own;
 the task sending the snapshot is cancelled when the loop ends at shutdown,
@@ -12,6 +15,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+from ingest.replication import primary as primary_module
+from ingest.replication import protocol
 from ingest.replication.primary import Session
 
 
@@ -50,3 +55,55 @@ def test_a_cancel_mid_copy_leaves_the_descriptor_to_the_copy(tmp_path):
 
     assert asyncio.run(scenario()) == b""
     assert not list(tmp_path.glob("snapshot-out-*"))  # still removed
+
+
+class FakeTransport:
+    def __init__(self):
+        self.protocol = None
+        self.written = []
+        self.aborted = False
+
+    def get_extra_info(self, name):
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def write(self, data):
+        self.written.append(data)
+
+    def close(self):
+        self.abort()
+
+    def abort(self):
+        if not self.aborted:
+            self.aborted = True
+            self.protocol.connection_lost(None)
+
+
+def test_a_standby_that_stops_reading_mid_snapshot_is_dropped_and_its_file_removed(tmp_path):
+    store = SlowStore(str(tmp_path))
+    store.release.set()
+    pool = ThreadPoolExecutor(1)
+    hub = SimpleNamespace(store=store, pool=pool, sessions=set())
+    session = Session(hub)
+    transport = FakeTransport()
+    transport.protocol = session
+
+    async def scenario() -> bool:
+        session.connection_made(transport)
+        session.proto.receive(protocol.Standby("s", 0, 0).hello())
+        session.proto.welcome(0)
+        session.cursor = 0
+        session.snapshot = {}
+        session.pause_writing()  # the peer's socket is full: it reads nothing
+        task = asyncio.get_running_loop().create_task(session._send_snapshot())
+        await asyncio.sleep(0.2)
+        assert list(tmp_path.glob("snapshot-out-*")) and not task.done()  # pinned while it waits
+        session._paused_since -= primary_module.STALLED_S + 1
+        session.ping()  # the tick
+        await asyncio.wait_for(task, 5)
+        return transport.aborted
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        pool.shutdown(wait=True)
+    assert not list(tmp_path.glob("snapshot-out-*")) and session not in hub.sessions

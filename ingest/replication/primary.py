@@ -30,6 +30,15 @@ ENTRIES_PER_FRAME = 1000
 # Snapshot bytes per frame: well under the 8 MiB frame limit, and large
 # enough that the per-frame cost (a thread hop to read it) stays small.
 SNAPSHOT_CHUNK_BYTES = 1 << 20
+# The port is open to whoever reaches it (keep it private: operations.md):
+# a peer has this long to say hello, ...
+HELLO_TIMEOUT_S = 5.0
+# ... a session whose peer takes no bytes for this long is closed (a stalled
+# peer would otherwise pin its snapshot file in the data directory; a real
+# standby reconnects once it reads again) ...
+STALLED_S = 30.0
+# ... and beyond this many sessions at once new connections are refused.
+SESSIONS_MAX = 8
 
 
 class Session(asyncio.Protocol):
@@ -47,6 +56,8 @@ class Session(asyncio.Protocol):
         # entry the standby lacks.
         self.caught_up_at = time.time()
         self._paused = False
+        self._paused_since = 0.0  # time.monotonic() when writing paused
+        self._opened_at = time.monotonic()
         self._writable = asyncio.Event()
         self._writable.set()
         self.snapshot: dict | None = None  # a snapshot under way: its seq and bytes sent
@@ -55,6 +66,11 @@ class Session(asyncio.Protocol):
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
+        if len(self.hub.sessions) >= SESSIONS_MAX:
+            log.warning("replication connection from %s refused: %d sessions already", self.peer, SESSIONS_MAX)
+            transport.write(self.proto.refuse("busy", f"this primary serves at most {SESSIONS_MAX} sessions"))
+            transport.close()
+            return
         self.hub.sessions.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -188,12 +204,25 @@ class Session(asyncio.Protocol):
                 pass
 
     def ping(self) -> None:
-        # Silence would look like a dead link to the standby (it reconnects
-        # after STANDBY_READ_TIMEOUT_S): say where we are when idle.
-        if self.transport is not None and self.cursor >= 0 and not self._paused:
+        """Every tick: drop a peer that never said hello or stopped reading;
+        otherwise say where we are (silence would look like a dead link to
+        the standby, which reconnects after STANDBY_READ_TIMEOUT_S)."""
+        if self.transport is None:
+            return
+        now = time.monotonic()
+        if self.cursor < 0 and now - self._opened_at > HELLO_TIMEOUT_S:
+            log.warning("replication connection from %s closed: no hello within %gs", self.peer, HELLO_TIMEOUT_S)
+            self.transport.abort()
+        elif self._paused and now - self._paused_since > STALLED_S:
+            log.warning("standby %s (%s) took nothing for %gs: closing its session", self.node or "?", self.peer,
+                        STALLED_S)
+            self.transport.abort()
+        elif self.cursor >= 0 and not self._paused:
             self.transport.write(self.proto.ping(self.hub.store.last_seq))
 
     def pause_writing(self) -> None:
+        if not self._paused:
+            self._paused_since = time.monotonic()
         self._paused = True
         self._writable.clear()
 
