@@ -203,6 +203,7 @@ def _check_format(env: lmdb.Environment, path: str) -> bool:
     """Whether `env` is new (no key at all: to be initialised). Raises
     StoreError unless it is an ingest store of this format. Reads only, so
     a store refused here is left as it was."""
+    _check_complete(env, path)
     with env.begin() as txn:
         if not txn.cursor().first():
             return True
@@ -217,6 +218,18 @@ def _check_format(env: lmdb.Environment, path: str) -> bool:
     if int.from_bytes(fmt, "big") != FORMAT_VERSION:
         raise StoreError(f"{path}: store format {int.from_bytes(fmt, 'big')}, this build reads {FORMAT_VERSION}")
     return False
+
+
+def _check_complete(env: lmdb.Environment, path: str) -> None:
+    """LMDB maps data.mdb and trusts it to hold every page its meta page
+    names: in a truncated file (a partial copy, a full disk) the first read
+    past the end is a SIGBUS that kills the process without a word. The meta
+    pages are read with read(2) at open, so their last page number is known
+    before any page is touched."""
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = os.path.getsize(os.path.join(path, "data.mdb"))
+    if have < need:
+        raise StoreError(f"{path}: data.mdb is truncated: {have} bytes, its pages need {need}")
 
 
 def _open_readonly(path: str, lock: bool) -> lmdb.Environment:

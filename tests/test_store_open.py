@@ -145,3 +145,22 @@ def test_a_file_as_data_directory_is_not_a_directory(tmp_path):
     out = serve(path)
     assert out.returncode == 1
     assert stderr_lines(out.stderr) == [f"ingest: cannot open the store in {path}: not a directory"]
+
+
+def test_a_truncated_store_is_refused_not_a_sigbus(tmp_path):
+    """LMDB maps data.mdb and reads a page past its end as a SIGBUS: a
+    partial copy of a store killed serve, tail and export without a word."""
+    path = tmp_path / "d"
+    store = Store(str(path), map_bytes_initial=MAP)
+    bind(store, 3000)
+    store.close()
+    os.truncate(path / "data.mdb", 64 * 4096)
+    before = files(path)
+    out = serve(path)
+    assert out.returncode == 1, out.stderr
+    assert "data.mdb is truncated" in out.stderr and "Traceback" not in out.stderr
+    for command in (["export", "bindings"], ["tail", "--after", "0"]):
+        out = subprocess.run([sys.executable, "-m", "ingest", *command, "--data", str(path)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "data.mdb is truncated" in out.stderr, (command, out.stderr)
+    assert files(path)["data.mdb"] == before["data.mdb"]  # lock.mdb is LMDB's reader table
