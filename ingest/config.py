@@ -200,7 +200,9 @@ def load(path: str | None = None) -> Config:
     if path is None:
         return loads(default_text())
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: editors on Windows start UTF-8 files with a BOM, which
+        # tomllib refuses as "Invalid statement (at line 1, column 1)".
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None

@@ -214,3 +214,9 @@ def test_operations_doc_gives_the_shipped_map_sizes():
     rows, store = config_table(), config.load().store
     assert rows["`store.map_bytes_initial`"][1] == f"{store.map_bytes_initial >> 20} MiB"
     assert rows["`store.map_bytes_max`"][1] == f"{store.map_bytes_max >> 40} TiB"
+
+
+def test_a_utf8_file_with_a_bom_is_read(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ('[stats]\ntime_zone = "Asia/Shanghai"\n' + LABS_TOML).encode())
+    assert config.load(str(path)).stats.time_zone == "Asia/Shanghai"
