@@ -50,7 +50,7 @@ from ingest.rules import (
     apply_binding,
     check_stateless,
 )
-from ingest.store import Store
+from ingest.store import Store, StoreFull
 
 # Each lifecycle event's own time, checked against the clock (App._refusal).
 _EVENT_TIME = {
@@ -559,7 +559,22 @@ class App:
             followed = (self.follower.host, self.follower.port)
             self.follower = None
         epoch = max(self.store.epoch, self.store.fenced_at) + 1  # above any epoch it has heard of
-        await asyncio.get_running_loop().run_in_executor(None, self.store.set_epoch, epoch)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.set_epoch, epoch)
+        except Exception as exc:
+            # Nothing changed (a full disk, most likely): say so, and go on
+            # following, instead of a request never answered and a standby
+            # that follows no one.
+            log.exception("promotion to epoch %d failed; nothing changed", epoch)
+            if followed is not None:
+                from ingest.replication.standby import Follower
+
+                self.follower = Follower(self.store, *followed, self.config.person_window_ms)
+                self.follower.start()
+            code = errors.INSUFFICIENT_STORAGE if isinstance(exc, StoreFull) else errors.STORE_ERROR
+            self._error(slot, code, f"promotion failed, nothing changed ({exc}); this node is still a "
+                                    f"{self.role}")
+            return
         self.role = "primary"
         self.primary_address = ""
         log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)

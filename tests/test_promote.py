@@ -1,0 +1,55 @@
+"""Promotion when the store cannot take the new epoch (a full disk): the
+request is answered, nothing changes, and the node goes on following. Before,
+the promotion task died with the exception: the request was never answered
+and the standby, its follower stopped, followed no one."""
+from __future__ import annotations
+
+import asyncio
+
+from ingest import config
+from ingest.app import App
+from ingest.metrics import Metrics
+from ingest.store import Store, StoreFull
+
+
+class Slot:
+    def __init__(self):
+        self.answers, self.route, self.data = [], "post_promote", None
+
+    def respond(self, status, body, content_type=b"application/json", extra=b""):
+        self.data = body
+        self.answers.append((status, body))
+
+
+class StoppedFollower:
+    host, port = "127.0.0.1", 9  # nothing listens there: the new follower retries in the background
+
+    async def stop(self) -> None:
+        pass
+
+
+def test_a_promotion_that_cannot_write_is_answered_and_the_node_keeps_following(tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "d"), map_bytes_initial=1 << 20)
+    try:
+        app = App(config.load(), store, None, Metrics("test"))
+        app.role, app.follower = "standby", StoppedFollower()
+
+        def full(epoch: int) -> None:
+            raise StoreFull("map is at store.map_bytes_max")
+
+        monkeypatch.setattr(store, "set_epoch", full)
+        slot = Slot()
+
+        async def promote():
+            await app._promote(slot)
+            follower = app.follower
+            await follower.stop()
+            return follower
+
+        follower = asyncio.run(promote())
+        [(status, body)] = slot.answers
+        assert status == 507 and b"promotion failed, nothing changed" in body, body
+        assert app.role == "standby" and store.epoch == 0
+        assert (type(follower).__name__, follower.host, follower.port) == ("Follower", "127.0.0.1", 9)
+    finally:
+        store.close()
