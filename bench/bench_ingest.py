@@ -43,6 +43,18 @@ def wait_ready(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"server on port {port} did not come up")
 
 
+def wait_following(port: int, timeout: float = 15.0) -> None:
+    """Until the standby on `port` is connected to its primary: in sync mode
+    the first answers would otherwise wait for it inside the measurement."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=5) as r:
+            if json.load(r).get("replication", {}).get("connected"):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"the standby on port {port} did not connect to its primary")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -180,6 +192,7 @@ def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int =
             follower = subprocess.Popen(["taskset", "-c", LOAD_CPU, *standby], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
             wait_ready(port + 1)  # the standby listens right above the primary
+            wait_following(port + 1)
         res = run_wrk(port, path, args.duration, args.connections, args.threads, env, proc.pid)
         res["events_per_s"] = res["window_requests_per_s"] * (batch or 1)
         if real:

@@ -96,6 +96,7 @@ def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress
             follower = subprocess.Popen(["taskset", "-c", bi.LOAD_CPU, *standby], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
             bi.wait_ready(standby_port)
+            bi.wait_following(standby_port)
             _wait_connected(port)
         wrk = bi.start_wrk(port, path, args.duration, args.batch_connections if batch else args.connections, 1, env)
         # wrk builds its requests before its clock starts: time 0 is the first answer.
