@@ -232,6 +232,15 @@ def _check_complete(env: lmdb.Environment, path: str) -> None:
         raise StoreError(f"{path}: data.mdb is truncated: {have} bytes, its pages need {need}")
 
 
+def _first_seq(txn: lmdb.Transaction, dbs: dict) -> int:
+    """The oldest seq still in the log (last_seq + 1 when it is empty)."""
+    cur = txn.cursor(db=dbs[b"log"])
+    if cur.first():
+        return int.from_bytes(cur.key(), "big")
+    raw = txn.get(_LAST_SEQ, db=dbs[b"meta"])
+    return (0 if raw is None else int.from_bytes(raw, "big")) + 1
+
+
 def _open_readonly(path: str, lock: bool) -> lmdb.Environment:
     # No writemap and no map size of ours: nothing is allocated, and
     # data.mdb is neither grown nor written.
@@ -434,13 +443,8 @@ class StoreReader:
             raise
 
     def log_start(self, txn: lmdb.Transaction) -> int:
-        """The oldest seq in the log (last_seq + 1 when it is empty), as
-        Store.log_start."""
-        cur = txn.cursor(db=self.dbs[b"log"])
-        if cur.first():
-            return int.from_bytes(cur.key(), "big")
-        raw = txn.get(_LAST_SEQ, db=self.dbs[b"meta"])
-        return (0 if raw is None else int.from_bytes(raw, "big")) + 1
+        """The oldest seq in the log, as Store.log_start."""
+        return _first_seq(txn, self.dbs)
 
     def close(self) -> None:
         if self.env is not None:
@@ -541,15 +545,7 @@ class Store:
             self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
             raw = txn.get(_FENCED, db=meta)
             self.fenced_at = 0 if raw is None else int.from_bytes(raw, "big")
-            self.log_start = self._first_seq(txn)
-
-    def _first_seq(self, txn: lmdb.Transaction) -> int:
-        """The oldest seq still in the log (last_seq + 1 when it is empty)."""
-        cur = txn.cursor(db=self.dbs[b"log"])
-        if cur.first():
-            return int.from_bytes(cur.key(), "big")
-        raw = txn.get(_LAST_SEQ, db=self.dbs[b"meta"])
-        return (0 if raw is None else int.from_bytes(raw, "big")) + 1
+            self.log_start = _first_seq(txn, self.dbs)
 
     def close(self) -> None:
         with self._gate:
@@ -611,7 +607,7 @@ class Store:
         """Delete the oldest log entries beyond the newest `log_keep`, at most
         `appended + TRIM_STEP` of them; returns the oldest seq left."""
         if last_seq <= self.log_keep:
-            return self._first_seq(txn)
+            return _first_seq(txn, self.dbs)
         cutoff = seq_key(last_seq - self.log_keep)  # delete keys <= this
         budget = appended + TRIM_STEP
         cur = txn.cursor(db=self.dbs[b"log"])
@@ -620,7 +616,7 @@ class Store:
                 budget -= 1
                 if not cur.delete():  # deletes and moves to the next; False once empty
                     break
-        return self._first_seq(txn)
+        return _first_seq(txn, self.dbs)
 
     def _allocate(self, size: int) -> None:
         """Give data.mdb real disk blocks up to `size` bytes, or raise StoreFull."""

@@ -68,6 +68,30 @@ def test_standby_lost_policy_wait_holds_the_answer(server_factory):
     assert again.last_seq() >= answer["result"][2]["seq"]
 
 
+def start_posting(primary, ev, answers: dict, name: str) -> threading.Thread:
+    """POST `ev` on a thread (a single binding, or a batch of it when `name`
+    is "batch"); its answer lands in answers[name]."""
+    def post():
+        if name == "batch":
+            answers[name] = primary.request("POST", "/v1/bindings/batch", {"events": [ev]})
+        else:
+            answers[name] = primary.post(ev)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread
+
+
+def stale_write_waiting(primary, ev, answers: dict) -> threading.Thread:
+    """The first write of `ev`, held at the gate (no standby) until the
+    sync pair's 1 s age has passed: a retry of it is then answered from the
+    store (App.when_replicated), not by the committer."""
+    first = start_posting(primary, ev, answers, "first")
+    first.join(1.5)
+    assert first.is_alive(), "the write was answered without a standby"
+    return first
+
+
 def test_a_retry_answered_from_the_store_waits_for_the_standby_too(server_factory):
     # A retry whose scan aged past the accepted age is answered "duplicate"
     # from the store, without the committer; in sync mode that answer still
@@ -77,20 +101,8 @@ def test_a_retry_answered_from_the_store_waits_for_the_standby_too(server_factor
     standby.kill()
     ev = event(fresh_tube())
     answers = {}
-
-    def post(name):
-        if name == "batch":
-            answers[name] = primary.request("POST", "/v1/bindings/batch", {"events": [ev]})
-        else:
-            answers[name] = primary.post(ev)
-
-    first = threading.Thread(target=post, args=("first",), daemon=True)
-    first.start()
-    first.join(1.5)  # past the 1 s age: a retry is judged stale
-    assert first.is_alive(), "the write was answered without a standby"
-    retries = [threading.Thread(target=post, args=(name,), daemon=True) for name in ("retry", "batch")]
-    for t in retries:
-        t.start()
+    first = stale_write_waiting(primary, ev, answers)
+    retries = [start_posting(primary, ev, answers, name) for name in ("retry", "batch")]
     time.sleep(1.5)
     assert all(t.is_alive() for t in retries), f"a retry was answered without a standby: {answers}"
     again = server_factory(data=standby.data, args=standby.args)
@@ -210,19 +222,8 @@ def test_a_fenced_primary_answers_the_writes_waiting_for_a_standby_not_primary(s
     standby.kill()
     ev = event(fresh_tube())
     answers = {}
-
-    def post(name):
-        if name == "batch":
-            answers[name] = primary.request("POST", "/v1/bindings/batch", {"events": [ev]})
-        else:
-            answers[name] = primary.post(ev)
-
-    first = threading.Thread(target=post, args=("first",), daemon=True)  # through the committer
-    first.start()
-    first.join(1.5)  # past the 1 s age: the retry below is answered from the store
-    assert first.is_alive(), "the write was answered without a standby"
-    retry = threading.Thread(target=post, args=("batch",), daemon=True)  # App.when_replicated
-    retry.start()
+    first = stale_write_waiting(primary, ev, answers)  # through the committer
+    retry = start_posting(primary, ev, answers, "batch")  # App.when_replicated
     deadline = time.monotonic() + WAIT_S
     while primary.status()["replication"]["waiting_answers"] < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
