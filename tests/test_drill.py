@@ -44,3 +44,57 @@ def test_async_mode_replays_the_unreplicated_tail(tmp_path):
     newly_bound = sum(f["tail_newly_bound"] for f in report["failovers"])
     assert report["replayed_with_new_seq"] <= newly_bound
     assert all(f["tail_written_out"] >= f["tail_newly_bound"] for f in report["failovers"])
+    # a passing drill removes its stores and keeps its tails
+    work = tmp_path / "work"
+    assert not (work / "data-a").exists() and not (work / "data-b").exists()
+    assert len(list(work.glob("tail-*.jsonl"))) == 4
+
+
+def test_the_final_check_counts_only_a_duplicate_naming_the_event_as_found():
+    from ingest.drill import check_acknowledged
+
+    answers = {
+        "kept": (200, {"result": "duplicate", "original": {"event_id": "kept", "seq": 3}}),
+        "moved": (200, {"result": "duplicate", "original": {"event_id": "moved", "seq": 9}}),
+        "gone": (201, {"result": "bound", "seq": 12}),
+        "full": (507, {"error": {"code": "insufficient_storage"}}),
+        "other": (200, {"result": "duplicate", "original": {"event_id": "someone-else", "seq": 4}}),
+    }
+    acked = {event_id: ({"event_id": event_id}, seq) for event_id, seq in
+             (("kept", 3), ("moved", 5), ("gone", 6), ("full", 7), ("other", 4))}
+    lost, unchecked, seq_changed = check_acknowledged(acked, lambda ev: answers[ev["event_id"]])
+    assert lost == ["gone"] and seq_changed == 1
+    assert [u["event_id"] for u in unchecked] == ["full", "other"]
+
+
+def test_sigterm_to_the_drill_stops_its_servers(tmp_path):
+    import os
+    import signal
+    import socket
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "drill", "--workdir", str(tmp_path / "work"), "--failovers", "50",
+         "--seconds", "1", "--base-port", "18680", "--threads", "1", "--rate", "50"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # a signal to it alone
+    try:
+        def up(port: int) -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        deadline = time.monotonic() + 60
+        while not (up(18680) and up(18681)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert up(18680) and up(18681), "the drill's servers did not start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while (up(18680) or up(18681)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not up(18680) and not up(18681), "a server outlived the drill"
+    finally:
+        try:  # the drill's session: it and whatever it left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
