@@ -135,3 +135,38 @@ def test_the_replication_port_drops_silent_peers_and_caps_sessions(server_factor
     finally:
         for sock in silent:
             sock.close()
+
+
+def pair_with_replication_ports(server_factory):
+    primary = server_factory(args=("--replication-port", "0"))
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}", "--replication-port", "0"))
+    return primary, standby
+
+
+def test_the_promoted_node_stops_telling_once_the_old_primary_knows(server_factory):
+    """Told once it knows, the former primary hears no more hellos: rejoined
+    as a standby it would otherwise refuse one every few seconds, in its log."""
+    primary, standby = pair_with_replication_ports(server_factory)
+    assert primary.post(event(fresh_tube()))[0] == 201
+    wait_caught_up(primary, standby)
+    status, _, body = standby.request("POST", "/v1/admin/promote", {})
+    assert status == 200, body
+    assert_fenced(primary)
+    time.sleep(3 * standby_module.TELL_PROMOTED_EVERY_S)
+    refusals = primary.stderr_text().count("stale_primary")
+    time.sleep(3 * standby_module.TELL_PROMOTED_EVERY_S)
+    assert primary.stderr_text().count("stale_primary") == refusals
+    assert standby.stderr_text().count("told the former primary") == 1
+
+
+def test_answers_that_show_the_epoch_is_known():
+    from ingest.replication.protocol import Primary, Standby
+
+    old = Primary("old", 1)
+    refusal = b"".join(a.data for a in old.receive(Standby("new", 2, 5).hello()) if hasattr(a, "data"))
+    assert standby_module._knows_epoch(refusal, 2)  # stale_primary: it fenced itself
+    same = wire.encode(wire.Type.REFUSE, 2, 0, wire.refuse("ahead", "standby has seq 9"))
+    assert standby_module._knows_epoch(same, 2)  # at our epoch: it follows this history
+    older = wire.encode(wire.Type.REFUSE, 1, 0, wire.refuse("self", "x"))
+    assert not standby_module._knows_epoch(older, 2)
+    assert not standby_module._knows_epoch(b"", 2) and not standby_module._knows_epoch(b"HTTP/1.1 400", 2)

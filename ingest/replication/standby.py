@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ingest.replication import protocol
+from ingest.replication import protocol, wire
 from ingest.store import SNAPSHOT_IN, Store
 
 log = logging.getLogger("ingest.replication")
@@ -37,7 +37,8 @@ async def tell_promoted(host: str, port: int, store: Store) -> bool:
     followed, at the new epoch. If that primary is still alive (a partition,
     or a promotion made too early) it learns of the higher epoch and fences
     itself at once, instead of taking writes that the new history will not
-    have. False when it could not be reached (the usual case: it is dead)."""
+    have. True once its answer shows it knows the epoch; False when it
+    could not be reached (the usual case: it is dead) or did not say so."""
     hello = protocol.Standby(store.node, store.epoch, store.last_seq).hello()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
@@ -46,13 +47,23 @@ async def tell_promoted(host: str, port: int, store: Store) -> bool:
     try:
         writer.write(hello)
         await asyncio.wait_for(writer.drain(), CONNECT_TIMEOUT_S)
-        # its refusal (stale_primary) says it heard; closing is enough otherwise
-        await asyncio.wait_for(reader.read(1 << 16), CONNECT_TIMEOUT_S)
-        return True
+        return _knows_epoch(await asyncio.wait_for(reader.read(1 << 16), CONNECT_TIMEOUT_S), store.epoch)
     except (OSError, asyncio.TimeoutError):
         return False
     finally:
         writer.close()
+
+
+def _knows_epoch(answer: bytes, epoch: int) -> bool:
+    """Whether a node's answer to our hello shows that it knows `epoch`: it
+    refused us as `stale_primary` (it fenced itself, durably), or it speaks
+    at that epoch already (it follows this history, or a later one)."""
+    try:
+        return any(frame.epoch >= epoch or (frame.type == wire.Type.REFUSE
+                                            and wire.decode_refuse(frame.payload).code == "stale_primary")
+                   for frame in wire.FrameDecoder().feed(answer))
+    except wire.WireError:
+        return False
 
 
 # How often a promoted node tells the primary it followed of its epoch, for
@@ -62,18 +73,16 @@ TELL_PROMOTED_EVERY_S = 2.0
 
 async def keep_telling_promoted(host: str, port: int, store: Store, is_primary: Callable[[], bool]) -> None:
     """After a promotion: tell the former primary of the new epoch, and keep
-    telling it while this node is the primary. Once is not enough: a primary
-    behind a partition that heals later, or one started again on its old
-    data (its fence perhaps never stored), would take writes beside this
-    one. A connect every few seconds is the whole cost; a node that already
-    knows the epoch just refuses the hello."""
-    heard = False
+    trying while this node is the primary until it answers that it knows.
+    Once is not enough: a primary behind a partition that heals later would
+    take writes beside this one. After it knows, nothing more is sent: its
+    fence is stored, and a node rejoined as a standby would only log a
+    refusal of every hello."""
     while is_primary():
         if await tell_promoted(host, port, store):
-            if not heard:
-                log.warning("told the former primary %s:%d of epoch %d: it stops taking writes", host, port,
-                            store.epoch)
-            heard = True
+            log.warning("told the former primary %s:%d of epoch %d: it stops taking writes", host, port,
+                        store.epoch)
+            return
         await asyncio.sleep(TELL_PROMOTED_EVERY_S)
 
 
