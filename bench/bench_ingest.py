@@ -8,7 +8,8 @@ The server under test is pinned to CPU 0 and wrk to CPU 1 (taskset), on
 loopback, over keep-alive connections. Every request of the single-event
 scenario is a new valid binding (bench/wrk_bindings.lua), so each 201 is a
 fresh event synced to disk. Needs wrk: `apt-get install wrk`.
-Prints events/s, p50/p99 latency, the server's CPU use and the ratio of
+Prints events/s, p50/p99 latency, the server's CPU use (and per event, split
+between the event loop's thread and the committer's) and the ratio of
 durable single-event throughput to the no-op ceiling.
 """
 from __future__ import annotations
@@ -55,9 +56,17 @@ def wait_following(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"the standby on port {port} did not connect to its primary")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU of a process, or of one of its threads."""
+    stat = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU of the server's main thread, where the event loop runs (the
+    committer and any other thread are the process's rest)."""
+    return cpu_seconds(pid, pid)
 
 
 def metric(port: int, name: str) -> float:
@@ -132,12 +141,13 @@ def run_wrk(port: int, path: str, duration: int, connections: int, threads: int,
     if proc.poll() is None:
         time.sleep(duration * 0.2)
         c0, t0 = answered(port), time.monotonic()
-        s0, w0 = cpu_seconds(server_pid), cpu_seconds(proc.pid)
+        s0, l0, w0 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
         time.sleep(duration * 0.5)
         c1, t1 = answered(port), time.monotonic()
-        s1, w1 = cpu_seconds(server_pid), cpu_seconds(proc.pid)
+        s1, l1, w1 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
         dt = t1 - t0
-        window = {"window_requests_per_s": (c1 - c0) / dt, "server_cpu": (s1 - s0) / dt, "wrk_cpu": (w1 - w0) / dt}
+        window = {"window_requests_per_s": (c1 - c0) / dt, "server_cpu": (s1 - s0) / dt, "wrk_cpu": (w1 - w0) / dt,
+                  "loop_cpu": (l1 - l0) / dt}
     out, err = proc.communicate(timeout=duration + 120)
     if proc.returncode != 0 or not window:
         raise RuntimeError(f"wrk failed: {err or out}")
@@ -195,6 +205,10 @@ def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int =
             wait_following(port + 1)
         res = run_wrk(port, path, args.duration, args.connections, args.threads, env, proc.pid)
         res["events_per_s"] = res["window_requests_per_s"] * (batch or 1)
+        # Where each event's core time went: the event loop's thread (HTTP,
+        # decoding, checks, answers) and the rest (the committer: apply, commit).
+        res["loop_us_per_event"] = res["loop_cpu"] / res["events_per_s"] * 1e6
+        res["rest_us_per_event"] = (res["server_cpu"] - res["loop_cpu"]) / res["events_per_s"] * 1e6
         if real:
             res["bound"] = metric(port, 'ingest_events_total{code="",outcome="bound"}')
             res["commits"] = metric(port, "ingest_commit_batch_events_count")
@@ -255,13 +269,15 @@ def main() -> int:
         shutil.rmtree(data, ignore_errors=True)
 
     print("events/s and CPU are measured by the server's own counters in the middle half of the run;")
-    print("req/s is wrk's figure over its whole run.")
+    print("req/s is wrk's figure over its whole run. loop and rest: the server's CPU per event (per request")
+    print("for the no-op) on the event loop's thread and on its other threads (the committer), in µs.")
     print(f"{'scenario':28s} {'events/s':>10s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'srv CPU':>8s} {'wrk CPU':>8s} {'ev/commit':>9s} {'non-2xx':>8s}")
+          f"{'srv CPU':>8s} {'wrk CPU':>8s} {'ev/commit':>9s} {'non-2xx':>8s} {'loop':>6s} {'rest':>6s}")
     for r in results:
         print(f"{r['name']:28s} {r['events_per_s']:10.0f} {r['requests_per_s']:10.0f} {r['p50_ms']:8.2f} "
               f"{r['p99_ms']:8.2f} {r['server_cpu']:8.0%} {r['wrk_cpu']:8.0%} "
-              f"{r.get('events_per_commit', 0):9.1f} {r['non_2xx']:8d}")
+              f"{r.get('events_per_commit', 0):9.1f} {r['non_2xx']:8d} "
+              f"{r['loop_us_per_event']:6.2f} {r['rest_us_per_event']:6.2f}")
     by = {r["name"]: r for r in results}
     if "noop ceiling" in by and "durable single-event" in by:
         ratio = by["durable single-event"]["events_per_s"] / by["noop ceiling"]["events_per_s"]

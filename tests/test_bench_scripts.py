@@ -1,0 +1,47 @@
+"""The in-process benchmark scripts run, and what they print holds.
+
+Capacity planners run these on new hardware; a script that rotted with the
+code would be found only then. Tiny sizes: this checks that they work and
+say what they measured, not how fast anything is.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ingest import kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_store_floor_replays_the_applys_writes_and_reports_each_round():
+    out = run("bench/store_floor.py", "300", "--group", "100", "--rounds", "2")
+    # store_floor exits 1 if a round's store differs from the recorded one
+    head = re.search(r"^300 events in groups of 100: ([\d.]+) reads and writes per event \(kernels: ([\w.]+)\)$",
+                     out, re.M)
+    assert head, out
+    assert float(head[1]) >= 7.0  # two reads and five writes per binding, plus the counters
+    assert head[2] == ("ingest.rules" if kernels.PURE_PYTHON else "ingest._apply")
+    rounds = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+)$", out, re.M)
+    assert [r[0] for r in rounds] == ["1", "2"]
+    for _, apply_us, floor_us, ratio, apply_rate, floor_rate in rounds:
+        assert float(apply_us) > 0 and float(floor_us) > 0
+        assert abs(float(ratio) - float(floor_us) / float(apply_us)) < 0.01
+
+
+def test_inproc_cpu_binds_every_event_it_sends():
+    out = run("bench/inproc_cpu.py", "120", "--group", "12")
+    assert re.fullmatch(r"[\d.]+ us CPU per event, group 12, batch 0, 120 bound\n", out), out
+
+
+def test_inproc_cpu_binds_every_event_of_its_batches():
+    out = run("bench/inproc_cpu.py", "300", "--group", "2", "--batch", "100")
+    assert re.fullmatch(r"[\d.]+ us CPU per event, group 2, batch 100, 300 bound\n", out), out
