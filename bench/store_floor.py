@@ -36,7 +36,8 @@ from ingest import rules
 from ingest.drill import Events
 from ingest.events import BindingEvent
 from ingest.server import tune_gc
-from ingest.store import Store, WriteTx
+from ingest.store import Store
+from ingest.writetx import WriteTx
 
 # WriteTx's cursor slots a binding touches, in the order the floor replays them
 CURSORS = ("_tubes", "_persons", "_events", "_members", "_log", "_stats")

@@ -17,7 +17,8 @@ from ingest import rules
 from ingest.codes import DEMO_SCHEMES
 from ingest.drill import Events
 from ingest.events import BindingEvent
-from ingest.store import Store, WriteTx
+from ingest.store import Store
+from ingest.writetx import WriteTx
 
 WINDOW_MS = 12 * 3_600_000
 IMPLS = kernel_and_twin("_apply", rules.apply_binding_py, "apply_binding")

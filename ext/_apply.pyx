@@ -10,13 +10,14 @@ CPU: a frame per WriteTx method, per helper, per attribute. Here the event
 goes through one C function that talks to the write transaction's cursors
 directly; the LMDB and msgspec calls are the same ones the twin makes.
 
-It is a friend of ``store.WriteTx``: it reads and writes the same slots the
+It is a friend of ``writetx.WriteTx``: it reads and writes the same slots the
 methods do (the cursors, ``seq``, ``_counts``). A change to WriteTx's
 internals is a change here too; the differential test catches a mismatch.
 """
 from ingest import errors, records
 from ingest.outcomes import Bound, Duplicate, Rejected
-from ingest.store import MEMBER_POSITION_MAX, StoreError
+from ingest.keys import MEMBER_POSITION_MAX
+from ingest.store_errors import StoreError
 from ingest.records import (
     OPEN, PEOPLE, STAT_FIELDS, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube,
 )
@@ -37,7 +38,7 @@ cdef long long _POSITION_MAX = MEMBER_POSITION_MAX
 
 
 cdef inline bytes _seq_key(unsigned long long seq):
-    # store.seq_key: u64 big-endian, without a Python method call
+    # keys.seq_key: u64 big-endian, without a Python method call
     cdef char buf[8]
     cdef int i
     for i in range(8):
@@ -47,7 +48,7 @@ cdef inline bytes _seq_key(unsigned long long seq):
 
 
 cdef inline bytes _member_key(bytes tube_key, unsigned int position):
-    # store.member_key: tube, NUL, u16 big-endian position
+    # keys.member_key: tube, NUL, u16 big-endian position
     cdef char buf[3]
     buf[0] = 0
     buf[1] = <char>((position >> 8) & 0xFF)
@@ -56,7 +57,7 @@ cdef inline bytes _member_key(bytes tube_key, unsigned int position):
 
 
 cdef inline void _count(tx, str site, int field):
-    # store.WriteTx.count, inline: deltas per (site, hour), flushed at commit
+    # writetx.WriteTx.count, inline: deltas per (site, hour), flushed at commit
     counts = tx._counts
     key = (site, tx._hour)
     deltas = counts.get(key)
@@ -121,7 +122,7 @@ def apply_binding(tx, ev, str lab, long long window_ms):
                     _encode(Member(person, event_id, scanned_at, seq)))
     history.append(PersonBinding(tube_code, scanned_at, seq, event_id, site_id, position))
     persons.put(person_key, _encode(history))
-    # store.WriteTx.append, inline
+    # writetx.WriteTx.append, inline
     tx.seq = seq
     if not tx._log.put(_seq_key(seq), _encode(LogEntry("binding", lab, raw_payload, tx.at_ms)), True, True, True):
         raise StoreError(f"log entry {seq} exists already: the log must only grow")

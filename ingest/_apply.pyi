@@ -6,6 +6,6 @@ same store; ``ingest.rules.apply_binding`` is whichever of the two runs.
 
 from ingest.events import BindingEvent
 from ingest.outcomes import Outcome
-from ingest.store import WriteTx
+from ingest.writetx import WriteTx
 
 def apply_binding(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) -> Outcome: ...

@@ -50,7 +50,8 @@ from ingest.rules import (
     apply_binding,
     check_stateless,
 )
-from ingest.store import Store, StoreFull
+from ingest.store import Store
+from ingest.store_errors import StoreFull
 
 # Each lifecycle event's own time, checked against the clock (App._refusal).
 _EVENT_TIME = {

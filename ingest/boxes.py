@@ -13,7 +13,7 @@ from ingest.records import (
     BOX_RECEIVED, BOXED, HANDED_OVER, IN_TRANSIT, PACKED, SEALED, TUBES_BOXED, TUBES_RECEIVED, Box, LogEntry,
 )
 from ingest.rules import Done, Outcome, Rejected
-from ingest.store import WriteTx
+from ingest.writetx import WriteTx
 
 
 

@@ -12,7 +12,7 @@ from ingest import boxes, lifecycle, results, rules
 from ingest.events import BindingEvent, BoxEvent, HandoverEvent, ReceiveEvent, ResultEvent, SealEvent, VoidEvent
 from ingest.records import LogEntry
 from ingest.rules import Outcome
-from ingest.store import WriteTx
+from ingest.writetx import WriteTx
 
 
 def _binding(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:

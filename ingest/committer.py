@@ -27,7 +27,9 @@ import msgspec
 from ingest import errors
 from ingest.metrics import Metrics
 from ingest.rules import Rejected
-from ingest.store import Store, StoreFull, WriteTx
+from ingest.store import Store
+from ingest.store_errors import StoreFull
+from ingest.writetx import WriteTx
 
 log = logging.getLogger("ingest.committer")
 

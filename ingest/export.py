@@ -1,6 +1,6 @@
 """`ingest export`: CSV of bindings, tubes or results, streamed.
 
-Rows come from one read-only LMDB snapshot (store.StoreReader: the store
+Rows come from one read-only LMDB snapshot (datadir.StoreReader: the store
 is neither grown nor written), cursor by cursor, and are written as they
 are read, so 35 million rows need no more memory than one.
 The server may keep running meanwhile (LMDB readers never block the writer;
@@ -20,7 +20,8 @@ import lmdb
 
 from ingest import records
 from ingest.records import STATE_NAMES
-from ingest.store import StoreError, StoreReader
+from ingest.datadir import StoreReader
+from ingest.store_errors import StoreError
 
 KINDS = ("bindings", "tubes", "results")
 

@@ -21,7 +21,7 @@ from ingest.records import (
     BOXED, IN_TRANSIT, OPEN, RECEIVED, RESULTED, SEALED, STATE_NAMES, TUBES_SEALED, VOIDED, EventRecord, LogEntry,
 )
 from ingest.rules import Done, Outcome, Rejected, Repeat
-from ingest.store import WriteTx
+from ingest.writetx import WriteTx
 
 _astuple = msgspec.structs.astuple
 

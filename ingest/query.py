@@ -16,7 +16,7 @@ from ingest.events import Malformed
 # digits, which no client means as a number. 20 digits hold any u64 and keep
 # int() away from huge strings.
 DIGITS = re.compile(r"[0-9]{1,20}")
-HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}")  # a stats hour label, as store.HourLabels makes them
+HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}")  # a stats hour label, as keys.HourLabels makes them
 
 
 def parse(text: str) -> dict[str, list[str]]:

@@ -2,7 +2,7 @@
 
 Values are msgpack arrays (msgspec `array_like` structs): compact, fast, and
 field order is the format, so fields are only ever appended, with defaults.
-The key layout lives in store.py; both are described in docs/storage.md.
+The key layout lives in keys.py; both are described in docs/storage.md.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from ingest.events import ResultEvent
 from ingest.lifecycle import REFUSED, TRANSITIONS, claim, refuse
 from ingest.records import POSITIVE_RESULTS, STATE_NAMES, TUBES_RESULTED, LogEntry, Result
 from ingest.rules import Done, Outcome, Rejected
-from ingest.store import WriteTx
+from ingest.writetx import WriteTx
 
 # Results that send a team back to every person of the pool.
 RETEST = frozenset(("positive", "invalid"))

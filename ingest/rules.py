@@ -25,7 +25,8 @@ from ingest.codes import INVALID_TUBE, TubeSchemes, person_check, person_reason
 from ingest.events import BindingEvent
 from ingest.records import OPEN, PEOPLE, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube
 from ingest.outcomes import Bound, Done, Duplicate, Outcome, Rejected, Repeat
-from ingest.store import MEMBER_POSITION_MAX, WriteTx
+from ingest.keys import MEMBER_POSITION_MAX
+from ingest.writetx import WriteTx
 
 __all__ = ["Bound", "Done", "Duplicate", "Outcome", "Rejected", "Repeat", "apply_binding", "apply_binding_py",
            "check_stateless"]

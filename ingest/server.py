@@ -24,7 +24,8 @@ from ingest.committer import Committer
 from ingest.config import Config, ConfigError
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
-from ingest.store import Store, StoreError, StoreFull
+from ingest.store import Store
+from ingest.store_errors import StoreError, StoreFull
 
 log = logging.getLogger("ingest.server")
 

@@ -1,60 +1,28 @@
-"""The LMDB store: its key layout, the write transaction the rules run in,
-and the reads the HTTP API serves.
+"""The LMDB store: the environment, its write path (group commits through
+`write`, the map's growth, log retention), replication's hooks (epoch,
+fence, the log, snapshots) and the reads the HTTP API serves.
 
-Tables (LMDB named databases), described in docs/storage.md:
-
-  meta     b"last_seq"      -> u64 big-endian, last change-log sequence
-           b"format"        -> u32, store format version
-           b"node", b"epoch", b"fenced"  -> replication identity (docs/storage.md)
-  events   event_id (ascii) -> EventRecord   dedup memory of accepted events
-  tubes    tube (ascii)     -> Tube          site, lab, pool size, state, count
-  members  tube \0 u16 BE   -> Member        the tube's people, by position 1..
-  persons  person (ascii)   -> [PersonBinding]  every tube a person was bound to
-  boxes    box (utf-8)      -> Box           a box's tubes, hand-over, receipt
-  results  tube \0 seq      -> Result        every result posted for a tube
-  positives seq (u64 BE)    -> tube          positive/invalid results, in log order
-  stats    scope \0 hour    -> [int] counters (records.STAT_FIELDS); scope "all" or
-                               "site:<id>", hour "YYYY-MM-DDTHH" (server time) or "total"
-  log      seq (u64 BE)     -> LogEntry      the ordered change log; with retention
-                               (log_keep) only its newest entries
-
-Every change goes into `log` in the same transaction as the change itself, so
-the log and the tables can never disagree. Only one thread writes (the
-committer); readers may run on any thread.
+The key layout is keys.py; the write transaction the rules run in,
+writetx.py; opening and locking the data directory, datadir.py. Only one
+thread writes (the committer); readers may run on any thread.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import threading
 import time
-from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import lmdb
 
 from ingest import records
+from ingest.datadir import lock_directory, is_new, make_directory, unlock_directory
+from ingest.keys import EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, HourLabels, first_seq, seq_key
 from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Result, Tube
-
-# 2: tube heads apart from their members (the first layout kept them inline).
-# 3: voids and seals (Tube.slots/sealed_seq, voided_seq, EventRecord.kind).
-# 4: boxes, results, positives.
-# 5: statistics; LogEntry.at_ms.
-FORMAT_VERSION = 5
-TABLES = (b"meta", b"events", b"tubes", b"members", b"persons", b"boxes", b"results", b"positives", b"stats",
-          b"log")
-_LAST_SEQ = b"last_seq"
-_FORMAT = b"format"
-# This node's identity (random, made once) and the highest epoch it knows:
-# replication refuses to follow itself or a primary of an older epoch.
-_NODE = b"node"
-_EPOCH = b"epoch"
-# Present while this node is a primary replaced by a higher epoch (value: that
-# epoch): it must take no writes, after a restart too, until promoted again.
-_FENCED = b"fenced"
+from ingest.store_errors import StoreError, StoreFull
+from ingest.writetx import WriteTx
 
 T = TypeVar("T")
 
@@ -68,400 +36,12 @@ TRIM_STEP = 1000
 SNAPSHOT_OUT_PREFIX = "snapshot-out-"
 SNAPSHOT_IN = "snapshot-in.mdb"
 CLOSE_WAIT_S = 120.0
-# One process per data directory: LMDB does not stop a second writer, and
-# with writemap the second one's open truncates data.mdb to its own map size
-# under the first (SIGBUS on its next write). The lock is an flock on this
-# file, which holds the holder's pid for the refusal message.
-LOCK_FILE = "ingest.lock"
-
-
-def seq_key(seq: int) -> bytes:
-    return seq.to_bytes(8, "big")
-
-
-# A member's position is two bytes of its key: a tube takes at most this many
-# bindings, voided ones included (rules refuse the next with tube_full).
-MEMBER_POSITION_MAX = 0xFFFF
-
-
-def member_key(tube: str, position: int) -> bytes:
-    # Codes are [0-9A-Z], so the NUL separator keeps tube "10" from
-    # sharing a key range with tube "101".
-    return tube.encode() + b"\x00" + position.to_bytes(2, "big")
-
-
-class HourLabels:
-    """Unix ms -> local hour label "YYYY-MM-DDTHH" in one time zone. Offsets
-    are whole quarter hours, so the label is cached per UTC quarter hour."""
-
-    def __init__(self, zone: str = "UTC"):
-        self._zone = ZoneInfo(zone)
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, at_ms: int) -> str:
-        quarter = at_ms // 900_000
-        label = self._cache.get(quarter)
-        if label is None:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            local = datetime.fromtimestamp(quarter * 900, timezone.utc).astimezone(self._zone)
-            label = self._cache[quarter] = local.strftime("%Y-%m-%dT%H")
-        return label
-
-
-def stats_key(scope: str, bucket: str) -> bytes:
-    return scope.encode() + b"\x00" + bucket.encode()
-
-
-class StoreFull(Exception):
-    """The map reached store.map_bytes_max, or the disk is full."""
-
-
-class StoreError(Exception):
-    """Any other failure of a write transaction; nothing was written. Also:
-    a store refused at open (not ours, another format, in use)."""
-
-
-class StoreInUse(StoreError):
-    """Another process holds the data directory's lock."""
-
-
-def _make_directory(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:  # what makedirs says of a file in the way
-        raise StoreError(f"{path}: not a directory") from None
-
-
-def _lock_holder(fd: int) -> str:
-    raw = os.pread(fd, 32, 0).strip()
-    return f"pid {int(raw)}" if raw.isdigit() else "pid unknown"
-
-
-def _lock_directory(path: str, shared: bool = False) -> int | None:
-    """Take the data directory's lock without waiting, or raise StoreInUse;
-    returns the fd that holds it (closing it releases the lock).
-
-    An flock belongs to the open file, so the kernel drops it when its
-    process dies, SIGKILL included: no stale lock to clean up. Store removes
-    the file at close (the directory holds only the store then), so a lock
-    taken on a file no longer at its path is the previous holder's: taken
-    again on the new one.
-
-    `shared` is for a reader without LMDB's lock (StoreReader), which must
-    not read beside a writer. It may not write, so it neither creates nor
-    changes the file: None when there is none (no ingest process has the
-    store open)."""
-    lock_path = os.path.join(path, LOCK_FILE)
-    while True:
-        try:
-            if shared:
-                fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-            else:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:
-            if shared:
-                return None
-            raise
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            if _same_file(fd, lock_path):
-                break
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            os.close(fd)
-            raise StoreInUse(f"data directory {path} is in use by another ingest process ({holder})") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    if not shared:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
-
-
-def _unlock_directory(path: str, fd: int) -> None:
-    """Release Store's lock: the file goes first, while it is still held."""
-    try:
-        os.unlink(os.path.join(path, LOCK_FILE))
-    except OSError:
-        pass  # left behind, as after a kill: the next opener takes it over
-    os.close(fd)
-
-
-def _check_format(env: lmdb.Environment, path: str) -> bool:
-    """Whether `env` is new (no key at all: to be initialised). Raises
-    StoreError unless it is an ingest store of this format. Reads only, so
-    a store refused here is left as it was."""
-    _check_complete(env, path)
-    with env.begin() as txn:
-        if not txn.cursor().first():
-            return True
-    try:
-        meta = env.open_db(b"meta", create=False)
-    except lmdb.Error:  # NotFoundError, or IncompatibleError: a plain key "meta"
-        raise StoreError(f"{path}: not an ingest store (an LMDB environment without its meta table)") from None
-    with env.begin(db=meta) as txn:
-        fmt = txn.get(_FORMAT)
-    if fmt is None:
-        raise StoreError(f"{path}: not an ingest store (no format in its meta table)")
-    if int.from_bytes(fmt, "big") != FORMAT_VERSION:
-        raise StoreError(f"{path}: store format {int.from_bytes(fmt, 'big')}, this build reads {FORMAT_VERSION}")
-    return False
-
-
-def _check_complete(env: lmdb.Environment, path: str) -> None:
-    """LMDB maps data.mdb and trusts it to hold every page its meta page
-    names: in a truncated file (a partial copy, a full disk) the first read
-    past the end is a SIGBUS that kills the process without a word. The meta
-    pages are read with read(2) at open, so their last page number is known
-    before any page is touched."""
-    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    have = os.path.getsize(os.path.join(path, "data.mdb"))
-    if have < need:
-        raise StoreError(f"{path}: data.mdb is truncated: {have} bytes, its pages need {need}")
-
-
-def _first_seq(txn: lmdb.Transaction, dbs: dict) -> int:
-    """The oldest seq still in the log (last_seq + 1 when it is empty)."""
-    cur = txn.cursor(db=dbs[b"log"])
-    if cur.first():
-        return int.from_bytes(cur.key(), "big")
-    raw = txn.get(_LAST_SEQ, db=dbs[b"meta"])
-    return (0 if raw is None else int.from_bytes(raw, "big")) + 1
-
-
-def _open_readonly(path: str, lock: bool) -> lmdb.Environment:
-    # No writemap and no map size of ours: nothing is allocated, and
-    # data.mdb is neither grown nor written.
-    return lmdb.open(path, readonly=True, lock=lock, max_dbs=len(TABLES) + 4, readahead=False)
-
-
-def _is_new(path: str) -> bool:
-    """Whether there is no store yet (Store initialises one). Whatever is
-    there is checked with a read-only open: StoreError unless it is an
-    ingest store of this format."""
-    data_file = os.path.join(path, "data.mdb")
-    if not os.path.exists(data_file) or os.path.getsize(data_file) == 0:
-        return True  # LMDB creates the file before its first page: a first open was killed
-    # lock=False: the caller holds the directory's lock, no ingest process writes.
-    env = _open_readonly(path, lock=False)
-    try:
-        return _check_format(env, path)
-    finally:
-        env.close()
-
-
-class WriteTx:
-    """The store as the rules see it inside one write transaction.
-
-    `seq` is the last sequence number used, including by entries appended in
-    this transaction. Lookups of an empty code answer "none" (here and in
-    Store's reads): LMDB refuses an empty key with an error, and a client may
-    send one where a code is only looked up (a result's tube, a box's tubes).
-    """
-
-    __slots__ = ("txn", "seq", "_events", "_tubes", "_members", "_persons", "_log", "_boxes", "_results",
-                 "_positives", "_stats", "at_ms", "_hour", "_hour_of", "_counts")
-
-    # One cursor per table, called with positional arguments only: a keyword
-    # (`db=`, `append=`) makes py-lmdb build and parse a dict on every call,
-    # which was a tenth of the binding apply (docs/benchmarks.md).
-
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[bytes, object], seq: int,
-                 hour_of: HourLabels | None = None, at_ms: int = 0):
-        self.txn = txn
-        self.seq = seq
-        self._stats = txn.cursor(dbs[b"stats"])
-        self._hour_of = hour_of or HourLabels()
-        # (scope, bucket) -> counter deltas, written once at the end (flush)
-        self._counts: dict[tuple[str, str], list[int]] = {}
-        self.set_time(at_ms)
-        self._events = txn.cursor(dbs[b"events"])
-        self._tubes = txn.cursor(dbs[b"tubes"])
-        self._members = txn.cursor(dbs[b"members"])
-        self._persons = txn.cursor(dbs[b"persons"])
-        self._log = txn.cursor(dbs[b"log"])
-        self._boxes = txn.cursor(dbs[b"boxes"])
-        self._results = txn.cursor(dbs[b"results"])
-        self._positives = txn.cursor(dbs[b"positives"])
-
-    def set_time(self, at_ms: int) -> None:
-        """The server time of what is applied next (a replay sets each entry's)."""
-        self.at_ms = at_ms
-        self._hour = self._hour_of(at_ms)
-
-    def count(self, site: str, field: int, n: int = 1) -> None:
-        """Add n to a statistics counter of `site` (and so of all sites), in
-        this hour and in total. Kept in memory until flush: a commit of many
-        events writes each counter record once."""
-        key = (site, self._hour)
-        deltas = self._counts.get(key)
-        if deltas is None:
-            deltas = self._counts[key] = [0] * len(records.STAT_FIELDS)
-        deltas[field] += n
-
-    def flush(self) -> None:
-        """Add the counted deltas to the four records each touches:
-        (site, hour), (site, total), (all, hour), (all, total)."""
-        if not self._counts:
-            return
-        merged: dict[bytes, list[int]] = {}
-        for (site, hour), deltas in self._counts.items():
-            for key in (stats_key("site:" + site, hour), stats_key("site:" + site, "total"),
-                        stats_key("all", hour), stats_key("all", "total")):
-                have = merged.get(key)
-                merged[key] = deltas[:] if have is None else [a + b for a, b in zip(have, deltas)]
-        for key, deltas in merged.items():
-            raw = self._stats.get(key)
-            if raw is not None:
-                have = records.decode_counts(raw)
-                deltas = [a + b for a, b in zip(have + [0] * (len(deltas) - len(have)), deltas)]
-            self._stats.put(key, records.encode(deltas))
-        self._counts.clear()
-
-    def box(self, code: str) -> Box | None:
-        raw = self._boxes.get(code.encode()) if code else None
-        return None if raw is None else records.decode_box(raw)
-
-    def put_box(self, code: str, box: Box) -> None:
-        self._boxes.put(code.encode(), records.encode(box))
-
-    def put_result(self, tube: str, result: Result) -> None:
-        self._results.put(tube.encode() + b"\x00" + seq_key(result.seq), records.encode(result))
-
-    def put_positive(self, seq: int, tube: str) -> None:
-        self._positives.put(seq_key(seq), tube.encode(), True, True, True)  # dupdata, overwrite, append
-
-    def tube(self, code: str) -> Tube | None:
-        raw = self._tubes.get(code.encode()) if code else None
-        return None if raw is None else records.decode_tube(raw)
-
-    def put_tube(self, code: str, tube: Tube) -> None:
-        self._tubes.put(code.encode(), records.encode(tube))
-
-    def member(self, tube: str, position: int) -> Member | None:
-        raw = self._members.get(member_key(tube, position))
-        return None if raw is None else records.decode_member(raw)
-
-    def put_member(self, tube: str, position: int, member: Member) -> None:
-        self._members.put(member_key(tube, position), records.encode(member))
-
-    def person(self, code: str) -> list[PersonBinding]:
-        raw = self._persons.get(code.encode()) if code else None
-        return [] if raw is None else records.decode_person(raw)
-
-    def put_person(self, code: str, bindings: list[PersonBinding]) -> None:
-        self._persons.put(code.encode(), records.encode(bindings))
-
-    def claim_event(self, event_id: str, record: EventRecord) -> EventRecord | None:
-        """Store `record` under `event_id` unless one is there: then return it.
-
-        One B-tree descent instead of a get and a put on the common path.
-        """
-        key = event_id.encode()
-        if self._events.put(key, records.encode(record), True, False):  # dupdata, overwrite
-            return None
-        return records.decode_event_record(self._events.get(key))
-
-    def event(self, event_id: str) -> EventRecord | None:
-        raw = self._events.get(event_id.encode()) if event_id else None
-        return None if raw is None else records.decode_event_record(raw)
-
-    def release_event(self, event_id: str) -> None:
-        if self._events.set_key(event_id.encode()):
-            self._events.delete()
-
-    def append(self, entry: LogEntry) -> int:
-        self.seq += 1
-        entry.at_ms = self.at_ms
-        if not self._log.put(seq_key(self.seq), records.encode(entry), True, True, True):  # dupdata, overwrite, append
-            raise StoreError(f"log entry {self.seq} exists already: the log must only grow")
-        return self.seq
-
-
-class StoreReader:
-    """A store opened for reading only, by the tools that read the store of
-    a stopped node (`ingest tail`) or beside a running one (`ingest
-    export`): no writemap and no allocation, so data.mdb is neither grown
-    nor written; the format is checked as at Store's open.
-
-    Raises StoreError, its text without the leading path (the caller says
-    "cannot read the store in DIR")."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.env: lmdb.Environment | None = None
-        self._lock_fd: int | None = None
-        try:
-            self.env = self._open()
-            if _check_format(self.env, path):
-                raise StoreError("no ingest store here (an empty LMDB environment)")
-            self.dbs = {name: self._table(name) for name in TABLES}
-        except (lmdb.Error, StoreError, OSError) as exc:
-            self.close()
-            text = getattr(exc, "strerror", None) or str(exc)
-            raise StoreError(text.removeprefix(f"{path}: ")) from None
-
-    def _table(self, name: bytes):
-        try:
-            return self.env.open_db(name, create=False)
-        except lmdb.Error:
-            raise StoreError(f"an incomplete store: no {name.decode()} table") from None
-
-    def _open(self) -> lmdb.Environment:
-        if not os.path.isdir(self.path):
-            raise StoreError("not a directory" if os.path.exists(self.path) else "no such directory")
-        data_file = os.path.join(self.path, "data.mdb")
-        if not os.path.exists(data_file) or os.path.getsize(data_file) == 0:
-            raise StoreError("no ingest store here (no data.mdb)")
-        try:
-            # With LMDB's lock (lock.mdb): a running server sees this reader
-            # and does not reuse the pages it reads.
-            return _open_readonly(self.path, lock=True)
-        except lmdb.ReadonlyError:
-            pass
-        # lock.mdb is not ours to write (a store of another user, a
-        # read-only mount): read without it, and only if no ingest process
-        # has the store open. The directory's lock is held shared meanwhile
-        # when its file is there (a reader may not create it).
-        self._lock_fd = _lock_directory(self.path, shared=True)
-        try:
-            return _open_readonly(self.path, lock=False)
-        except BaseException:
-            self._unlock()
-            raise
-
-    def log_start(self, txn: lmdb.Transaction) -> int:
-        """The oldest seq in the log, as Store.log_start."""
-        return _first_seq(txn, self.dbs)
-
-    def close(self) -> None:
-        if self.env is not None:
-            self.env.close()
-            self.env = None
-        self._unlock()
-
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
 
 class Store:
     def __init__(self, path: str, map_bytes_initial: int = 64 << 20, map_bytes_max: int = 1 << 40,
                  time_zone: str = "UTC", log_keep: int = 0):
-        _make_directory(path)
+        make_directory(path)
         self.path = path
         self.hour_of = HourLabels(time_zone)
         self.map_bytes_initial = map_bytes_initial
@@ -485,7 +65,7 @@ class Store:
         self._copies_done = threading.Condition(self._gate)
         # Before anything in the directory is touched: the debris below may
         # be a running process's snapshot on its way.
-        self._lock_fd: int | None = _lock_directory(path)
+        self._lock_fd: int | None = lock_directory(path)
         try:
             for name in os.listdir(path):
                 if name == SNAPSHOT_IN or name.startswith(SNAPSHOT_OUT_PREFIX):
@@ -507,7 +87,7 @@ class Store:
         # What is there is checked first, read-only: a writemap open already
         # grows the file to the map size, and a store that is not ours (or
         # of another format) must be refused as it was found.
-        new = _is_new(self.path)
+        new = is_new(self.path)
         self.env = lmdb.open(
             self.path,
             map_size=self.map_bytes_initial,
@@ -535,17 +115,17 @@ class Store:
             self.dbs = {name: self.env.open_db(name, txn=txn) for name in TABLES}
             meta = self.dbs[b"meta"]
             if new:
-                txn.put(_FORMAT, FORMAT_VERSION.to_bytes(4, "big"), db=meta)
-            if txn.get(_NODE, db=meta) is None:
-                txn.put(_NODE, os.urandom(8).hex().encode(), db=meta)
-            raw = txn.get(_LAST_SEQ, db=meta)
+                txn.put(FORMAT, FORMAT_VERSION.to_bytes(4, "big"), db=meta)
+            if txn.get(NODE, db=meta) is None:
+                txn.put(NODE, os.urandom(8).hex().encode(), db=meta)
+            raw = txn.get(LAST_SEQ, db=meta)
             self.last_seq = 0 if raw is None else int.from_bytes(raw, "big")
-            self.node = bytes(txn.get(_NODE, db=meta)).decode()
-            raw = txn.get(_EPOCH, db=meta)
+            self.node = bytes(txn.get(NODE, db=meta)).decode()
+            raw = txn.get(EPOCH, db=meta)
             self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
-            raw = txn.get(_FENCED, db=meta)
+            raw = txn.get(FENCED, db=meta)
             self.fenced_at = 0 if raw is None else int.from_bytes(raw, "big")
-            self.log_start = _first_seq(txn, self.dbs)
+            self.log_start = first_seq(txn, self.dbs)
 
     def close(self) -> None:
         with self._gate:
@@ -557,7 +137,7 @@ class Store:
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
-            _unlock_directory(self.path, self._lock_fd)
+            unlock_directory(self.path, self._lock_fd)
             self._lock_fd = None
 
     # -- writing ------------------------------------------------------------
@@ -582,7 +162,7 @@ class Store:
                 result = fn(tx)
                 tx.flush()
                 if tx.seq != self.last_seq:
-                    txn.put(_LAST_SEQ, seq_key(tx.seq), db=self.dbs[b"meta"])
+                    txn.put(LAST_SEQ, seq_key(tx.seq), db=self.dbs[b"meta"])
                 log_start = self._trim(txn, tx.seq, tx.seq - self.last_seq) if self.log_keep else None
                 txn.commit()  # fsync here; py-lmdb releases the GIL meanwhile
             except lmdb.MapFullError:
@@ -607,7 +187,7 @@ class Store:
         """Delete the oldest log entries beyond the newest `log_keep`, at most
         `appended + TRIM_STEP` of them; returns the oldest seq left."""
         if last_seq <= self.log_keep:
-            return _first_seq(txn, self.dbs)
+            return first_seq(txn, self.dbs)
         cutoff = seq_key(last_seq - self.log_keep)  # delete keys <= this
         budget = appended + TRIM_STEP
         cur = txn.cursor(db=self.dbs[b"log"])
@@ -616,7 +196,7 @@ class Store:
                 budget -= 1
                 if not cur.delete():  # deletes and moves to the next; False once empty
                     break
-        return _first_seq(txn, self.dbs)
+        return first_seq(txn, self.dbs)
 
     def _allocate(self, size: int) -> None:
         """Give data.mdb real disk blocks up to `size` bytes, or raise StoreFull."""
@@ -636,8 +216,8 @@ class Store:
         meta = self.dbs[b"meta"]
 
         def put(tx: WriteTx) -> None:
-            tx.txn.put(_EPOCH, max(epoch, self.epoch).to_bytes(8, "big"), db=meta)
-            tx.txn.delete(_FENCED, db=meta)
+            tx.txn.put(EPOCH, max(epoch, self.epoch).to_bytes(8, "big"), db=meta)
+            tx.txn.delete(FENCED, db=meta)
 
         self.write(put)
         self.epoch = max(self.epoch, epoch)
@@ -651,7 +231,7 @@ class Store:
         if epoch <= self.fenced_at:
             return
         meta = self.dbs[b"meta"]
-        self.write(lambda tx: tx.txn.put(_FENCED, epoch.to_bytes(8, "big"), db=meta))
+        self.write(lambda tx: tx.txn.put(FENCED, epoch.to_bytes(8, "big"), db=meta))
         self.fenced_at = epoch
 
     def apply_log(self, entries: list[tuple[int, bytes]], window_ms: int) -> int:
@@ -719,7 +299,7 @@ class Store:
             txn = self.env.begin(buffers=False)
             self._copies += 1
         try:
-            raw = txn.get(_LAST_SEQ, db=self.dbs[b"meta"])
+            raw = txn.get(LAST_SEQ, db=self.dbs[b"meta"])
             try:
                 self.env.copyfd(fd, compact=True, txn=txn)
             except lmdb.Error:
@@ -763,19 +343,19 @@ class Store:
         try:
             meta = check.open_db(b"meta", create=False)
             with check.begin(write=True, db=meta) as txn:
-                fmt = txn.get(_FORMAT)
+                fmt = txn.get(FORMAT)
                 if fmt is None or int.from_bytes(fmt, "big") != FORMAT_VERSION:
                     raise StoreError(f"snapshot: store format {fmt!r}, this build reads {FORMAT_VERSION}")
-                raw = txn.get(_LAST_SEQ)
+                raw = txn.get(LAST_SEQ)
                 if (0 if raw is None else int.from_bytes(raw, "big")) != last_seq:
                     raise StoreError(f"snapshot: holds last_seq {raw!r}, announced {last_seq}")
                 for name in TABLES:
                     check.open_db(name, txn=txn, create=False)  # every table is there
-                raw = txn.get(_EPOCH)
+                raw = txn.get(EPOCH)
                 if self.epoch > (0 if raw is None else int.from_bytes(raw, "big")):
-                    txn.put(_EPOCH, self.epoch.to_bytes(8, "big"))  # never forget a higher epoch
-                txn.put(_NODE, self.node.encode())
-                txn.delete(_FENCED)  # a node that installs a snapshot follows
+                    txn.put(EPOCH, self.epoch.to_bytes(8, "big"))  # never forget a higher epoch
+                txn.put(NODE, self.node.encode())
+                txn.delete(FENCED)  # a node that installs a snapshot follows
             check.sync(True)
         except lmdb.Error as exc:
             raise StoreError(f"snapshot: not a usable store: {exc}") from None
@@ -900,7 +480,7 @@ class Store:
             for name in TABLES:
                 h.update(b"\x00table\x00" + name)
                 for key, value in txn.cursor(db=self.dbs[name]):
-                    if name == b"meta" and key == _NODE:
+                    if name == b"meta" and key == NODE:
                         continue  # identity, not state: differs on every node
                     h.update(len(key).to_bytes(4, "big") + key)
                     h.update(len(value).to_bytes(4, "big") + value)

@@ -18,7 +18,9 @@ import lmdb
 
 from ingest.events import BindingEvent
 from ingest.records import decode_log_entry
-from ingest.store import StoreError, StoreReader, seq_key
+from ingest.datadir import StoreReader
+from ingest.keys import seq_key
+from ingest.store_errors import StoreError
 
 
 class TailIncomplete(Exception):

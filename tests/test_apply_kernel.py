@@ -17,7 +17,8 @@ from ingest import kernels, lifecycle, rules
 from ingest.events import BindingEvent, SealEvent, VoidEvent
 from ingest.outcomes import Bound, Duplicate, Rejected
 from ingest.records import OPEN, Member, Tube
-from ingest.store import MEMBER_POSITION_MAX, Store
+from ingest.keys import MEMBER_POSITION_MAX
+from ingest.store import Store
 
 AT_MS = 1_790_000_000_000  # the server time of every commit: digests must not depend on the clock
 T0 = AT_MS - 3_600_000

@@ -9,7 +9,8 @@ import asyncio
 from ingest import config
 from ingest.app import App
 from ingest.metrics import Metrics
-from ingest.store import Store, StoreFull
+from ingest.store import Store
+from ingest.store_errors import StoreFull
 
 
 class Slot:

@@ -6,7 +6,8 @@ import pytest
 
 from ingest import rules
 from ingest.events import BindingEvent
-from ingest.store import Store, StoreError, StoreFull
+from ingest.store import Store
+from ingest.store_errors import StoreError, StoreFull
 
 NOW = 1_700_000_000_000
 

@@ -15,7 +15,10 @@ import pytest
 from helpers import config_with, event, fresh_tube, stderr_lines
 from ingest import rules
 from ingest.events import BindingEvent
-from ingest.store import FORMAT_VERSION, LOCK_FILE, Store, StoreError, StoreInUse
+from ingest.datadir import LOCK_FILE
+from ingest.keys import FORMAT_VERSION
+from ingest.store import Store
+from ingest.store_errors import StoreError, StoreInUse
 
 NOW = 1_700_000_000_000
 MAP = 1 << 20

@@ -8,7 +8,8 @@ import pytest
 
 from ingest import rules
 from ingest.events import BindingEvent
-from ingest.store import SNAPSHOT_IN, TRIM_STEP, Store, StoreError
+from ingest.store import SNAPSHOT_IN, TRIM_STEP, Store
+from ingest.store_errors import StoreError
 
 NOW = 1_700_000_000_000
 MAP = 8 << 20  # the whole map is allocated on disk: keep test stores small

@@ -15,7 +15,8 @@ import pytest
 
 from ingest import rules
 from ingest.events import BindingEvent
-from ingest.store import FORMAT_VERSION, Store
+from ingest.keys import FORMAT_VERSION
+from ingest.store import Store
 
 NOW = 1_700_000_000_000
 TOOLS = {"tail": ["tail", "--after", "0"], "export": ["export", "tubes"]}

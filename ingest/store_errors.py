@@ -1,0 +1,16 @@
+"""What the store raises. Its own module because every layer catches them:
+the committer and the server (full, failed), the tools that read a store
+(refused at open), the data directory's lock (in use)."""
+
+
+class StoreFull(Exception):
+    """The map reached store.map_bytes_max, or the disk is full."""
+
+
+class StoreError(Exception):
+    """Any other failure of a write transaction; nothing was written. Also:
+    a store refused at open (not ours, another format, in use)."""
+
+
+class StoreInUse(StoreError):
+    """Another process holds the data directory's lock."""
