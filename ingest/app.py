@@ -2,7 +2,8 @@
 
 Writes go: decode (msgspec) -> stateless checks (rules.check_stateless) ->
 the committer queue -> rules.apply_binding in a group commit -> answer.
-Reads run synchronously on the loop thread against committed state.
+The GET routes of the data are reads.py's, the node's own routes (status,
+promotion, health) node_routes.py's: both are parts of App.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from ingest import boxes, codes, errors, kernels, lifecycle, query, results, routes
+from ingest import boxes, errors, kernels, lifecycle, results, routes
 from ingest.answers import batch_item, outcome_body, outcome_key
 from ingest.committer import Committer, Work
 from ingest.config import Config, tube_schemes
@@ -37,13 +38,8 @@ from ingest.events import (
 )
 from ingest.http import Request
 from ingest.metrics import Metrics
-from ingest.records import (
-    BOX_STATE_NAMES,
-    PEOPLE,
-    STAT_FIELDS,
-    STATE_NAMES,
-    VOIDED,
-)
+from ingest.node_routes import NodeRoutes
+from ingest.reads import Reads
 from ingest.rules import (
     Duplicate,
     Rejected,
@@ -51,7 +47,6 @@ from ingest.rules import (
     check_stateless,
 )
 from ingest.store import Store
-from ingest.store_errors import StoreFull
 
 # Each lifecycle event's own time, checked against the clock (App._refusal).
 _EVENT_TIME = {
@@ -65,8 +60,6 @@ _MEDIA = {b"application/json": JSON, b"application/msgpack": MSGPACK, b"applicat
 _ENCODERS = {JSON: msgspec.json.Encoder().encode, MSGPACK: msgspec.msgpack.Encoder().encode}
 _CONTENT_TYPE = {JSON: b"application/json", MSGPACK: b"application/msgpack"}
 _encode_json = _ENCODERS[JSON]
-_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
-_SEQ_MAX = 2**64 - 1  # sequence numbers are u64
 
 
 def local_day(now_ms: int) -> tuple[int, int]:
@@ -79,7 +72,7 @@ def local_day(now_ms: int) -> tuple[int, int]:
     return now.tm_year * 10000 + now.tm_mon * 100 + now.tm_mday, int(midnight) * 1000
 
 
-class App:
+class App(Reads, NodeRoutes):
     def __init__(self, config: Config, store: Store, committer: Committer | None, metrics: Metrics):
         self.config = config
         self.store = store
@@ -373,236 +366,6 @@ class App:
 
     def post_receive(self, req: Request, slot, box: str) -> None:
         self._post_lifecycle(req, slot, ReceiveEvent, "box", box, boxes.apply_receive)
-
-    # -- reads -------------------------------------------------------------
-
-    def get_tube(self, req: Request, slot, code: str) -> None:
-        found = self.store.tube(code)
-        if found is None:
-            self._error(slot, errors.NOT_FOUND, "no binding names this tube", "tube")
-            return
-        tube, members = found
-        body = {
-            "tube": code, "lab": tube.lab, "site_id": tube.site_id, "pool_size": tube.pool_size,
-            "state": STATE_NAMES[tube.state], "opened_seq": tube.opened_seq, "count": tube.count,
-            "persons": [
-                {"person": m.person, "event_id": m.event_id, "scanned_at": m.scanned_at, "seq": m.seq}
-                for m in members if not m.voided_seq
-            ],
-        }
-        voided = [
-            {"person": m.person, "event_id": m.event_id, "scanned_at": m.scanned_at, "seq": m.seq,
-             "voided_seq": m.voided_seq}
-            for m in members if m.voided_seq
-        ]
-        if voided:
-            body["voided"] = voided
-        if tube.sealed_seq:
-            body["sealed_seq"] = tube.sealed_seq
-        if tube.box:
-            body["box"] = tube.box
-        if tube.result:
-            body["result"] = tube.result
-            body["results"] = [
-                {"result": r.result, "lab_id": r.lab_id, "tested_at": r.tested_at, "event_id": r.event_id, "seq": r.seq}
-                for r in self.store.results(code)
-            ]
-        slot.respond(200, _encode_json(body))
-
-    def get_person(self, req: Request, slot, code: str) -> None:
-        history = self.store.person(code)
-        if not history:
-            self._error(slot, errors.NOT_FOUND, "no binding names this person", "person")
-            return
-        tubes = []
-        for b in history:
-            found = self.store.tube(b.tube)
-            head = found[0] if found else None
-            tubes.append({
-                "tube": b.tube, "site_id": b.site_id, "scanned_at": b.scanned_at, "seq": b.seq, "event_id": b.event_id,
-                "voided": bool(b.voided_seq), "state": STATE_NAMES[head.state] if head else None,
-                "result": head.result if head else "",
-            })
-        body = {"person": code, "tubes": tubes}
-        slot.respond(200, _encode_json(body))
-
-    def get_box(self, req: Request, slot, code: str) -> None:
-        box = self.store.box(code)
-        if box is None:
-            self._error(slot, errors.NOT_FOUND, "no box has this barcode", "box")
-            return
-        body = {"box": code, "site_id": box.site_id, "state": BOX_STATE_NAMES[box.state], "tubes": box.tubes,
-                "packed_seq": box.packed_seq}
-        if box.handover_seq:
-            body.update(courier_id=box.courier_id, handed_at=box.handed_at, handover_seq=box.handover_seq)
-        if box.receive_seq:
-            body.update(lab_id=box.lab_id, received_at=box.received_at, receive_seq=box.receive_seq,
-                        found=box.found, missing=box.missing, extra=box.extra, other_lab=box.other_lab)
-        slot.respond(200, _encode_json(body))
-
-    def get_positives(self, req: Request, slot) -> None:
-        q = query.parse(req.query)
-        try:
-            since = query.number(q, "since", 0, 0, _SEQ_MAX)
-            limit = query.number(q, "limit", 100, 1, 1000)
-        except Malformed as m:
-            self._error(slot, errors.MALFORMED, m.message, m.field)
-            return
-        # The largest u64 is a sequence number, but none can follow it (nor
-        # would the store's key for since + 1 fit its 8 bytes).
-        found = self.store.positives(since, limit) if since < _SEQ_MAX else []
-        gate = self.gate
-        if gate is not None and not gate.degraded:
-            # Sync mode: only what a standby has. A positive shown before it
-            # is replicated could vanish in a failover and its seq go to
-            # another positive, which a poller past that seq would never see.
-            found = [(seq, code) for seq, code in found if seq <= gate.acked]
-        items = []
-        last = since
-        for seq, code in found:
-            last = seq
-            tube, members = self.store.tube(code)
-            result = self.store.result(code, seq)
-            items.append({
-                "seq": seq, "tube": code, "result": result.result, "lab_id": result.lab_id,
-                "tested_at": result.tested_at, "current_result": tube.result, "site_id": tube.site_id,
-                "box": tube.box,
-                "persons": [
-                    {"person": m.person, "scanned_at": m.scanned_at, "event_id": m.event_id}
-                    for m in members if not m.voided_seq
-                ],
-            })
-        slot.respond(200, _encode_json({"positives": items, "next_since": last}))
-
-    def get_stats(self, req: Request, slot) -> None:
-        self._stats(req, slot, "all")
-
-    def get_site_stats(self, req: Request, slot, site: str) -> None:
-        self._stats(req, slot, "site:" + site)
-
-    def _stats(self, req: Request, slot, scope: str) -> None:
-        """Counters kept as events are applied: no scan of the store."""
-        q = query.parse(req.query)
-        try:
-            start = query.param(q, "from", query.HOUR, "an hour label, YYYY-MM-DDTHH") or ""
-            end = query.param(q, "to", query.HOUR, "an hour label, YYYY-MM-DDTHH") or "~"
-        except Malformed as m:
-            self._error(slot, errors.MALFORMED, m.message, m.field)
-            return
-        buckets = self.store.stats(scope)
-        zero = [0] * len(STAT_FIELDS)
-
-        def named(counts: list[int]) -> dict:
-            counts = counts + [0] * (len(STAT_FIELDS) - len(counts))
-            out = dict(zip(STAT_FIELDS, counts))
-            out["people_sampled"] = counts[PEOPLE] - counts[VOIDED]
-            return out
-
-        total = named(buckets.get("total", zero))
-        total["sealed_not_received"] = total["tubes_sealed"] - total["tubes_received"]
-        hours = [
-            {"hour": hour, **named(counts)}
-            for hour, counts in sorted(buckets.items())
-            if hour != "total" and start <= hour <= end
-        ]
-        body = {"scope": scope.removeprefix("site:") if scope != "all" else "all",
-                "time_zone": self.config.stats.time_zone, "total": total, "hours": hours}
-        slot.respond(200, _encode_json(body))
-
-    def get_status(self, req: Request, slot) -> None:
-        body = {
-            "role": self.role,
-            "node": self.store.node,
-            "epoch": self.store.epoch,
-            "implementation": codes.IMPLEMENTATION,
-            "last_seq": self.store.last_seq,
-            "log_first_seq": self.store.log_start,
-            "draining": self.draining,
-            "in_flight": self.committer.in_flight if self.committer else 0,
-        }
-        if self.follower is not None:
-            body["replication"] = self.follower.status()
-        elif self.hub is not None:
-            body["replication"] = {"standbys": self.hub.status(),
-                                   **(self.gate.status() if self.gate else {"mode": "async"})}
-        slot.respond(200, _encode_json(body))
-
-    def fence(self, epoch: int) -> None:
-        """A higher epoch exists: another node was promoted. Stop writes now,
-        and for good: the store keeps it across restarts."""
-        if self.role == "primary":
-            log.error("fenced: epoch %d is above ours (%d); refusing writes from now on", epoch, self.store.epoch)
-            self.role = "fenced"
-            asyncio.get_running_loop().run_in_executor(None, self._store_fence, epoch)
-            if self.gate is not None:
-                # Answers waiting for a standby (sync mode) speak of events
-                # the new primary may never get: they are refused, not
-                # released, while this node is not the primary.
-                self.gate.fence(lambda: self.role != "primary")
-
-    def _store_fence(self, epoch: int) -> None:
-        try:
-            self.store.fence(epoch)
-        except Exception:
-            log.exception("could not store the fence at epoch %d; a restart would take writes again", epoch)
-
-    def post_promote(self, req: Request, slot) -> None:
-        if self.role == "primary":
-            slot.respond(200, _encode_json({"result": "already_primary", "epoch": self.store.epoch}))
-            return
-        asyncio.get_running_loop().create_task(self._promote(slot))
-
-    async def _promote(self, slot) -> None:
-        """Stop following, raise the epoch durably, take writes."""
-        followed = None
-        if self.follower is not None:
-            await self.follower.stop()
-            followed = (self.follower.host, self.follower.port)
-            self.follower = None
-        epoch = max(self.store.epoch, self.store.fenced_at) + 1  # above any epoch it has heard of
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.set_epoch, epoch)
-        except Exception as exc:
-            # Nothing changed (a full disk, most likely): say so, and go on
-            # following, instead of a request never answered and a standby
-            # that follows no one.
-            log.exception("promotion to epoch %d failed; nothing changed", epoch)
-            if followed is not None:
-                from ingest.replication.standby import Follower
-
-                self.follower = Follower(self.store, *followed, self.config.person_window_ms)
-                self.follower.start()
-            code = errors.INSUFFICIENT_STORAGE if isinstance(exc, StoreFull) else errors.STORE_ERROR
-            self._error(slot, code, f"promotion failed, nothing changed ({exc}); this node is still a "
-                                    f"{self.role}")
-            return
-        self.role = "primary"
-        self.primary_address = ""
-        log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
-        slot.respond(200, _encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
-        from ingest.replication.standby import keep_telling_promoted
-
-        if followed is not None:
-            self._telling = asyncio.get_running_loop().create_task(
-                keep_telling_promoted(*followed, self.store, lambda: self.role == "primary"))
-
-    def get_metrics(self, req: Request, slot) -> None:
-        slot.respond(200, self.metrics.render(), _PROMETHEUS)
-
-    def get_livez(self, req: Request, slot) -> None:
-        slot.respond(200, b'{"status":"live"}')
-
-    def get_readyz(self, req: Request, slot) -> None:
-        # Ready means "send writes here": a load balancer in front of a pair
-        # must route to the primary only (a standby or fenced node refuses
-        # every write; its reads are GET routes, and /livez says it runs).
-        if self.draining:
-            self._error(slot, errors.SHUTTING_DOWN, "draining for shutdown")
-        elif self.role != "primary":
-            self._error_body(slot, errors.NOT_PRIMARY, f"this node is {self.role}; it takes no writes",
-                             {"primary": self.primary_address} if self.primary_address else None)
-        else:
-            slot.respond(200, b'{"status":"ready"}')
 
 
 # The binding routes run compiled (ext/_binding_routes.pyx) unless INGEST_PURE_PYTHON=1.

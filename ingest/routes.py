@@ -1,7 +1,8 @@
 """The HTTP routes: every path the server answers, and which handler.
 
 `resolve(method, path)` returns (handler name, path parameter) or an
-ErrorCode (404/405). Handlers are methods of ingest.app.App with that name.
+ErrorCode (404/405). Handlers are methods of ingest.app.App with that name
+(the GET routes of the data in reads.py, the node's own in node_routes.py).
 docs/api.md describes each route.
 """
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""The node's own routes: its role (status, promotion, fencing) and its
+health for operators and load balancers (metrics, livez, readyz); see
+docs/replication.md and docs/operations.md. A part of App (app.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from ingest import codes, errors
+from ingest.http import Request
+from ingest.store_errors import StoreFull
+
+log = logging.getLogger("ingest.app")
+
+_encode_json = msgspec.json.Encoder().encode
+_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class NodeRoutes:
+    def get_status(self, req: Request, slot) -> None:
+        body = {
+            "role": self.role,
+            "node": self.store.node,
+            "epoch": self.store.epoch,
+            "implementation": codes.IMPLEMENTATION,
+            "last_seq": self.store.last_seq,
+            "log_first_seq": self.store.log_start,
+            "draining": self.draining,
+            "in_flight": self.committer.in_flight if self.committer else 0,
+        }
+        if self.follower is not None:
+            body["replication"] = self.follower.status()
+        elif self.hub is not None:
+            body["replication"] = {"standbys": self.hub.status(),
+                                   **(self.gate.status() if self.gate else {"mode": "async"})}
+        slot.respond(200, _encode_json(body))
+
+    def fence(self, epoch: int) -> None:
+        """A higher epoch exists: another node was promoted. Stop writes now,
+        and for good: the store keeps it across restarts."""
+        if self.role == "primary":
+            log.error("fenced: epoch %d is above ours (%d); refusing writes from now on", epoch, self.store.epoch)
+            self.role = "fenced"
+            asyncio.get_running_loop().run_in_executor(None, self._store_fence, epoch)
+            if self.gate is not None:
+                # Answers waiting for a standby (sync mode) speak of events
+                # the new primary may never get: they are refused, not
+                # released, while this node is not the primary.
+                self.gate.fence(lambda: self.role != "primary")
+
+    def _store_fence(self, epoch: int) -> None:
+        try:
+            self.store.fence(epoch)
+        except Exception:
+            log.exception("could not store the fence at epoch %d; a restart would take writes again", epoch)
+
+    def post_promote(self, req: Request, slot) -> None:
+        if self.role == "primary":
+            slot.respond(200, _encode_json({"result": "already_primary", "epoch": self.store.epoch}))
+            return
+        asyncio.get_running_loop().create_task(self._promote(slot))
+
+    async def _promote(self, slot) -> None:
+        """Stop following, raise the epoch durably, take writes."""
+        followed = None
+        if self.follower is not None:
+            await self.follower.stop()
+            followed = (self.follower.host, self.follower.port)
+            self.follower = None
+        epoch = max(self.store.epoch, self.store.fenced_at) + 1  # above any epoch it has heard of
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.set_epoch, epoch)
+        except Exception as exc:
+            # Nothing changed (a full disk, most likely): say so, and go on
+            # following, instead of a request never answered and a standby
+            # that follows no one.
+            log.exception("promotion to epoch %d failed; nothing changed", epoch)
+            if followed is not None:
+                from ingest.replication.standby import Follower
+
+                self.follower = Follower(self.store, *followed, self.config.person_window_ms)
+                self.follower.start()
+            code = errors.INSUFFICIENT_STORAGE if isinstance(exc, StoreFull) else errors.STORE_ERROR
+            self._error(slot, code, f"promotion failed, nothing changed ({exc}); this node is still a "
+                                    f"{self.role}")
+            return
+        self.role = "primary"
+        self.primary_address = ""
+        log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
+        slot.respond(200, _encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
+        from ingest.replication.standby import keep_telling_promoted
+
+        if followed is not None:
+            self._telling = asyncio.get_running_loop().create_task(
+                keep_telling_promoted(*followed, self.store, lambda: self.role == "primary"))
+
+    def get_metrics(self, req: Request, slot) -> None:
+        slot.respond(200, self.metrics.render(), _PROMETHEUS)
+
+    def get_livez(self, req: Request, slot) -> None:
+        slot.respond(200, b'{"status":"live"}')
+
+    def get_readyz(self, req: Request, slot) -> None:
+        # Ready means "send writes here": a load balancer in front of a pair
+        # must route to the primary only (a standby or fenced node refuses
+        # every write; its reads are GET routes, and /livez says it runs).
+        if self.draining:
+            self._error(slot, errors.SHUTTING_DOWN, "draining for shutdown")
+        elif self.role != "primary":
+            self._error_body(slot, errors.NOT_PRIMARY, f"this node is {self.role}; it takes no writes",
+                             {"primary": self.primary_address} if self.primary_address else None)
+        else:
+            slot.respond(200, b'{"status":"ready"}')
