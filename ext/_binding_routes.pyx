@@ -169,13 +169,16 @@ cdef dict _HOT = {
 
 def handle(app, req, slot):
     """App.handle_py for the binding routes of a primary: the route table's
-    lookup, the role check and a Python frame or three per request, skipped.
+    lookup, the role check and a Python frame or three per request, skipped
+    (the token is checked as there, when access control is on).
     Every other request goes to the twin, unchanged."""
     if req.method == _POST and app.role == _PRIMARY:
         hot = _HOT.get(req.path)
         if hot is not None:
             name, handler = hot
             slot.route = name
+            if app.access is not None and not app.authorize(req, slot, name):
+                return
             try:
                 handler(app, req, slot)
             except Exception:

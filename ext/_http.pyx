@@ -120,6 +120,7 @@ cdef class RequestParser:
         bytes _url
         Py_ssize_t _header_bytes
         object _content_type
+        object _authorization
         # The twin keeps Content-Length and compares it at the end of the
         # headers; the limit does not change in between, so the verdict is kept.
         bint _length_too_big
@@ -158,6 +159,7 @@ cdef class RequestParser:
         self._url = b""
         self._header_bytes = 0
         self._content_type = None
+        self._authorization = None
         self._length_too_big = False
         self._expect_continue = False
         self._has_host = False
@@ -250,6 +252,10 @@ cdef class RequestParser:
             self._has_host = True
         elif n == 12 and _is_lower(s, b"content-type", 12):
             self._content_type = _media_type(value)
+        elif n == 13 and _is_lower(s, b"authorization", 13):
+            if self._authorization is not None:
+                self._fail(_BAD_REQUEST, "more than one Authorization header")
+            self._authorization = value
         elif n == 14 and _is_lower(s, b"content-length", 14):
             # llhttp has already rejected a malformed or repeated length;
             # anything but plain digits takes the twin's int() path.
@@ -336,6 +342,7 @@ cdef class RequestParser:
         req.content_type = self._content_type
         req.body = body
         req.keep_alive = keep_alive
+        req.authorization = self._authorization
         self._done.append(req)
         self.started_at = None
         self._in_head = True

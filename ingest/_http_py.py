@@ -20,6 +20,7 @@ class RequestParser:
     __slots__ = (
         "_parser", "_header_bytes_max", "_body_bytes_max", "_done", "_url", "_header_bytes",
         "_content_type", "_content_length", "_expect_continue", "_has_host", "_body", "_body_len", "_error",
+        "_authorization",
         "started_at", "interim", "_now", "_in_head", "_head_bytes", "_finished", "_host_ok",
     )
 
@@ -56,6 +57,7 @@ class RequestParser:
         self._url = b""
         self._header_bytes = 0
         self._content_type = None
+        self._authorization = None
         self._content_length = None
         self._expect_continue = False
         self._has_host = False
@@ -139,6 +141,11 @@ class RequestParser:
             self._has_host = True
         elif n == 12 and name.lower() == b"content-type":
             self._content_type = value.split(b";", 1)[0].strip().lower()
+        elif n == 13 and name.lower() == b"authorization":
+            # Two would leave open which one the access check read.
+            if self._authorization is not None:
+                self._fail(errors.BAD_REQUEST, "more than one Authorization header")
+            self._authorization = value
         elif n == 14 and name.lower() == b"content-length":
             # llhttp has already rejected a malformed or repeated length.
             self._content_length = int(value)
@@ -187,7 +194,8 @@ class RequestParser:
         path, _, query = url.decode("latin-1").partition("?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         keep_alive = self._parser.should_keep_alive()
-        self._done.append(Request(self._parser.get_method(), path, query, self._content_type, body, keep_alive))
+        self._done.append(Request(self._parser.get_method(), path, query, self._content_type, body, keep_alive,
+                                  self._authorization))
         self.started_at = None
         self._in_head = True
         if not keep_alive:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import msgspec
 
 from ingest import boxes, errors, kernels, lifecycle, results, routes
+from ingest.access import Access
 from ingest.answers import batch_item, outcome_body, outcome_key
 from ingest.committer import Committer, Work
 from ingest.config import Config, tube_schemes
@@ -60,6 +61,8 @@ _MEDIA = {b"application/json": JSON, b"application/msgpack": MSGPACK, b"applicat
 _ENCODERS = {JSON: msgspec.json.Encoder().encode, MSGPACK: msgspec.msgpack.Encoder().encode}
 _CONTENT_TYPE = {JSON: b"application/json", MSGPACK: b"application/msgpack"}
 _encode_json = _ENCODERS[JSON]
+# RFC 9110 11.6.1: a 401 says which scheme the route takes.
+_CHALLENGE = b'WWW-Authenticate: Bearer realm="ingest"\r\n'
 
 
 def local_day(now_ms: int) -> tuple[int, int]:
@@ -79,6 +82,9 @@ class App(Reads, NodeRoutes):
         self.committer = committer
         self.metrics = metrics
         self.schemes = tube_schemes(config.labs)
+        # None: no token configured, every route open (loopback, or a proxy in front: server.check_access)
+        self.access = Access({t.sha256: frozenset(t.roles) for t in config.access.tokens}) \
+            if config.access.tokens else None
         self.draining = False
         # "primary" takes writes; "standby" follows one; "fenced": a former
         # primary that learned of a higher epoch (kept in the store, so that
@@ -184,6 +190,8 @@ class App(Reads, NodeRoutes):
             return
         name, param = target
         slot.route = name
+        if self.access is not None and not self.authorize(req, slot, name):
+            return
         if self.role != "primary" and req.method == b"POST" and name != "post_promote":
             self._error_body(slot, errors.NOT_PRIMARY, f"this node is {self.role}; write to the primary",
                              {"primary": self.primary_address} if self.primary_address else None)
@@ -195,6 +203,27 @@ class App(Reads, NodeRoutes):
                 getattr(self, name)(req, slot, param)
         except Exception:
             self.handler_failed(name, slot)
+
+    def authorize(self, req: Request, slot, name: str) -> bool:
+        """Whether the request's token may call the handler `name`; if not,
+        it is answered here: 401 without a known token, 403 without the role."""
+        need = routes.ROLE_OF[name]
+        if need is None:
+            return True
+        roles = self.access.roles(req.authorization)
+        if roles is None:
+            self.metrics.access_refused.labels(name, errors.UNAUTHORIZED.code).inc()
+            # Not "which token was wrong": the answer must not help a guesser.
+            self._error(slot, errors.UNAUTHORIZED,
+                        "send Authorization: Bearer <token>, a token this server knows"
+                        if req.authorization is None else "the bearer token is not one this server knows",
+                        extra=_CHALLENGE)
+            return False
+        if need not in roles:
+            self.metrics.access_refused.labels(name, errors.FORBIDDEN.code).inc()
+            self._error(slot, errors.FORBIDDEN, f"this token may not call {name}: that needs the {need} role")
+            return False
+        return True
 
     def handler_failed(self, name: str, slot) -> None:
         """A handler raised: log it, and answer 500 unless it answered already."""

@@ -4,6 +4,7 @@
     ingest export bindings|tubes|results [--data DIR] [--site S] [--since MS] [--until MS] [--out FILE]
     ingest drill [--hosts A,B [--remote 'ssh {host} {command}'] ...]
     ingest tail --data DIR --after SEQ
+    ingest token --name NAME --role ROLE [--role ROLE ...]
 
 With no options it serves on 127.0.0.1:8080 with ./data and the shipped
 configuration: nothing else to install or run.
@@ -31,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     try:
         server.run(cfg, args.data, args.host, args.port, args.follow, args.replication_port)
-    except config.ConfigError as exc:  # the config contradicts the options (sync mode, no replication port)
+    except config.ConfigError as exc:  # the config contradicts the options (sync mode, no port; no tokens, a network)
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
     except server.StartError as exc:
@@ -66,12 +67,18 @@ class AdminError(Exception):
 
 def _call(method: str, url: str) -> tuple[int, dict]:
     import http.client
+    import os
     import urllib.error
     import urllib.request
 
+    headers = {"Content-Type": "application/json"}
+    # From the environment, not an option: a command line is visible to
+    # every user of the machine (ps).
+    token = os.environ.get("INGEST_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None, headers=headers)
         with urllib.request.urlopen(req, timeout=30) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
@@ -107,6 +114,22 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     return _admin("GET", "/v1/status", args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from ingest.access import new_token, token_sha256
+
+    token = new_token()
+    print("# the token: give it to the client, it is not shown again")
+    print(token)
+    print("# add to the server's config (both nodes of a pair):")
+    # A JSON string or list of strings is also a TOML basic string or array
+    # (TOML's escapes include all of JSON's); tests decode what this prints.
+    print("[[access.tokens]]")
+    print(f"name = {json.dumps(args.name)}")
+    print(f"roles = {json.dumps(sorted(set(args.role)))}")
+    print(f'sha256 = "{token_sha256(token)}"')
+    return 0
 
 
 def lmdb_errors() -> tuple[type[BaseException], ...]:
@@ -169,7 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run as a read-only standby of the primary's replication port")
     serve.set_defaults(func=_serve)
 
-    promote = sub.add_parser("promote", help="turn a standby into the primary (raises the epoch)")
+    token = sub.add_parser("token", help="make an access token and print its [[access.tokens]] entry")
+    token.add_argument("--name", required=True, help="who holds it (for the operator; kept in the config)")
+    token.add_argument("--role", required=True, action="append", choices=["scan", "lab", "read", "admin"],
+                       help="a role it carries (repeat for several)")
+    token.set_defaults(func=_token)
+
+    promote = sub.add_parser("promote", help="turn a standby into the primary (raises the epoch; "
+                                             "with access control, an admin token in INGEST_TOKEN)")
     promote.add_argument("--url", type=http_url, default="http://127.0.0.1:8080", help="the standby's HTTP address")
     promote.set_defaults(func=_promote)
     status = sub.add_parser("status", help="role, epoch, last sequence number, replication")

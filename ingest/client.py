@@ -19,10 +19,15 @@ class NoPrimary(Exception):
 
 class Client:
     def __init__(self, addresses: list[str], timeout_s: float = 5.0, deadline_s: float = 60.0,
-                 retry_pause_s: float = 0.05):
+                 retry_pause_s: float = 0.05, token: str | None = None):
+        """`token`: a bearer token with the `scan` role, for servers with
+        access control (docs/operations.md)."""
         if not addresses:
             raise ValueError("at least one server address")
         self.addresses = list(addresses)
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.retry_pause_s = retry_pause_s
@@ -58,7 +63,7 @@ class Client:
         if conn is None:
             host, _, port = address.rpartition(":")
             conn = self._conns[address] = http.client.HTTPConnection(host, int(port), timeout=self.timeout_s)
-        conn.request("POST", path, data, {"Content-Type": "application/json"})
+        conn.request("POST", path, data, self._headers)
         resp = conn.getresponse()
         raw = resp.read()
         return resp.status, json.loads(raw) if raw else {}

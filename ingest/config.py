@@ -68,6 +68,22 @@ class StatsSettings(Struct, forbid_unknown_fields=True):
     time_zone: str = "UTC"
 
 
+class Token(Struct, forbid_unknown_fields=True):
+    # For the operator: which client holds the token. Never logged with it.
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    roles: Annotated[list[Literal["scan", "lab", "read", "admin"]], Meta(min_length=1)]
+    # The token's SHA-256 in hex: the config holds no token itself.
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class AccessSettings(Struct, forbid_unknown_fields=True):
+    # With no token, every route is open: `ingest serve` then refuses any
+    # listen address but loopback, unless this says that an authenticating
+    # proxy in front controls who reaches the server.
+    open_on_network: bool = False
+    tokens: list[Token] = msgspec.field(default_factory=list)
+
+
 class Lab(Struct, forbid_unknown_fields=True):
     id: Annotated[str, Meta(min_length=1, max_length=64)]
     prefix: Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[0-9A-Z]+$")]
@@ -82,6 +98,7 @@ class Config(Struct, forbid_unknown_fields=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     replication: ReplicationSettings = msgspec.field(default_factory=ReplicationSettings)
+    access: AccessSettings = msgspec.field(default_factory=AccessSettings)
     labs: list[Lab] = msgspec.field(default_factory=list)
 
     @property
@@ -190,6 +207,9 @@ def loads(text: str) -> Config:
         ZoneInfo(config.stats.time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"config: stats.time_zone: unknown time zone {config.stats.time_zone!r}") from None
+    digests = [t.sha256 for t in config.access.tokens]
+    if len(set(digests)) != len(digests):
+        raise ConfigError("config: two [[access.tokens]] have the same sha256: one token, one entry")
     if config.store.map_bytes_initial > config.store.map_bytes_max:
         raise ConfigError(f"config: store.map_bytes_initial ({_number(config.store.map_bytes_initial)}) exceeds "
                           f"store.map_bytes_max ({_number(config.store.map_bytes_max)})")

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ingest import _codes_py
+from ingest.access import new_token, token_sha256
 from ingest.client import Client, NoPrimary
 from ingest.drillnodes import LocalNode, RemoteNode, parse_hosts
 
@@ -62,14 +63,29 @@ class Events:
                 "person": person, "pool_size": 10, "scanned_at": int(time.time() * 1000)}
 
 
-def drill_config(mode: str) -> str:
-    """The shipped configuration with the drill's replication settings."""
+def drill_config(mode: str, token: str) -> str:
+    """The shipped configuration with the drill's replication settings, and
+    access control on: the drill's own token (this run's, made here and
+    never written but as its hash) may bind and promote. Nodes on real
+    hosts listen on every address, which needs tokens (or a proxy)."""
     from importlib import resources
 
+    def setting(text: str, old: str, new: str) -> str:
+        if old not in text:  # a drill that silently ran on other settings would prove the wrong thing
+            raise RuntimeError(f"the shipped configuration has no {old!r} to change for the drill")
+        return text.replace(old, new, 1)
+
     text = resources.files("ingest").joinpath("default_config.toml").read_text()
-    return text.replace('mode = "async"', f'mode = "{mode}"', 1).replace(
-        "sync_timeout_s = 10.0", "sync_timeout_s = 2.0", 1).replace(
-        "log_keep_entries = 0", f"log_keep_entries = {LOG_KEEP}", 1)
+    text = setting(text, 'mode = "async"', f'mode = "{mode}"')
+    text = setting(text, "sync_timeout_s = 10.0", "sync_timeout_s = 2.0")
+    text = setting(text, "log_keep_entries = 0", f"log_keep_entries = {LOG_KEEP}")
+    return setting(text, "open_on_network = false\n", f"""open_on_network = false
+
+[[access.tokens]]
+name = "ingest drill"
+roles = ["scan", "admin"]
+sha256 = "{token_sha256(token)}"
+""")
 
 
 class Drill:
@@ -87,6 +103,9 @@ class Drill:
         # Two nodes with the same methods (ingest/drillnodes.py): local
         # processes or servers on real hosts; the steps below are the same.
         self.nodes = nodes
+        self.token = new_token()
+        for node in nodes:
+            node.token = self.token
         stamp = int(time.time() * 1000) % 36**4
         self.events = Events("".join(ALNUM[(stamp // 36**i) % 36] for i in range(3, -1, -1)))
         self.load_error: BaseException | None = None
@@ -102,7 +121,7 @@ class Drill:
         self.timeline.append({"t": round(time.monotonic() - self.t0, 3), "event": what, **extra})
 
     def _load(self) -> None:
-        client = Client([n.address for n in self.nodes], timeout_s=5, deadline_s=120)
+        client = Client([n.address for n in self.nodes], timeout_s=5, deadline_s=120, token=self.token)
         next_at = time.monotonic()
         try:
             while not self.stop_load.is_set():
@@ -172,7 +191,7 @@ class Drill:
                                f"nodes keep {LOG_KEEP} log entries): {exc}") from None
 
     def run(self) -> dict:
-        config = drill_config(self.mode)
+        config = drill_config(self.mode, self.token)
         for node in self.nodes:
             node.setup(config)
         primary, standby = self.nodes
@@ -182,7 +201,7 @@ class Drill:
         workers = [threading.Thread(target=self._load, daemon=True) for _ in range(self.threads)]
         for w in workers:
             w.start()
-        replay = Client([n.address for n in self.nodes], timeout_s=5, deadline_s=120)
+        replay = Client([n.address for n in self.nodes], timeout_s=5, deadline_s=120, token=self.token)
         for i in range(self.failovers):
             self._wait_healthy(primary, standby)
             time.sleep(self.random.uniform(0.3, 1.0) * self.seconds_between)

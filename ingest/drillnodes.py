@@ -37,14 +37,18 @@ class _Http:
 
     name: str
     address: str
+    token: str | None = None  # an admin token, when the nodes' config has access control
 
     def status(self) -> dict:
         with urllib.request.urlopen(f"http://{self.address}/v1/status", timeout=5) as r:
             return json.loads(r.read())
 
     def promote(self) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(f"http://{self.address}/v1/admin/promote", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 

@@ -44,6 +44,10 @@ BOX_RECEIVED = ErrorCode("box_received", 409, "the box was received already")
 WRONG_LAB = ErrorCode("wrong_lab", 403, "only the tube's own lab may post its result")
 TUBE_NOT_RECEIVED = ErrorCode("tube_not_received", 409, "the tube's lab has not received it")
 
+# Access control (access.py).
+UNAUTHORIZED = ErrorCode("unauthorized", 401, "the route needs a bearer token the server knows")
+FORBIDDEN = ErrorCode("forbidden", 403, "the token's roles do not include the one the route needs")
+
 # Protocol and service errors.
 NOT_FOUND = ErrorCode("not_found", 404, "no such resource")
 METHOD_NOT_ALLOWED = ErrorCode("method_not_allowed", 405, "the path exists but not for this method")

@@ -42,15 +42,17 @@ class HttpError(Exception):
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "content_type", "body", "keep_alive")
+    __slots__ = ("method", "path", "query", "content_type", "body", "keep_alive", "authorization")
 
-    def __init__(self, method: bytes, path: str, query: str, content_type: bytes | None, body: bytes, keep_alive: bool):
+    def __init__(self, method: bytes, path: str, query: str, content_type: bytes | None, body: bytes, keep_alive: bool,
+                 authorization: bytes | None = None):
         self.method = method  # HEAD arrives as HEAD; the caller answers without a body
         self.path = path
         self.query = query
         self.content_type = content_type
         self.body = body
         self.keep_alive = keep_alive
+        self.authorization = authorization  # the Authorization field's value, as sent (access.py reads it)
 
-    def __repr__(self) -> str:  # no body: it may hold person codes
+    def __repr__(self) -> str:  # no body (it may hold person codes), no credentials
         return f"<Request {self.method.decode()} {self.path} {len(self.body)}B>"

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -115,6 +115,12 @@ class Metrics:
         self.commit_events = Histogram(
             "ingest_commit_batch_events", "Events in one group commit.",
             buckets=COMMIT_EVENTS_BUCKETS, registry=self.registry,
+        )
+        # Not per request: only refusals count, a client guessing tokens or
+        # a device with a revoked one.
+        self.access_refused = Counter(
+            "ingest_access_refused", "Requests refused by access control (unauthorized, forbidden), by route.",
+            ["route", "code"], registry=self.registry,
         )
         self.commit_seconds = Histogram(
             "ingest_commit_duration_seconds", "Time to apply and durably commit one group commit.",

@@ -41,6 +41,32 @@ WITH_PARAM: dict[tuple[str, str], dict[bytes, str]] = {
 }
 
 
+# handler -> the role its caller's token must carry (access.py), or None:
+# open to every client. Open are only the routes that show no person data
+# and that load balancers, monitoring and the drill call without a token.
+ROLE_OF: dict[str, str | None] = {
+    "post_binding": "scan",
+    "post_batch": "scan",
+    "post_seal": "scan",
+    "post_void": "scan",
+    "post_box": "scan",
+    "post_handover": "scan",
+    "post_receive": "lab",
+    "post_results": "lab",
+    "get_tube": "read",
+    "get_person": "read",
+    "get_box": "read",
+    "get_positives": "read",
+    "get_stats": "read",
+    "get_site_stats": "read",
+    "post_promote": "admin",
+    "get_status": None,
+    "get_metrics": None,
+    "get_livez": None,
+    "get_readyz": None,
+}
+
+
 def _match(path: str) -> tuple[dict[bytes, str], str | None] | None:
     methods = EXACT.get(path)
     if methods is not None:

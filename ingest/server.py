@@ -19,6 +19,7 @@ from email.utils import formatdate
 import lmdb
 
 from ingest import codes
+from ingest.access import is_loopback
 from ingest.app import App
 from ingest.committer import Committer
 from ingest.config import Config, ConfigError
@@ -63,10 +64,22 @@ def check_role(config: Config, follow: str | None, replication_port: int | None)
                           'or set mode = "async"')
 
 
+def check_access(config: Config, host: str) -> None:
+    """Refuse to serve person data to a network with no access control: with
+    no token every route is open, which only a loopback address keeps to
+    this machine (or a proxy in front that authenticates, which the config
+    must say)."""
+    if not config.access.tokens and not config.access.open_on_network and not is_loopback(host):
+        raise ConfigError(f"config: no [[access.tokens]], so every client that reaches {host} could read and write "
+                          "person data: add tokens (`ingest token --name NAME --role ROLE` makes one), or set "
+                          "access.open_on_network = true if an authenticating proxy stands in front")
+
+
 class Server:
     def __init__(self, config: Config, data_dir: str, host: str = "127.0.0.1", port: int = 8080,
                  follow: str | None = None, replication_port: int | None = None):
         check_role(config, follow, replication_port)
+        check_access(config, host)
         self.config = config
         self.follow = follow
         self.replication_port = replication_port

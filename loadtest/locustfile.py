@@ -29,6 +29,8 @@ be); a wrong answer is a Locust failure named by its kind, even when it is a
     INGEST_LOAD_RUN           run number, keeps codes of runs apart (random)
     INGEST_LOAD_SUMMARY       file: the final figures as JSON, written on quitting
                               (Locust's CSV files lag by up to 2 s; this does not)
+    INGEST_TOKEN              a bearer token with the scan, lab and read roles, for
+                              a server with access control (`ingest token`)
 """
 from __future__ import annotations
 
@@ -58,7 +60,9 @@ BOX_TUBES = int(os.environ.get("INGEST_LOAD_BOX_TUBES", "5"))
 RUN = int(os.environ.get("INGEST_LOAD_RUN") or random.SystemRandom().randrange(1, 2**16))
 POOLS = ((10, 0.80), (20, 0.10), (5, 0.05), (1, 0.05))
 POSITIVE_SHARE = 0.02
-JSON = {"Content-Type": "application/json"}
+# Every request carries the token when there is one: reads as well as writes.
+AUTH = {"Authorization": f"Bearer {os.environ['INGEST_TOKEN']}"} if os.environ.get("INGEST_TOKEN") else {}
+JSON = {"Content-Type": "application/json", **AUTH}
 
 # Boxes handed to couriers, waiting for a lab (one queue per Locust process:
 # every worker runs both user classes).
@@ -166,7 +170,7 @@ class Checked:
     def _call(self, method, name, path, body, expect):
         data = json.dumps(body).encode() if body is not None else None
         for attempt in range(self.TRIES):
-            with self.user.client.request(method, path, data=data, headers=JSON if data else None, name=name,
+            with self.user.client.request(method, path, data=data, headers=JSON if data else AUTH, name=name,
                                           catch_response=True) as resp:
                 if not resp.status_code:  # no answer: the phone will retry with the same event_id
                     resp.failure(f"no answer: {type(resp.error).__name__}")

@@ -50,6 +50,7 @@ def test_compiled_dispatch_takes_only_a_primarys_binding_routes():
 
     class App:  # just what the dispatch reads; its handlers then fail on what is missing
         primary_address = ""
+        access = None  # every route open
 
         def __init__(self, role):
             self.role = role

@@ -76,7 +76,8 @@ other_headers = st.tuples(
     st.one_of(
         st.text(TOKEN, min_size=1, max_size=16),
         # the lengths of the names we read, other names
-        st.sampled_from(["Hoss", "Hosts", "Content-Typo", "Content-Lengthy", "Expecs", "X-Host"]),
+        st.sampled_from(["Hoss", "Hosts", "Content-Typo", "Content-Lengthy", "Expecs", "X-Host", "Authorisation",
+                         "Authorizations"]),
     ),
     st.text(VALUE, max_size=40),
 )
@@ -119,6 +120,9 @@ def requests(draw) -> bytes:
         headers.append((draw(_cases("Connection")), draw(st.sampled_from(connection))))
     if odd and draw(st.sampled_from([False] * 3 + [True])):
         headers.append(("Upgrade", "websocket"))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2] if odd else [0, 1]))):  # a second one is a 400
+        headers.append((draw(_cases("Authorization")),
+                        draw(st.sampled_from(["Bearer abc", "bearer  abc ", "Basic eA==", "", "Bearer"]))))
     headers += draw(st.lists(other_headers, max_size=3))
     headers = draw(st.permutations(headers))
     head = f"{method} {target} {version}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"

@@ -1,0 +1,80 @@
+"""Who may call what: bearer tokens, each with its roles.
+
+A client sends `Authorization: Bearer <token>`; the route it calls needs one
+role (routes.ROLE_OF), and the token must carry it. The server keeps no
+token, only its SHA-256 ([[access.tokens]] in the config): a copied config
+file opens nothing. `ingest token` makes a token and the config lines for it
+(docs/operations.md, "Access control").
+
+Roles, by who holds them:
+
+- `scan`: the sampling endpoints (bindings, seal, void, boxes, hand-over);
+- `lab`: the labs (receipt of boxes, results);
+- `read`: the follow-up teams and dashboards (tubes, persons, boxes, the
+  positives feed, statistics): every route that shows person data;
+- `admin`: the operators (promotion).
+
+With no token configured every route is open, which `ingest serve` allows
+only on a loopback address unless the config says an authenticating proxy
+stands in front (access.open_on_network).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import secrets
+
+ROLES = ("scan", "lab", "read", "admin")
+
+# Verified Authorization values kept (value -> roles), so that a connection
+# sending the same token on every request is hashed once. Only tokens that
+# verified are kept, so a client guessing tokens cannot grow it; it is
+# emptied when full.
+SEEN_MAX = 4096
+
+
+def new_token() -> str:
+    """32 random bytes, URL-safe base64 without padding (43 characters)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def token_sha256(token: str) -> str:
+    """What the config holds of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only takes connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class Access:
+    def __init__(self, tokens: dict[str, frozenset[str]]):
+        """`tokens`: SHA-256 (hex) of each token -> its roles."""
+        self._roles_of = {bytes.fromhex(digest): roles for digest, roles in tokens.items()}
+        self._seen: dict[bytes, frozenset[str]] = {}
+
+    def roles(self, authorization: bytes | None) -> frozenset[str] | None:
+        """The roles of the token in an Authorization value; None when there
+        is no bearer token or the server does not know it."""
+        if authorization is None:
+            return None
+        roles = self._seen.get(authorization)
+        if roles is not None:
+            return roles
+        scheme, _, token = authorization.strip().partition(b" ")
+        token = token.strip(b" \t")
+        if scheme.lower() != b"bearer" or not token:  # RFC 9110 11.1: the scheme is case-insensitive
+            return None
+        roles = self._roles_of.get(hashlib.sha256(token).digest())
+        if roles is not None:
+            if len(self._seen) >= SEEN_MAX:
+                self._seen.clear()
+            self._seen[authorization] = roles
+        return roles
