@@ -180,13 +180,18 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def replication_config(directory: str, mode: str) -> str:
-    """A config file: the shipped one with [replication] mode set."""
+def config_file(directory: str, mode: str = "async", token: str | None = None) -> str:
+    """A config file: the shipped one with [replication] mode set, and with
+    `token` the only access token (roles scan)."""
     from importlib import resources
+
+    from ingest.access import token_sha256
 
     text = resources.files("ingest").joinpath("default_config.toml").read_text()
     text = text.replace('mode = "async"', f'mode = "{mode}"', 1)
-    path = os.path.join(directory, f"config-{mode}.toml")
+    if token:
+        text += f'\n[[access.tokens]]\nname = "bench"\nroles = ["scan"]\nsha256 = "{token_sha256(token)}"\n'
+    path = os.path.join(directory, f"config-{mode}{'-access' if token else ''}.toml")
     Path(path).write_text(text)
     return path
 
@@ -194,6 +199,8 @@ def replication_config(directory: str, mode: str) -> str:
 def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int = 0, real: bool = True,
              standby: list[str] | None = None) -> dict:
     env = wrk_env(args.expect_per_s, args.duration, args.threads, batch)
+    if args.token:
+        env["TOKEN"] = args.token  # the no-op server reads the header and ignores it: the same bytes
     proc = start(cmd, port)
     follower = None
     try:
@@ -235,12 +242,17 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18900)
     parser.add_argument("--only", choices=["noop", "single", "batch", "async", "sync"], action="append",
                         help="scenarios (default: noop, single, batch); async/sync add a standby")
+    parser.add_argument("--access", action="store_true",
+                        help="access control on: the servers hold a scan token, every request carries it")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench_ingest: wrk is not installed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
         return 2
     only = set(args.only or ["noop", "single", "batch"])
+    from ingest.access import new_token
+
+    args.token = new_token() if args.access else None
     py = sys.executable
     results = []
     data = tempfile.mkdtemp(prefix="ingest-bench-")
@@ -249,25 +261,28 @@ def main() -> int:
             results.append(scenario("noop ceiling", [py, str(HERE / "noop_server.py"), "--port", str(args.port)],
                                     args.port, "/v1/bindings", args, real=False))
         serve = [py, "-m", "ingest", "serve", "--port", str(args.port + 1), "--log-level", "WARNING"]
+        single = serve + (["--config", config_file(data, token=args.token)] if args.token else [])
         if "single" in only:
-            results.append(scenario("durable single-event", serve + ["--data", f"{data}/single"],
+            results.append(scenario("durable single-event", single + ["--data", f"{data}/single"],
                                     args.port + 1, "/v1/bindings", args))
         for mode in ("async", "sync"):
             if mode in only:
                 repl_port = args.port + 3
                 primary = serve + ["--data", f"{data}/{mode}-primary", "--replication-port", str(repl_port),
-                                   "--config", replication_config(data, mode)]
+                                   "--config", config_file(data, mode, args.token)]
                 follower = [py, "-m", "ingest", "serve", "--port", str(args.port + 2), "--log-level", "WARNING",
                             "--data", f"{data}/{mode}-standby", "--follow", f"127.0.0.1:{repl_port}"]
                 results.append(scenario(f"durable single, {mode} standby", primary, args.port + 1, "/v1/bindings",
                                         args, standby=follower))
         if "batch" in only:
             b_args = argparse.Namespace(**{**vars(args), "connections": args.batch_connections})
-            results.append(scenario(f"durable batch of {args.batch}", serve + ["--data", f"{data}/batch"],
+            results.append(scenario(f"durable batch of {args.batch}", single + ["--data", f"{data}/batch"],
                                     args.port + 1, "/v1/bindings/batch", b_args, batch=args.batch))
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
+    if args.token:
+        print("access control on: the servers hold a scan token and every request carries it.")
     print("events/s and CPU are measured by the server's own counters in the middle half of the run;")
     print("req/s is wrk's figure over its whole run. loop and rest: the server's CPU per event (per request")
     print("for the no-op) on the event loop's thread and on its other threads (the committer), in µs.")

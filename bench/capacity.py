@@ -163,7 +163,7 @@ def measure(args, progress) -> list[dict]:
     try:
         results.append(run_scenario("generator ceiling", [py, str(HERE / "noop_server.py"), "--port", str(port)],
                                     port, "/v1/bindings", args, progress))
-        sync_config = bi.replication_config(data, "sync")
+        sync_config = bi.config_file(data, "sync")
         for batch in (0, args.batch):
             kind = f"batch of {batch}" if batch else "single-event"
             path = "/v1/bindings/batch" if batch else "/v1/bindings"

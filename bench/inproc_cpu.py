@@ -26,6 +26,7 @@ import msgspec
 
 from ingest import app as app_mod
 from ingest import config as config_mod
+from ingest.access import new_token, token_sha256
 from ingest.committer import Committer
 from ingest.drill import Events
 from ingest.metrics import Metrics
@@ -78,9 +79,10 @@ def connections(protocol, server, n: int) -> list:
     return conns
 
 
-def binding_requests(events: int, batch: int = 0) -> list[bytes]:
+def binding_requests(events: int, batch: int = 0, token: str | None = None) -> list[bytes]:
     """Raw requests carrying `events` fresh valid bindings: one per request,
-    or `batch` per POST /v1/bindings/batch."""
+    or `batch` per POST /v1/bindings/batch; with `token`, its bearer header."""
+    auth = b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
     source = Events("BNCH")
     requests = []
     for _ in range(events // (batch or 1)):
@@ -90,8 +92,8 @@ def binding_requests(events: int, batch: int = 0) -> list[bytes]:
         else:
             path = b"/v1/bindings"
             body = msgspec.json.encode(source.next())
-        requests.append(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+        requests.append(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
+                        b"Content-Length: %d\r\n\r\n%s" % (path, auth, len(body), body))
     return requests
 
 
@@ -104,13 +106,19 @@ def main() -> None:
     parser.add_argument("--skip-run", action="store_true", help="build the requests only (callgrind baseline)")
     parser.add_argument("--batch", type=int, default=0,
                         help="send POST /v1/bindings/batch with this many events per request (default: single events)")
+    parser.add_argument("--access", action="store_true",
+                        help="access control on: a scan token configured and sent with every request")
     parser.add_argument("--default-gc", action="store_true",
                         help="leave the cycle collector at Python's defaults (the server tunes it: server.tune_gc)")
     args = parser.parse_args()
     protocol = importlib.import_module(
         {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}[args.protocol])
 
-    cfg = config_mod.load()
+    token = new_token() if args.access else None
+    text = config_mod.default_text()
+    if token:
+        text += f'\n[[access.tokens]]\nname = "bench"\nroles = ["scan"]\nsha256 = "{token_sha256(token)}"\n'
+    cfg = config_mod.loads(text)
     data = tempfile.mkdtemp(prefix="ingest-inproc-")
     store = Store(data)
     metrics = Metrics("bench")
@@ -120,7 +128,7 @@ def main() -> None:
     app.committer = committer
     server = FakeServer(app, cfg, metrics)
     conns = connections(protocol, server, args.group)
-    requests = binding_requests(args.events, args.batch)
+    requests = binding_requests(args.events, args.batch, token)
     try:
         if args.skip_run:
             print("requests built; run skipped")
@@ -134,7 +142,8 @@ def main() -> None:
             committer.flush()
         spent = time.process_time() - t0
         bound = metrics.events[("bound", "")]
-        print(f"{spent / bound * 1e6:.2f} us CPU per event, group {args.group}, batch {args.batch}, {bound} bound")
+        print(f"{spent / bound * 1e6:.2f} us CPU per event, group {args.group}, batch {args.batch}, {bound} bound"
+              + (", access control on" if token else ""))
     finally:
         store.close()
         shutil.rmtree(data, ignore_errors=True)

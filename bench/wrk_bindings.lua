@@ -3,6 +3,7 @@
 -- Each wrk thread (and each run, via RUN_ID) uses its own id space.
 --   wrk -s bench/wrk_bindings.lua http://127.0.0.1:8080/v1/bindings
 -- Env: BATCH=N sends POST /v1/bindings/batch with N events per request.
+--      TOKEN=T sends Authorization: Bearer T (a server with access control).
 --      COUNT=N requests are built per thread in init(), before wrk starts its
 --      clock, so that Lua string building does not cap the measured rate;
 --      after N requests a thread starts over (the server then answers
@@ -73,14 +74,19 @@ local function event()
     run_id, n, thread_no, thread_no, tube, person, now)
 end
 
+local headers = {["Content-Type"] = "application/json"}
+if os.getenv("TOKEN") and os.getenv("TOKEN") ~= "" then
+  headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
+end
+
 local function build()
   if batch > 0 then
     local items = {}
     for i = 1, batch do items[i] = event() end
     local body = '{"events":[' .. table.concat(items, ",") .. ']}'
-    return wrk.format("POST", "/v1/bindings/batch", {["Content-Type"] = "application/json"}, body)
+    return wrk.format("POST", "/v1/bindings/batch", headers, body)
   end
-  return wrk.format("POST", "/v1/bindings", {["Content-Type"] = "application/json"}, event())
+  return wrk.format("POST", "/v1/bindings", headers, event())
 end
 
 function init(args)

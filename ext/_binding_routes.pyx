@@ -157,10 +157,11 @@ def post_batch(app, req, slot):
     app.committer.submit(Work(queued, _AnswerBatch(app, slot, outcomes, places)))
 
 
-# path -> (route name, handler) of the routes this module compiles, read from
-# the route table (routes.EXACT) so that a path is named in one place only.
+# path -> (route name, handler, role it needs) of the routes this module
+# compiles, read from the route tables (routes.EXACT, routes.ROLE_OF) so that
+# a path and its role are named in one place only.
 cdef dict _HOT = {
-    path: (name, {"post_binding": post_binding, "post_batch": post_batch}[name])
+    path: (name, {"post_binding": post_binding, "post_batch": post_batch}[name], routes.ROLE_OF[name])
     for path, by_method in routes.EXACT.items()
     for method, name in by_method.items()
     if method == b"POST" and name in ("post_binding", "post_batch")
@@ -175,10 +176,16 @@ def handle(app, req, slot):
     if req.method == _POST and app.role == _PRIMARY:
         hot = _HOT.get(req.path)
         if hot is not None:
-            name, handler = hot
+            name, handler, role = hot
             slot.route = name
-            if app.access is not None and not app.authorize(req, slot, name):
-                return
+            access = app.access
+            if access is not None:
+                # A token seen before, with the role: one dict lookup (most
+                # requests); anything else is App.authorize's to answer.
+                # Access.roles' first step, inline (a friend of its _seen).
+                roles = (<dict>access._seen).get(req.authorization)
+                if (roles is None or role not in roles) and not app.authorize(req, slot, name):
+                    return
             try:
                 handler(app, req, slot)
             except Exception:

@@ -24,8 +24,10 @@ import base64
 import hashlib
 import ipaddress
 import secrets
+from typing import Literal, get_args
 
-ROLES = ("scan", "lab", "read", "admin")
+Role = Literal["scan", "lab", "read", "admin"]
+ROLES: tuple[str, ...] = get_args(Role)
 
 # Verified Authorization values kept (value -> roles), so that a connection
 # sending the same token on every request is hashed once. Only tokens that

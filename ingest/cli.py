@@ -192,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run as a read-only standby of the primary's replication port")
     serve.set_defaults(func=_serve)
 
+    from ingest.access import ROLES
+
     token = sub.add_parser("token", help="make an access token and print its [[access.tokens]] entry")
     token.add_argument("--name", required=True, help="who holds it (for the operator; kept in the config)")
-    token.add_argument("--role", required=True, action="append", choices=["scan", "lab", "read", "admin"],
+    token.add_argument("--role", required=True, action="append", choices=ROLES,
                        help="a role it carries (repeat for several)")
     token.set_defaults(func=_token)
 

@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from ingest import codes
+from ingest.access import Role
 
 # Upper bounds far above any real use and far below what overflows: the
 # windows and ages in ms are C long longs in the kernels, sizes and depths
@@ -71,7 +72,7 @@ class StatsSettings(Struct, forbid_unknown_fields=True):
 class Token(Struct, forbid_unknown_fields=True):
     # For the operator: which client holds the token. Never logged with it.
     name: Annotated[str, Meta(min_length=1, max_length=200)]
-    roles: Annotated[list[Literal["scan", "lab", "read", "admin"]], Meta(min_length=1)]
+    roles: Annotated[list[Role], Meta(min_length=1)]
     # The token's SHA-256 in hex: the config holds no token itself.
     sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 

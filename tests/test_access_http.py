@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from helpers import LABS_TOML, RawConn, event, fresh_event_id, fresh_tube, metric, now_ms, raw_request, stderr_lines
-from ingest import routes
-from ingest.access import Access, is_loopback, new_token, token_sha256
+from ingest import config, routes
+from ingest.access import ROLES, Access, is_loopback, new_token, token_sha256
 
 TOKENS = {role: new_token() for role in ("scan", "lab", "read", "admin")}
 BOTH = new_token()  # scan and read
@@ -223,8 +223,28 @@ def test_ingest_token_prints_an_entry_the_server_accepts(server_factory):
 def test_every_route_has_a_role_or_is_open_by_name():
     handlers = {h for by_method in [*routes.EXACT.values(), *routes.WITH_PARAM.values()] for h in by_method.values()}
     assert handlers == set(routes.ROLE_OF)
+    assert set(routes.ROLE_OF.values()) == {*ROLES, None}  # and every role opens something
     assert {h for h, role in routes.ROLE_OF.items() if role is None} == {"get_status", "get_metrics", "get_livez",
                                                                          "get_readyz"}
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ('name = "x"\nroles = ["scan"]\nsha256 = "abc"', "sha256"),
+    (f'name = "x"\nroles = ["scan"]\nsha256 = "{token_sha256("t").upper()}"', "sha256"),
+    (f'name = "x"\nroles = ["scanner"]\nsha256 = "{token_sha256("t")}"', "roles"),
+    (f'name = "x"\nroles = []\nsha256 = "{token_sha256("t")}"', "roles"),
+    (f'name = ""\nroles = ["scan"]\nsha256 = "{token_sha256("t")}"', "name"),
+    (f'name = "x"\nroles = ["scan"]\nsha256 = "{token_sha256("t")}"\ntoken = "t"', "token"),
+])
+def test_a_bad_token_entry_is_a_config_error_naming_the_field(entry, says):
+    with pytest.raises(config.ConfigError, match=says):
+        config.loads("[[access.tokens]]\n" + entry + "\n\n" + LABS_TOML)
+
+
+def test_the_same_token_twice_is_a_config_error():
+    entry = f'[[access.tokens]]\nname = "a"\nroles = ["scan"]\nsha256 = "{token_sha256("t")}"\n\n'
+    with pytest.raises(config.ConfigError, match="same sha256"):
+        config.loads(entry + entry.replace('"a"', '"b"') + LABS_TOML)
 
 
 def test_access_remembers_only_tokens_that_verified():

@@ -42,6 +42,11 @@ def test_inproc_cpu_binds_every_event_it_sends():
     assert re.fullmatch(r"[\d.]+ us CPU per event, group 12, batch 0, 120 bound\n", out), out
 
 
+def test_inproc_cpu_with_access_control_binds_every_event():
+    out = run("bench/inproc_cpu.py", "60", "--group", "12", "--access")
+    assert re.fullmatch(r"[\d.]+ us CPU per event, group 12, batch 0, 60 bound, access control on\n", out), out
+
+
 def test_inproc_cpu_binds_every_event_of_its_batches():
     out = run("bench/inproc_cpu.py", "300", "--group", "2", "--batch", "100")
     assert re.fullmatch(r"[\d.]+ us CPU per event, group 2, batch 100, 300 bound\n", out), out
