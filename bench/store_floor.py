@@ -119,15 +119,17 @@ def check(store: Store, digest: str, what: str) -> None:
         raise SystemExit(f"store_floor: the {what} store differs from the recorded one")
 
 
-def run_apply(groups, window_ms: int, digest: str) -> float:
+def timed(writes: list, digest: str, what: str) -> float:
+    """CPU seconds to commit `writes` (one write function per group) into a
+    fresh store, which must end as the recorded one did."""
     data = tempfile.mkdtemp(prefix="ingest-floor-")
     store = Store(data)
     try:
         t0 = time.process_time()
-        for group in groups:
-            store.write(apply_group(group, window_ms), AT_MS)
+        for write in writes:
+            store.write(write, AT_MS)
         spent = time.process_time() - t0
-        check(store, digest, "apply")
+        check(store, digest, what)
         return spent
     finally:
         store.close()
@@ -146,21 +148,6 @@ def replay_group(ops: dict):
     return replay
 
 
-def run_floor(recorded: list[dict], digest: str) -> float:
-    data = tempfile.mkdtemp(prefix="ingest-floor-")
-    store = Store(data)
-    try:
-        t0 = time.process_time()
-        for ops in recorded:
-            store.write(replay_group(ops), AT_MS)
-        spent = time.process_time() - t0
-        check(store, digest, "floor")
-        return spent
-    finally:
-        store.close()
-        shutil.rmtree(data, ignore_errors=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("events", type=int)
@@ -177,8 +164,8 @@ def main() -> None:
     print(f"{'round':>5s} {'apply us/ev':>12s} {'floor us/ev':>12s} {'floor/apply':>12s} "
           f"{'apply ev/s':>12s} {'floor ev/s':>12s}")
     for n in range(1, args.rounds + 1):
-        a = run_apply(groups, window_ms, digest) / args.events
-        f = run_floor(recorded, digest) / args.events
+        a = timed([apply_group(group, window_ms) for group in groups], digest, "apply") / args.events
+        f = timed([replay_group(ops) for ops in recorded], digest, "floor") / args.events
         print(f"{n:5d} {a * 1e6:12.2f} {f * 1e6:12.2f} {f / a:12.2f} {1 / a:12,.0f} {1 / f:12,.0f}")
 
 
