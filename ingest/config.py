@@ -62,6 +62,12 @@ class ReplicationSettings(Struct, forbid_unknown_fields=True):
     # Change-log entries kept (the newest); 0 keeps them all. A standby that
     # needs an older one gets a snapshot of the whole store instead.
     log_keep_entries: Annotated[int, Meta(ge=0, le=10**12)] = 0
+    # Mutual TLS between the pair (replication/tls.py): PEM files of this
+    # node's certificate and key and of the CA that signs the pair's. All
+    # three or none.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
 
 
 class StatsSettings(Struct, forbid_unknown_fields=True):
@@ -208,6 +214,9 @@ def loads(text: str) -> Config:
         ZoneInfo(config.stats.time_zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"config: stats.time_zone: unknown time zone {config.stats.time_zone!r}") from None
+    tls = (config.replication.tls_cert_file, config.replication.tls_key_file, config.replication.tls_ca_file)
+    if any(tls) and not all(tls):
+        raise ConfigError("config: replication TLS needs all of tls_cert_file, tls_key_file and tls_ca_file")
     digests = [t.sha256 for t in config.access.tokens]
     if len(set(digests)) != len(digests):
         raise ConfigError("config: two [[access.tokens]] have the same sha256: one token, one entry")

@@ -65,9 +65,11 @@ class NodeRoutes:
     async def _promote(self, slot) -> None:
         """Stop following, raise the epoch durably, take writes."""
         followed = None
+        tls = None  # the pair's TLS client context, when the link has one
         if self.follower is not None:
             await self.follower.stop()
             followed = (self.follower.host, self.follower.port)
+            tls = self.follower.tls
             self.follower = None
         epoch = max(self.store.epoch, self.store.fenced_at) + 1  # above any epoch it has heard of
         try:
@@ -80,7 +82,7 @@ class NodeRoutes:
             if followed is not None:
                 from ingest.replication.standby import Follower
 
-                self.follower = Follower(self.store, *followed, self.config.person_window_ms)
+                self.follower = Follower(self.store, *followed, self.config.person_window_ms, tls)
                 self.follower.start()
             code = errors.INSUFFICIENT_STORAGE if isinstance(exc, StoreFull) else errors.STORE_ERROR
             self._error(slot, code, f"promotion failed, nothing changed ({exc}); this node is still a "
@@ -94,7 +96,7 @@ class NodeRoutes:
 
         if followed is not None:
             self._telling = asyncio.get_running_loop().create_task(
-                keep_telling_promoted(*followed, self.store, lambda: self.role == "primary"))
+                keep_telling_promoted(*followed, self.store, lambda: self.role == "primary", tls))
 
     def get_metrics(self, req: Request, slot) -> None:
         slot.respond(200, self.metrics.render(), _PROMETHEUS)

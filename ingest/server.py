@@ -25,6 +25,7 @@ from ingest.committer import Committer
 from ingest.config import Config, ConfigError
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
+from ingest.replication import tls
 from ingest.store import Store
 from ingest.store_errors import StoreError, StoreFull
 
@@ -80,6 +81,8 @@ class Server:
                  follow: str | None = None, replication_port: int | None = None):
         check_role(config, follow, replication_port)
         check_access(config, host)
+        # Built before anything opens: a certificate that cannot be read is a ConfigError (exit 2).
+        self.replication_tls = tls.contexts(config.replication)
         self.config = config
         self.follow = follow
         self.replication_port = replication_port
@@ -124,18 +127,24 @@ class Server:
             hub = Hub(self.store, on_fence=self.app.fence,
                       on_ack=(lambda s: gate.on_ack(s.acked, self.store.last_seq)) if gate else (lambda s: None))
             bound = await _listen("listen for replication", self.host, self.replication_port,
-                                  hub.start(self.host, self.replication_port))
+                                  hub.start(self.host, self.replication_port,
+                                            self.replication_tls.server if self.replication_tls else None))
             self.app.hub = hub
             self.committer.on_commit = hub.notify
-            log.info("replication listening on %s:%d (node %s, epoch %d)", self.host, bound, self.store.node,
-                     self.store.epoch)
+            log.info("replication listening on %s:%d (node %s, epoch %d, %s)", self.host, bound, self.store.node,
+                     self.store.epoch, "mutual TLS" if self.replication_tls else "no TLS")
+            if not self.replication_tls and not is_loopback(self.host):
+                log.warning("the replication port %s:%d takes any peer without TLS: whoever reaches it can read "
+                            "every record or fence this node; set replication.tls_* or keep the port on a private "
+                            "network (docs/operations.md)", self.host, bound)
         if self.follow:
             from ingest.replication.standby import Follower
 
             host, _, port = self.follow.rpartition(":")
             self.app.role = "standby"
             self.app.primary_address = self.follow
-            self.app.follower = Follower(self.store, host, int(port), self.config.person_window_ms)
+            self.app.follower = Follower(self.store, host, int(port), self.config.person_window_ms,
+                                         self.replication_tls.client if self.replication_tls else None)
             self.app.follower.start()
         listener = await _listen("serve", self.host, self.port, loop.create_server(
             lambda: HttpProtocol(self), self.host, self.port, backlog=4096, reuse_address=True

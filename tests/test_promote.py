@@ -24,6 +24,7 @@ class Slot:
 
 class StoppedFollower:
     host, port = "127.0.0.1", 9  # nothing listens there: the new follower retries in the background
+    tls = None
 
     async def stop(self) -> None:
         pass

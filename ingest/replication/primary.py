@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol
+from ingest.replication.tls import HANDSHAKE_TIMEOUT_S
 from ingest.store import SNAPSHOT_OUT_PREFIX, Store
 
 log = logging.getLogger("ingest.replication")
@@ -262,9 +264,13 @@ class Hub:
         # executor, which promotion and others share.
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-snapshot")
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen for standbys; with `tls` (replication/tls.py), only over
+        mutual TLS."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Session(self), host, port, reuse_address=True)
+        self._server = await loop.create_server(
+            lambda: Session(self), host, port, reuse_address=True, ssl=tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None)
         return self._server.sockets[0].getsockname()[1]
 
     def notify(self) -> None:

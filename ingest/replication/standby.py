@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol, wire
+from ingest.replication.tls import HANDSHAKE_TIMEOUT_S
 from ingest.store import SNAPSHOT_IN, Store
 
 log = logging.getLogger("ingest.replication")
@@ -32,7 +34,12 @@ CONNECT_TIMEOUT_S = 5.0
 FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed"}
 
 
-async def tell_promoted(host: str, port: int, store: Store) -> bool:
+async def _connect(host: str, port: int, tls: ssl.SSLContext | None):
+    return await asyncio.wait_for(asyncio.open_connection(
+        host, port, ssl=tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if tls else None), CONNECT_TIMEOUT_S)
+
+
+async def tell_promoted(host: str, port: int, store: Store, tls: ssl.SSLContext | None = None) -> bool:
     """Best effort, after a promotion: say hello to the primary this node
     followed, at the new epoch. If that primary is still alive (a partition,
     or a promotion made too early) it learns of the higher epoch and fences
@@ -41,7 +48,7 @@ async def tell_promoted(host: str, port: int, store: Store) -> bool:
     could not be reached (the usual case: it is dead) or did not say so."""
     hello = protocol.Standby(store.node, store.epoch, store.last_seq).hello()
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+        reader, writer = await _connect(host, port, tls)
     except (OSError, asyncio.TimeoutError):
         return False
     try:
@@ -71,7 +78,8 @@ def _knows_epoch(answer: bytes, epoch: int) -> bool:
 TELL_PROMOTED_EVERY_S = 2.0
 
 
-async def keep_telling_promoted(host: str, port: int, store: Store, is_primary: Callable[[], bool]) -> None:
+async def keep_telling_promoted(host: str, port: int, store: Store, is_primary: Callable[[], bool],
+                                tls: ssl.SSLContext | None = None) -> None:
     """After a promotion: tell the former primary of the new epoch, and keep
     trying while this node is the primary until it answers that it knows.
     Once is not enough: a primary behind a partition that heals later would
@@ -79,7 +87,7 @@ async def keep_telling_promoted(host: str, port: int, store: Store, is_primary: 
     fence is stored, and a node rejoined as a standby would only log a
     refusal of every hello."""
     while is_primary():
-        if await tell_promoted(host, port, store):
+        if await tell_promoted(host, port, store, tls):
             log.warning("told the former primary %s:%d of epoch %d: it stops taking writes", host, port,
                         store.epoch)
             return
@@ -87,10 +95,11 @@ async def keep_telling_promoted(host: str, port: int, store: Store, is_primary: 
 
 
 class Follower:
-    def __init__(self, store: Store, host: str, port: int, window_ms: int):
+    def __init__(self, store: Store, host: str, port: int, window_ms: int, tls: ssl.SSLContext | None = None):
         self.store = store
         self.host = host
         self.port = port
+        self.tls = tls  # replication/tls.py: the client context of the pair's mutual TLS
         self.window_ms = window_ms
         self.connected = False
         self.primary_last_seq = 0
@@ -153,7 +162,7 @@ class Follower:
     async def _follow_once(self) -> str:
         loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
+            reader, writer = await _connect(self.host, self.port, self.tls)
         except asyncio.TimeoutError:
             return f"no connection within {CONNECT_TIMEOUT_S:g}s"
         store = self.store
