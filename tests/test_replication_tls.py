@@ -5,7 +5,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ import trustme
 
 from helpers import LABS_TOML, event, stderr_lines
 from test_replication_http import replication_port, wait_caught_up
-
-WAIT_S = 30.0
+from test_replication_snapshot import wait_for
 
 
 def pem_files(directory: Path, ca: trustme.CA, name: str) -> dict[str, str]:
@@ -37,15 +35,6 @@ def tls_config(files: dict[str, str] | None, mode: str = "async") -> str:
 @pytest.fixture(scope="module")
 def ca():
     return trustme.CA()
-
-
-def wait_for(predicate, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_standby_with_the_pairs_certificate_follows_over_tls(server_factory, tmp_path, ca):
