@@ -62,12 +62,19 @@ class ReplicationSettings(Struct, forbid_unknown_fields=True):
     # Change-log entries kept (the newest); 0 keeps them all. A standby that
     # needs an older one gets a snapshot of the whole store instead.
     log_keep_entries: Annotated[int, Meta(ge=0, le=10**12)] = 0
-    # Mutual TLS between the pair (replication/tls.py): PEM files of this
+    # Mutual TLS between the pair (tls.py): PEM files of this
     # node's certificate and key and of the CA that signs the pair's. All
     # three or none.
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+
+
+class HttpSettings(Struct, forbid_unknown_fields=True):
+    # HTTPS on the API port (tls.py): PEM files of the server's certificate
+    # (its chain) and private key. Both or none.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 class StatsSettings(Struct, forbid_unknown_fields=True):
@@ -105,6 +112,7 @@ class Config(Struct, forbid_unknown_fields=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     replication: ReplicationSettings = msgspec.field(default_factory=ReplicationSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     access: AccessSettings = msgspec.field(default_factory=AccessSettings)
     labs: list[Lab] = msgspec.field(default_factory=list)
 
@@ -217,6 +225,8 @@ def loads(text: str) -> Config:
     tls = (config.replication.tls_cert_file, config.replication.tls_key_file, config.replication.tls_ca_file)
     if any(tls) and not all(tls):
         raise ConfigError("config: replication TLS needs all of tls_cert_file, tls_key_file and tls_ca_file")
+    if bool(config.http.tls_cert_file) != bool(config.http.tls_key_file):
+        raise ConfigError("config: HTTPS needs both http.tls_cert_file and http.tls_key_file")
     digests = [t.sha256 for t in config.access.tokens]
     if len(set(digests)) != len(digests):
         raise ConfigError("config: two [[access.tokens]] have the same sha256: one token, one entry")

@@ -25,7 +25,7 @@ from ingest.committer import Committer
 from ingest.config import Config, ConfigError
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
-from ingest.replication import tls
+from ingest.tls import http_context, replication_contexts
 from ingest.store import Store
 from ingest.store_errors import StoreError, StoreFull
 
@@ -82,7 +82,8 @@ class Server:
         check_role(config, follow, replication_port)
         check_access(config, host)
         # Built before anything opens: a certificate that cannot be read is a ConfigError (exit 2).
-        self.replication_tls = tls.contexts(config.replication)
+        self.replication_tls = replication_contexts(config.replication)
+        self.http_tls = http_context(config.http)
         self.config = config
         self.follow = follow
         self.replication_port = replication_port
@@ -147,14 +148,16 @@ class Server:
                                          self.replication_tls.client if self.replication_tls else None)
             self.app.follower.start()
         listener = await _listen("serve", self.host, self.port, loop.create_server(
-            lambda: HttpProtocol(self), self.host, self.port, backlog=4096, reuse_address=True
+            lambda: HttpProtocol(self), self.host, self.port, backlog=4096, reuse_address=True,
+            # A handshake is bounded like a request (slowloris guard).
+            ssl=self.http_tls, ssl_handshake_timeout=self.config.limits.request_seconds_max if self.http_tls else None,
         ))
         self.port = listener.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         log.info(
-            "serving on http://%s:%d data=%s kernels=%s last_seq=%d role=%s",
-            self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,
+            "serving on %s://%s:%d data=%s kernels=%s last_seq=%d role=%s",
+            "https" if self.http_tls else "http", self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,
         )
         tick = loop.create_task(self._tick())
         try:

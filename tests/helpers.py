@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ ALNUM = DIGITS + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DEFAULT_CONFIG = (REPO / "ingest" / "default_config.toml").read_text()
 # Every config file needs the [[labs]] tables: the shipped ones, verbatim.
 LABS_TOML = DEFAULT_CONFIG[DEFAULT_CONFIG.index("[[labs]]"):]
-SERVING = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")
+SERVING = re.compile(r"serving on https?://127\.0\.0\.1:(\d+)")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
@@ -173,17 +174,20 @@ def decode_body(content_type: str | None, raw: bytes):
     return raw
 
 
-def http_request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 30.0):
+def http_request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 30.0,
+                 tls: ssl.SSLContext | None = None):
     """One request on a fresh connection: (status, headers, parsed body).
 
     A dict/list body is sent as JSON (Content-Type application/json unless a
-    Content-Type header is given); bytes are sent as they are.
+    Content-Type header is given); bytes are sent as they are. With `tls`,
+    over HTTPS.
     """
     headers = dict(headers or {})
     if body is not None and not isinstance(body, (bytes, bytearray)):
         body = json.dumps(body).encode()
         headers.setdefault("Content-Type", "application/json")
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout) if tls is None else \
+        http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
     try:
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
@@ -342,7 +346,8 @@ class ServerProcess:
     """
 
     def __init__(self, data: Path, workdir: Path, config: str | None = None, env: dict | None = None,
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), tls: ssl.SSLContext | None = None):
+        self.tls = tls  # a client context, for a server whose config sets HTTPS
         self.data = Path(data)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -365,7 +370,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "ingest", "serve", "--data", str(self.data), "--host", "127.0.0.1",
@@ -394,7 +399,7 @@ class ServerProcess:
             time.sleep(0.02)
         while True:
             try:
-                status, _, _ = http_request(self.port, "GET", "/livez", timeout=5)
+                status, _, _ = http_request(self.port, "GET", "/livez", timeout=5, tls=self.tls)
                 if status == 200:
                     return self
             except OSError:
@@ -408,7 +413,7 @@ class ServerProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def request(self, method: str, path: str, body=None, headers=None, timeout: float = 30.0):
-        return http_request(self.port, method, path, body, headers, timeout)
+        return http_request(self.port, method, path, body, headers, timeout, self.tls)
 
     def post(self, ev, headers=None):
         return self.request("POST", "/v1/bindings", ev, headers)
@@ -476,10 +481,11 @@ class ServerFactory:
         self.servers: list[ServerProcess] = []
 
     def __call__(self, config: str | None = None, env: dict | None = None, data: Path | None = None,
-                 args: tuple[str, ...] = (), start: bool = True) -> ServerProcess:
+                 args: tuple[str, ...] = (), start: bool = True, tls: ssl.SSLContext | None = None) -> ServerProcess:
         n = next_n()
         workdir = self.base / f"srv-{n}"
-        server = ServerProcess(data if data is not None else self.base / f"data-{n}", workdir, config, env, args)
+        server = ServerProcess(data if data is not None else self.base / f"data-{n}", workdir, config, env, args,
+                               tls)
         self.servers.append(server)
         return server.start() if start else server
 

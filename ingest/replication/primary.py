@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol
-from ingest.replication.tls import HANDSHAKE_TIMEOUT_S
+from ingest.tls import HANDSHAKE_TIMEOUT_S
 from ingest.store import SNAPSHOT_OUT_PREFIX, Store
 
 log = logging.getLogger("ingest.replication")
@@ -265,7 +265,7 @@ class Hub:
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-snapshot")
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        """Listen for standbys; with `tls` (replication/tls.py), only over
+        """Listen for standbys; with `tls` (ingest/tls.py), only over
         mutual TLS."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol, wire
-from ingest.replication.tls import HANDSHAKE_TIMEOUT_S
+from ingest.tls import HANDSHAKE_TIMEOUT_S
 from ingest.store import SNAPSHOT_IN, Store
 
 log = logging.getLogger("ingest.replication")
@@ -99,7 +99,7 @@ class Follower:
         self.store = store
         self.host = host
         self.port = port
-        self.tls = tls  # replication/tls.py: the client context of the pair's mutual TLS
+        self.tls = tls  # tls.py: the client context of the pair's mutual TLS
         self.window_ms = window_ms
         self.connected = False
         self.primary_last_seq = 0

@@ -1,0 +1,110 @@
+"""HTTPS on the API port, through real server processes."""
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+
+import pytest
+import trustme
+
+from helpers import LABS_TOML, event, stderr_lines
+from ingest.access import new_token, token_sha256
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def client_tls(ca):
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def https_config(directory, ca, extra: str = "") -> str:
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = directory / "api.pem", directory / "api.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return f'[http]\ntls_cert_file = "{cert_file}"\ntls_key_file = "{key_file}"\n\n{extra}\n{LABS_TOML}'
+
+
+def test_bindings_and_reads_go_over_https(server_factory, tmp_path, ca, client_tls):
+    srv = server_factory(config=https_config(tmp_path, ca), tls=client_tls)
+    assert "serving on https://127.0.0.1:" in srv.stderr_text()
+    ev = event()
+    status, _, body = srv.post(ev)
+    assert status == 201 and body["result"] == "bound"
+    status, _, tube = srv.tube(ev["tube"])
+    assert status == 200 and tube["persons"][0]["person"] == ev["person"]
+    status, _, body = srv.batch([event(), event()])
+    assert status == 200 and [r["result"] for r in body["results"]] == ["bound", "bound"]
+
+
+def test_a_keep_alive_connection_carries_many_requests(server_factory, tmp_path, ca, client_tls):
+    import http.client
+    import json
+
+    srv = server_factory(config=https_config(tmp_path, ca), tls=client_tls)
+    conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=client_tls, timeout=30)
+    try:
+        for _ in range(5):
+            conn.request("POST", "/v1/bindings", json.dumps(event()), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 201, resp.read()
+            resp.read()
+    finally:
+        conn.close()
+
+
+def test_tokens_travel_inside_tls(server_factory, tmp_path, ca, client_tls):
+    token = new_token()
+    extra = f'[[access.tokens]]\nname = "phones"\nroles = ["scan"]\nsha256 = "{token_sha256(token)}"\n'
+    srv = server_factory(config=https_config(tmp_path, ca, extra), tls=client_tls)
+    assert srv.post(event())[0] == 401
+    assert srv.post(event(), headers={"Authorization": f"Bearer {token}"})[0] == 201
+
+
+def test_plain_http_to_the_https_port_gets_no_http_answer(server_factory, tmp_path, ca, client_tls):
+    srv = server_factory(config=https_config(tmp_path, ca), tls=client_tls)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as sock:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        try:
+            while chunk := sock.recv(4096):
+                got += chunk
+        except ConnectionError:
+            pass
+    assert not got.startswith(b"HTTP/")  # at most a TLS alert, then the connection closes
+    assert srv.request("GET", "/livez")[0] == 200  # and the server serves the next client
+
+
+def test_a_client_that_does_not_trust_the_certificate_stops(server_factory, tmp_path, ca, client_tls):
+    srv = server_factory(config=https_config(tmp_path, ca), tls=client_tls)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        import http.client
+
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ssl.create_default_context(), timeout=15)
+        try:
+            conn.request("GET", "/livez")
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(("http", "says"), [
+    ('tls_cert_file = "a.pem"', "needs both http.tls_cert_file and http.tls_key_file"),
+    ('tls_cert_file = "/nonexistent/a.pem"\ntls_key_file = "/nonexistent/a.key"', "http.tls_cert_file /nonexistent"),
+])
+def test_https_settings_that_cannot_work_stop_the_server_at_start(tmp_path, http, says):
+    config = tmp_path / "config.toml"
+    config.write_text(f"[http]\n{http}\n\n{LABS_TOML}")
+    proc = subprocess.run([sys.executable, "-m", "ingest", "serve", "--port", "0", "--data", str(tmp_path / "data"),
+                           "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = stderr_lines(proc.stderr)
+    assert says in line
+    assert not (tmp_path / "data").exists()
