@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,13 +32,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk_bindings.lua"
 SERVER_CPU, LOAD_CPU = "0", "1"
+# With --https: the servers speak TLS with a certificate made for the run,
+# which this client does not verify (nor does wrk).
+HTTPS: ssl.SSLContext | None = None
+
+
+def scheme() -> str:
+    return "https" if HTTPS else "http"
+
+
+def get(port: int, path: str, timeout: float):
+    return urllib.request.urlopen(f"{scheme()}://127.0.0.1:{port}{path}", timeout=timeout, context=HTTPS)
 
 
 def wait_ready(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=1):
+            with get(port, "/livez", timeout=1):
                 return
         except OSError:
             time.sleep(0.05)
@@ -49,7 +61,7 @@ def wait_following(port: int, timeout: float = 15.0) -> None:
     the first answers would otherwise wait for it inside the measurement."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=5) as r:
+        with get(port, "/v1/status", timeout=5) as r:
             if json.load(r).get("replication", {}).get("connected"):
                 return
         time.sleep(0.05)
@@ -70,7 +82,7 @@ def loop_cpu_seconds(pid: int) -> float:
 
 
 def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+    with get(port, "/metrics", timeout=5) as r:
         text = r.read().decode()
     total = 0.0
     for line in text.splitlines():
@@ -102,7 +114,7 @@ def parse_wrk(out: str) -> dict:
 
 def answered(port: int) -> float:
     """Requests the server has answered on its write routes (from /metrics)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+    with get(port, "/metrics", timeout=5) as r:
         text = r.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -123,7 +135,7 @@ def start_wrk(port: int, path: str, duration: int, connections: int, threads: in
     """wrk on the load generator's core, with the bindings script, latency percentiles on."""
     cmd = [
         "taskset", "-c", LOAD_CPU, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-        "-s", str(LUA), f"http://127.0.0.1:{port}{path}",
+        "-s", str(LUA), f"{scheme()}://127.0.0.1:{port}{path}",
     ]
     return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -180,9 +192,22 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def config_file(directory: str, mode: str = "async", token: str | None = None) -> str:
-    """A config file: the shipped one with [replication] mode set, and with
-    `token` the only access token (roles scan)."""
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed certificate and its key, for --https."""
+    if not shutil.which("openssl"):
+        raise RuntimeError("--https needs the openssl command (Debian/Ubuntu: apt-get install openssl)")
+    cert, key = os.path.join(directory, "bench.pem"), os.path.join(directory, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def config_file(directory: str, mode: str = "async", token: str | None = None,
+                certificate: tuple[str, str] | None = None) -> str:
+    """A config file: the shipped one with [replication] mode set, with
+    `token` the only access token (roles scan), with `certificate` (PEM
+    files of a certificate and its key) HTTPS."""
     from importlib import resources
 
     from ingest.access import token_sha256
@@ -191,7 +216,11 @@ def config_file(directory: str, mode: str = "async", token: str | None = None) -
     text = text.replace('mode = "async"', f'mode = "{mode}"', 1)
     if token:
         text += f'\n[[access.tokens]]\nname = "bench"\nroles = ["scan"]\nsha256 = "{token_sha256(token)}"\n'
-    path = os.path.join(directory, f"config-{mode}{'-access' if token else ''}.toml")
+    if certificate:
+        at = text.index("[http]")
+        text = text[:at] + text[at:].replace('tls_cert_file = ""', f'tls_cert_file = "{certificate[0]}"', 1).replace(
+            'tls_key_file = ""', f'tls_key_file = "{certificate[1]}"', 1)
+    path = os.path.join(directory, f"config-{mode}{'-access' if token else ''}{'-https' if certificate else ''}.toml")
     Path(path).write_text(text)
     return path
 
@@ -244,6 +273,9 @@ def main() -> int:
                         help="scenarios (default: noop, single, batch); async/sync add a standby")
     parser.add_argument("--access", action="store_true",
                         help="access control on: the servers hold a scan token, every request carries it")
+    parser.add_argument("--https", action="store_true",
+                        help="the servers (the no-op one too) speak HTTPS, with a certificate made for the run "
+                             "(needs the openssl command)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -257,11 +289,18 @@ def main() -> int:
     results = []
     data = tempfile.mkdtemp(prefix="ingest-bench-")
     try:
+        certificate = make_certificate(data) if args.https else None
+        if certificate:
+            global HTTPS
+            HTTPS = ssl.create_default_context()
+            HTTPS.check_hostname, HTTPS.verify_mode = False, ssl.CERT_NONE
+        tls_only = ["--config", config_file(data, certificate=certificate)] if certificate else []
         if "noop" in only:
-            results.append(scenario("noop ceiling", [py, str(HERE / "noop_server.py"), "--port", str(args.port)],
-                                    args.port, "/v1/bindings", args, real=False))
+            results.append(scenario("noop ceiling", [py, str(HERE / "noop_server.py"), "--port", str(args.port),
+                                                     *tls_only], args.port, "/v1/bindings", args, real=False))
         serve = [py, "-m", "ingest", "serve", "--port", str(args.port + 1), "--log-level", "WARNING"]
-        single = serve + (["--config", config_file(data, token=args.token)] if args.token else [])
+        single = serve + (["--config", config_file(data, token=args.token, certificate=certificate)]
+                          if args.token or certificate else [])
         if "single" in only:
             results.append(scenario("durable single-event", single + ["--data", f"{data}/single"],
                                     args.port + 1, "/v1/bindings", args))
@@ -269,9 +308,9 @@ def main() -> int:
             if mode in only:
                 repl_port = args.port + 3
                 primary = serve + ["--data", f"{data}/{mode}-primary", "--replication-port", str(repl_port),
-                                   "--config", config_file(data, mode, args.token)]
+                                   "--config", config_file(data, mode, args.token, certificate)]
                 follower = [py, "-m", "ingest", "serve", "--port", str(args.port + 2), "--log-level", "WARNING",
-                            "--data", f"{data}/{mode}-standby", "--follow", f"127.0.0.1:{repl_port}"]
+                            "--data", f"{data}/{mode}-standby", "--follow", f"127.0.0.1:{repl_port}", *tls_only]
                 results.append(scenario(f"durable single, {mode} standby", primary, args.port + 1, "/v1/bindings",
                                         args, standby=follower))
         if "batch" in only:
@@ -283,6 +322,8 @@ def main() -> int:
 
     if args.token:
         print("access control on: the servers hold a scan token and every request carries it.")
+    if args.https:
+        print("HTTPS: every server, the no-op one too, speaks TLS (a P-256 certificate made for the run).")
     print("events/s and CPU are measured by the server's own counters in the middle half of the run;")
     print("req/s is wrk's figure over its whole run. loop and rest: the server's CPU per event (per request")
     print("for the no-op) on the event loop's thread and on its other threads (the committer), in µs.")

@@ -19,6 +19,7 @@ import uvloop
 from ingest import config as config_mod
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
+from ingest.tls import http_context
 
 BODY = b'{"result":"bound","event_id":"noop","tube":"109836900604","lab":"DEMO-LUHN","count":1,"pool_size":10,"seq":1}'
 
@@ -40,8 +41,8 @@ class NoopApp:
 class NoopServer:
     """The attributes HttpProtocol reads from ingest.server.Server."""
 
-    def __init__(self):
-        self.config = config_mod.load()
+    def __init__(self, config_path: str | None = None):
+        self.config = config_mod.load(config_path)
         self.metrics = Metrics("noop")
         self.app = NoopApp(self.metrics)
         self.connections: set = set()
@@ -51,8 +52,9 @@ class NoopServer:
 
     async def serve(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_server(lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True)
-        print(f"noop serving on http://{host}:{port}", flush=True)
+        tls = http_context(self.config.http)  # the same HTTPS as ingest serve, when the config sets it
+        await loop.create_server(lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True, ssl=tls)
+        print(f"noop serving on {'https' if tls else 'http'}://{host}:{port}", flush=True)
         stop = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, stop.cancel)
         while not stop.done():
@@ -65,8 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--config", default=None, help="an ingest config ([http] TLS is all it reads)")
     args = parser.parse_args()
-    uvloop.run(NoopServer().serve(args.host, args.port))
+    uvloop.run(NoopServer(args.config).serve(args.host, args.port))
 
 
 if __name__ == "__main__":
