@@ -19,8 +19,8 @@ from typing import IO
 import lmdb
 
 from ingest import records
-from ingest.records import STATE_NAMES
 from ingest.datadir import StoreReader
+from ingest.records import STATE_NAMES
 from ingest.store_errors import StoreError
 
 KINDS = ("bindings", "tubes", "results")

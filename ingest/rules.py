@@ -23,9 +23,9 @@ import msgspec
 from ingest import errors, kernels
 from ingest.codes import INVALID_TUBE, TubeSchemes, person_check, person_reason
 from ingest.events import BindingEvent
-from ingest.records import OPEN, PEOPLE, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube
-from ingest.outcomes import Bound, Done, Duplicate, Outcome, Rejected, Repeat
 from ingest.keys import MEMBER_POSITION_MAX
+from ingest.outcomes import Bound, Done, Duplicate, Outcome, Rejected, Repeat
+from ingest.records import OPEN, PEOPLE, TUBES_OPENED, EventRecord, LogEntry, Member, PersonBinding, Tube
 from ingest.writetx import WriteTx
 
 __all__ = ["Bound", "Done", "Duplicate", "Outcome", "Rejected", "Repeat", "apply_binding", "apply_binding_py",

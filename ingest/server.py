@@ -25,9 +25,9 @@ from ingest.committer import Committer
 from ingest.config import Config, ConfigError
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
-from ingest.tls import http_context, replication_contexts
 from ingest.store import Store
 from ingest.store_errors import StoreError, StoreFull
+from ingest.tls import http_context, replication_contexts
 
 log = logging.getLogger("ingest.server")
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 import lmdb
 
 from ingest import records
-from ingest.datadir import lock_directory, is_new, make_directory, unlock_directory
+from ingest.datadir import is_new, lock_directory, make_directory, unlock_directory
 from ingest.keys import EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, HourLabels, first_seq, seq_key
 from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Result, Tube
 from ingest.store_errors import StoreError, StoreFull

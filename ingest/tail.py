@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import lmdb
 
-from ingest.events import BindingEvent
-from ingest.records import decode_log_entry
 from ingest.datadir import StoreReader
+from ingest.events import BindingEvent
 from ingest.keys import seq_key
+from ingest.records import decode_log_entry
 from ingest.store_errors import StoreError
 
 

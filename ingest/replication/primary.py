@@ -22,8 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol
-from ingest.tls import HANDSHAKE_TIMEOUT_S
 from ingest.store import SNAPSHOT_OUT_PREFIX, Store
+from ingest.tls import HANDSHAKE_TIMEOUT_S
 
 log = logging.getLogger("ingest.replication")
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ingest.replication import protocol, wire
-from ingest.tls import HANDSHAKE_TIMEOUT_S
 from ingest.store import SNAPSHOT_IN, Store
+from ingest.tls import HANDSHAKE_TIMEOUT_S
 
 log = logging.getLogger("ingest.replication")
 
