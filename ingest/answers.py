@@ -8,6 +8,9 @@ import msgspec
 from ingest.errors import error_body
 from ingest.outcomes import Bound, Done, Duplicate, Rejected, Repeat
 
+# Every JSON answer body the handlers make (app.py, reads.py, node_routes.py).
+encode_json = msgspec.json.Encoder().encode
+
 
 class OriginalBody(msgspec.Struct):
     event_id: str

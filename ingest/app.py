@@ -17,7 +17,7 @@ import msgspec
 
 from ingest import boxes, errors, kernels, lifecycle, results, routes
 from ingest.access import Access
-from ingest.answers import batch_item, outcome_body, outcome_key
+from ingest.answers import batch_item, encode_json, outcome_body, outcome_key
 from ingest.committer import Committer, Work
 from ingest.config import Config, tube_schemes
 from ingest.errors import ErrorCode, error_body, error_json
@@ -58,7 +58,7 @@ _EVENT_TIME = {
 log = logging.getLogger("ingest.app")
 
 _MEDIA = {b"application/json": JSON, b"application/msgpack": MSGPACK, b"application/x-msgpack": MSGPACK}
-_ENCODERS = {JSON: msgspec.json.Encoder().encode, MSGPACK: msgspec.msgpack.Encoder().encode}
+_ENCODERS = {JSON: encode_json, MSGPACK: msgspec.msgpack.Encoder().encode}
 _CONTENT_TYPE = {JSON: b"application/json", MSGPACK: b"application/msgpack"}
 _encode_json = _ENCODERS[JSON]
 # RFC 9110 11.6.1: a 401 says which scheme the route takes.

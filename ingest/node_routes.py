@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import msgspec
-
 from ingest import codes, errors
+from ingest.answers import encode_json
 from ingest.http import Request
 from ingest.store_errors import StoreFull
 
 log = logging.getLogger("ingest.app")
 
-_encode_json = msgspec.json.Encoder().encode
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -35,7 +33,7 @@ class NodeRoutes:
         elif self.hub is not None:
             body["replication"] = {"standbys": self.hub.status(),
                                    **(self.gate.status() if self.gate else {"mode": "async"})}
-        slot.respond(200, _encode_json(body))
+        slot.respond(200, encode_json(body))
 
     def fence(self, epoch: int) -> None:
         """A higher epoch exists: another node was promoted. Stop writes now,
@@ -58,7 +56,7 @@ class NodeRoutes:
 
     def post_promote(self, req: Request, slot) -> None:
         if self.role == "primary":
-            slot.respond(200, _encode_json({"result": "already_primary", "epoch": self.store.epoch}))
+            slot.respond(200, encode_json({"result": "already_primary", "epoch": self.store.epoch}))
             return
         asyncio.get_running_loop().create_task(self._promote(slot))
 
@@ -91,7 +89,7 @@ class NodeRoutes:
         self.role = "primary"
         self.primary_address = ""
         log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
-        slot.respond(200, _encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
+        slot.respond(200, encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
         from ingest.replication.standby import keep_telling_promoted
 
         if followed is not None:

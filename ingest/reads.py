@@ -4,14 +4,12 @@ on the loop thread, through `self.store`, and answer errors with App's
 `_error`."""
 from __future__ import annotations
 
-import msgspec
-
 from ingest import errors, query
+from ingest.answers import encode_json
 from ingest.events import Malformed
 from ingest.http import Request
 from ingest.records import BOX_STATE_NAMES, PEOPLE, STAT_FIELDS, STATE_NAMES, VOIDED
 
-_encode_json = msgspec.json.Encoder().encode
 SEQ_MAX = 2**64 - 1  # sequence numbers are u64
 
 
@@ -47,7 +45,7 @@ class Reads:
                 {"result": r.result, "lab_id": r.lab_id, "tested_at": r.tested_at, "event_id": r.event_id, "seq": r.seq}
                 for r in self.store.results(code)
             ]
-        slot.respond(200, _encode_json(body))
+        slot.respond(200, encode_json(body))
 
     def get_person(self, req: Request, slot, code: str) -> None:
         history = self.store.person(code)
@@ -64,7 +62,7 @@ class Reads:
                 "result": head.result if head else "",
             })
         body = {"person": code, "tubes": tubes}
-        slot.respond(200, _encode_json(body))
+        slot.respond(200, encode_json(body))
 
     def get_box(self, req: Request, slot, code: str) -> None:
         box = self.store.box(code)
@@ -78,7 +76,7 @@ class Reads:
         if box.receive_seq:
             body.update(lab_id=box.lab_id, received_at=box.received_at, receive_seq=box.receive_seq,
                         found=box.found, missing=box.missing, extra=box.extra, other_lab=box.other_lab)
-        slot.respond(200, _encode_json(body))
+        slot.respond(200, encode_json(body))
 
     def get_positives(self, req: Request, slot) -> None:
         q = query.parse(req.query)
@@ -112,7 +110,7 @@ class Reads:
                     for m in members if not m.voided_seq
                 ],
             })
-        slot.respond(200, _encode_json({"positives": items, "next_since": last}))
+        slot.respond(200, encode_json({"positives": items, "next_since": last}))
 
     def get_stats(self, req: Request, slot) -> None:
         self._stats(req, slot, "all")
@@ -147,4 +145,4 @@ class Reads:
         ]
         body = {"scope": scope.removeprefix("site:") if scope != "all" else "all",
                 "time_zone": self.config.stats.time_zone, "total": total, "hours": hours}
-        slot.respond(200, _encode_json(body))
+        slot.respond(200, encode_json(body))
