@@ -15,7 +15,9 @@ SEQ_MAX = 2**64 - 1  # sequence numbers are u64
 
 class Reads:
     def get_tube(self, req: Request, slot, code: str) -> None:
-        found = self.store.tube(code)
+        with self.store.view() as view:
+            found = view.tube(code)
+            results = view.results(code) if found is not None and found[0].result else []
         if found is None:
             self._error(slot, errors.NOT_FOUND, "no binding names this tube", "tube")
             return
@@ -43,19 +45,20 @@ class Reads:
             body["result"] = tube.result
             body["results"] = [
                 {"result": r.result, "lab_id": r.lab_id, "tested_at": r.tested_at, "event_id": r.event_id, "seq": r.seq}
-                for r in self.store.results(code)
+                for r in results
             ]
         slot.respond(200, encode_json(body))
 
     def get_person(self, req: Request, slot, code: str) -> None:
-        history = self.store.person(code)
+        with self.store.view() as view:
+            history = view.person(code)
+            found = [view.tube(b.tube) for b in history]
         if not history:
             self._error(slot, errors.NOT_FOUND, "no binding names this person", "person")
             return
         tubes = []
-        for b in history:
-            found = self.store.tube(b.tube)
-            head = found[0] if found else None
+        for b, tube in zip(history, found):
+            head = tube[0] if tube else None
             tubes.append({
                 "tube": b.tube, "site_id": b.site_id, "scanned_at": b.scanned_at, "seq": b.seq, "event_id": b.event_id,
                 "voided": bool(b.voided_seq), "state": STATE_NAMES[head.state] if head else None,
@@ -88,19 +91,19 @@ class Reads:
             return
         # The largest u64 is a sequence number, but none can follow it (nor
         # would the store's key for since + 1 fit its 8 bytes).
-        found = self.store.positives(since, limit) if since < SEQ_MAX else []
         gate = self.gate
-        if gate is not None and not gate.degraded:
-            # Sync mode: only what a standby has. A positive shown before it
-            # is replicated could vanish in a failover and its seq go to
-            # another positive, which a poller past that seq would never see.
-            found = [(seq, code) for seq, code in found if seq <= gate.acked]
+        with self.store.view() as view:
+            found = view.positives(since, limit) if since < SEQ_MAX else []
+            if gate is not None and not gate.degraded:
+                # Sync mode: only what a standby has. A positive shown before it
+                # is replicated could vanish in a failover and its seq go to
+                # another positive, which a poller past that seq would never see.
+                found = [(seq, code) for seq, code in found if seq <= gate.acked]
+            found = [(seq, code, view.tube(code), view.result(code, seq)) for seq, code in found]
         items = []
         last = since
-        for seq, code in found:
+        for seq, code, (tube, members), result in found:
             last = seq
-            tube, members = self.store.tube(code)
-            result = self.store.result(code, seq)
             items.append({
                 "seq": seq, "tube": code, "result": result.result, "lab_id": result.lab_id,
                 "tested_at": result.tested_at, "current_result": tube.result, "site_id": tube.site_id,

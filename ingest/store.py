@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import lmdb
@@ -20,7 +21,8 @@ import lmdb
 from ingest import records
 from ingest.datadir import is_new, lock_directory, make_directory, unlock_directory
 from ingest.keys import EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, HourLabels, first_seq, seq_key
-from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Result, Tube
+from ingest.readview import ReadView
+from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Tube
 from ingest.store_errors import StoreError, StoreFull
 from ingest.writetx import WriteTx
 
@@ -380,81 +382,36 @@ class Store:
             with self.env.begin(buffers=False) as txn:
                 return fn(txn)
 
+    @contextmanager
+    def view(self) -> Iterator[ReadView]:
+        """Committed state as of one read transaction (readview.py): the
+        reads of one answer agree with each other. Keep it short: it holds
+        the gate, as every read does."""
+        with self._gate:
+            with self.env.begin(buffers=False) as txn:
+                yield ReadView(txn, self.dbs)
+
+    # One read each, for callers that need no more than one.
+
     def tube(self, code: str) -> tuple[Tube, list[Member]] | None:
-        """The tube's head and its members in position order."""
-        def read(txn: lmdb.Transaction):
-            raw = txn.get(code.encode(), db=self.dbs[b"tubes"]) if code else None
-            if raw is None:
-                return None
-            members = self._prefix_scan(txn, b"members", code.encode() + b"\x00", records.decode_member)
-            return records.decode_tube(raw), members
-
-        return self._read(read)
-
-    def _prefix_scan(self, txn: lmdb.Transaction, table: bytes, prefix: bytes, decode) -> list:
-        out = []
-        cur = txn.cursor(db=self.dbs[table])
-        if cur.set_range(prefix):
-            for key, value in cur:
-                if not key.startswith(prefix):
-                    break
-                out.append(decode(value))
-        return out
-
-    def results(self, tube: str) -> list[Result]:
-        prefix = tube.encode() + b"\x00"
-        return self._read(lambda txn: self._prefix_scan(txn, b"results", prefix, records.decode_result))
-
-    def result(self, tube: str, seq: int) -> Result | None:
-        key = tube.encode() + b"\x00" + seq_key(seq)
-        raw = self._read(lambda txn: txn.get(key, db=self.dbs[b"results"]))
-        return None if raw is None else records.decode_result(raw)
+        with self.view() as v:
+            return v.tube(code)
 
     def box(self, code: str) -> Box | None:
-        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"boxes"])) if code else None
-        return None if raw is None else records.decode_box(raw)
-
-    def positives(self, after: int, limit: int) -> list[tuple[int, str]]:
-        """(seq, tube) of positive or invalid results after `after`, in log order."""
-        def scan(txn: lmdb.Transaction) -> list[tuple[int, str]]:
-            out = []
-            cur = txn.cursor(db=self.dbs[b"positives"])
-            if cur.set_range(seq_key(after + 1)):
-                for key, value in cur:
-                    out.append((int.from_bytes(key, "big"), value.decode()))
-                    if len(out) >= limit:
-                        break
-            return out
-
-        return self._read(scan)
+        with self.view() as v:
+            return v.box(code)
 
     def stats(self, scope: str) -> dict[str, list[int]]:
-        """bucket ("total" or an hour label) -> counters, for one scope."""
-        prefix = scope.encode() + b"\x00"
-
-        def scan(txn: lmdb.Transaction) -> dict[str, list[int]]:
-            out = {}
-            cur = txn.cursor(db=self.dbs[b"stats"])
-            if cur.set_range(prefix):
-                for key, value in cur:
-                    if not key.startswith(prefix):
-                        break
-                    bucket = key[len(prefix):]
-                    # A bucket label never holds a NUL; a key that does is a
-                    # longer scope's (a site id may contain a NUL) sharing our prefix.
-                    if b"\x00" not in bucket:
-                        out[bucket.decode()] = records.decode_counts(value)
-            return out
-
-        return self._read(scan)
+        with self.view() as v:
+            return v.stats(scope)
 
     def person(self, code: str) -> list[PersonBinding]:
-        raw = self._read(lambda txn: txn.get(code.encode(), db=self.dbs[b"persons"])) if code else None
-        return [] if raw is None else records.decode_person(raw)
+        with self.view() as v:
+            return v.person(code)
 
     def event(self, event_id: str) -> EventRecord | None:
-        raw = self._read(lambda txn: txn.get(event_id.encode(), db=self.dbs[b"events"])) if event_id else None
-        return None if raw is None else records.decode_event_record(raw)
+        with self.view() as v:
+            return v.event(event_id)
 
     def log(self, after: int = 0, limit: int = 1000) -> list[tuple[int, LogEntry]]:
         def scan(txn: lmdb.Transaction) -> list[tuple[int, LogEntry]]:

@@ -6,6 +6,7 @@ import pytest
 
 from ingest import rules
 from ingest.events import BindingEvent
+from ingest.readview import ReadView
 from ingest.store import Store
 from ingest.store_errors import StoreError, StoreFull
 
@@ -107,5 +108,30 @@ def test_an_append_onto_an_existing_log_entry_fails_the_write(tmp_path):
             write(s, many(1, start=100))
         s.last_seq = 5
         assert [seq for seq, _ in s.log_raw(0)] == [1, 2, 3, 4, 5] and s.event("e100") is None
+    finally:
+        s.close()
+
+
+def test_a_view_reads_one_committed_state(tmp_path):
+    """Every read through one view sees the same commit, whatever lands
+    meanwhile: the GETs that read several records answer from one view."""
+    s = Store(str(tmp_path / "d"))
+    try:
+        write(s, many(5))
+        txn = s.env.begin(buffers=False)
+        try:
+            view = ReadView(txn, s.dbs)
+            write(s, many(3, start=5))  # three more people into the same tube
+            head, members = view.tube("T00000000")
+            assert (head.count, len(members)) == (5, 5)
+            assert view.person(f"P{5:016d}") == []
+            assert view.event("e5") is None
+        finally:
+            txn.abort()
+        with s.view() as view:
+            head, members = view.tube("T00000000")
+            assert (head.count, len(members)) == (8, 8)
+            assert [b.tube for b in view.person(f"P{5:016d}")] == ["T00000000"]
+            assert view.event("e5").seq == 6
     finally:
         s.close()
