@@ -208,18 +208,15 @@ def config_file(directory: str, mode: str = "async", token: str | None = None,
     """A config file: the shipped one with [replication] mode set, with
     `token` the only access token (roles scan), with `certificate` (PEM
     files of a certificate and its key) HTTPS."""
-    from importlib import resources
-
+    from ingest import config
     from ingest.access import token_sha256
 
-    text = resources.files("ingest").joinpath("default_config.toml").read_text()
-    text = text.replace('mode = "async"', f'mode = "{mode}"', 1)
+    text = config.edit(config.default_text(), 'mode = "async"', f'mode = "{mode}"', "replication")
     if token:
         text += f'\n[[access.tokens]]\nname = "bench"\nroles = ["scan"]\nsha256 = "{token_sha256(token)}"\n'
     if certificate:
-        at = text.index("[http]")
-        text = text[:at] + text[at:].replace('tls_cert_file = ""', f'tls_cert_file = "{certificate[0]}"', 1).replace(
-            'tls_key_file = ""', f'tls_key_file = "{certificate[1]}"', 1)
+        text = config.edit(text, 'tls_cert_file = ""', f'tls_cert_file = "{certificate[0]}"', "http")
+        text = config.edit(text, 'tls_key_file = ""', f'tls_key_file = "{certificate[1]}"', "http")
     path = os.path.join(directory, f"config-{mode}{'-access' if token else ''}{'-https' if certificate else ''}.toml")
     Path(path).write_text(text)
     return path

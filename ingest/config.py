@@ -133,6 +133,27 @@ def default_text() -> str:
     return resources.files("ingest").joinpath("default_config.toml").read_text()
 
 
+def edit(text: str, old: str, new: str, section: str | None = None) -> str:
+    """`text` (a config file's) with its first `old`, after the `[section]`
+    header when one is named, replaced by `new`. The tools that run servers
+    on the shipped file with a few settings changed (drill, benchmark, load
+    test) edit it here: text, so that the file they write keeps its comments,
+    and a ValueError when the setting is not there, because a tool that
+    silently ran on other settings would prove or measure the wrong thing."""
+    start, end = 0, len(text)
+    if section is not None:
+        header = f"[{section}]\n"
+        start = 0 if text.startswith(header) else text.find("\n" + header) + 1
+        if not start and not text.startswith(header):
+            raise ValueError(f"the configuration has no [{section}] section")
+        following = text.find("\n[", start + 1)
+        end = end if following < 0 else following
+    where = text.find(old, start, end)
+    if where < 0:
+        raise ValueError(f"the configuration has no {old!r}" + (f" in [{section}]" if section else "") + " to change")
+    return text[:where] + new + text[where + len(old):]
+
+
 # msgspec's words for a number out of bounds, e.g.
 # "Expected `int` <= 1073741824 - at `$.limits.header_bytes_max`".
 _OUT_OF_RANGE = re.compile(r"Expected `(?:int|float)` [<>]=? \S+ - at `\$(?P<path>(?:\.\w+|\[\d+\])+)`")

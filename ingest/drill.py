@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from ingest import _codes_py
+from ingest import _codes_py, config
 from ingest.access import new_token, token_sha256
 from ingest.client import Client, NoPrimary
 from ingest.drillnodes import LocalNode, RemoteNode, parse_hosts
@@ -68,24 +68,17 @@ def drill_config(mode: str, token: str) -> str:
     access control on: the drill's own token (this run's, made here and
     never written but as its hash) may bind and promote. Nodes on real
     hosts listen on every address, which needs tokens (or a proxy)."""
-    from importlib import resources
-
-    def setting(text: str, old: str, new: str) -> str:
-        if old not in text:  # a drill that silently ran on other settings would prove the wrong thing
-            raise RuntimeError(f"the shipped configuration has no {old!r} to change for the drill")
-        return text.replace(old, new, 1)
-
-    text = resources.files("ingest").joinpath("default_config.toml").read_text()
-    text = setting(text, 'mode = "async"', f'mode = "{mode}"')
-    text = setting(text, "sync_timeout_s = 10.0", "sync_timeout_s = 2.0")
-    text = setting(text, "log_keep_entries = 0", f"log_keep_entries = {LOG_KEEP}")
-    return setting(text, "open_on_network = false\n", f"""open_on_network = false
+    text = config.default_text()
+    text = config.edit(text, 'mode = "async"', f'mode = "{mode}"', "replication")
+    text = config.edit(text, "sync_timeout_s = 10.0", "sync_timeout_s = 2.0", "replication")
+    text = config.edit(text, "log_keep_entries = 0", f"log_keep_entries = {LOG_KEEP}", "replication")
+    return config.edit(text, "open_on_network = false\n", f"""open_on_network = false
 
 [[access.tokens]]
 name = "ingest drill"
 roles = ["scan", "admin"]
 sha256 = "{token_sha256(token)}"
-""")
+""", "access")
 
 
 class Drill:
@@ -191,9 +184,9 @@ class Drill:
                                f"nodes keep {LOG_KEEP} log entries): {exc}") from None
 
     def run(self) -> dict:
-        config = drill_config(self.mode, self.token)
+        config_text = drill_config(self.mode, self.token)
         for node in self.nodes:
-            node.setup(config)
+            node.setup(config_text)
         primary, standby = self.nodes
         primary.start(None)
         standby.start(primary)

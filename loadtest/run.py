@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from importlib import resources
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -88,15 +87,15 @@ class Pair:
         self.primary = self.standby = None
 
     def start(self) -> None:
-        if self.config:
-            config = Path(self.config).read_text()
-        else:
-            config = resources.files("ingest").joinpath("default_config.toml").read_text()
+        from ingest import config as ingest_config
+
+        config = Path(self.config).read_text() if self.config else ingest_config.default_text()
         if self.mode == "sync":
-            if 'mode = "async"' not in config:
+            try:
+                config = ingest_config.edit(config, 'mode = "async"', 'mode = "sync"', "replication")
+            except ValueError:
                 raise SystemExit("--standby sync needs a config whose [replication] says mode = \"async\" "
-                                 "(run.py switches it)")
-            config = config.replace('mode = "async"', 'mode = "sync"', 1)
+                                 "(run.py switches it)") from None
         (self.out / "config.toml").write_text(config)
         serve = [PY, "-m", "ingest", "serve", "--host", "127.0.0.1", "--log-level", "WARNING",
                  "--config", str(self.out / "config.toml")]

@@ -17,6 +17,28 @@ def test_default_config_has_the_three_demo_labs():
     assert cfg.person_window_ms == 12 * 3_600_000
 
 
+def test_edit_changes_a_setting_in_its_section_only():
+    text = config.default_text()
+    edited = config.edit(text, 'tls_cert_file = ""', 'tls_cert_file = "/x.pem"', "http")
+    edited = config.edit(edited, 'tls_key_file = ""', 'tls_key_file = "/x.key"', "http")
+    cfg = config.loads(edited)
+    assert (cfg.http.tls_cert_file, cfg.http.tls_key_file) == ("/x.pem", "/x.key")
+    assert cfg.replication.tls_cert_file == ""  # the same key in [replication] is left alone
+    assert config.edit(text, 'mode = "async"', 'mode = "sync"', "replication").count('mode = "sync"') == 1
+    assert config.edit("[a]\nx = 1\n", "x = 1", "x = 2", "a") == "[a]\nx = 2\n"
+
+
+@pytest.mark.parametrize("old, section, message", [
+    ("nope = 1", None, "no 'nope = 1' to change"),
+    ('mode = "async"', "http", "no 'mode = \"async\"' in [http] to change"),  # it is in [replication]
+    ('mode = "async"', "nowhere", "no [nowhere] section"),
+])
+def test_edit_refuses_a_setting_that_is_not_there(old, section, message):
+    # A drill or a benchmark that silently ran on other settings would prove the wrong thing.
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config.edit(config.default_text(), old, "x", section)
+
+
 @pytest.mark.parametrize("text, needle", [
     ("[rules]\nperson_other_tube_window_hours = 'x'\n", "person_other_tube_window_hours"),
     ("[limits]\nbody_bytes_max = -1\n", "body_bytes_max"),
