@@ -203,11 +203,30 @@ def make_certificate(directory: str) -> tuple[str, str]:
     return cert, key
 
 
+def make_pair_certificates(directory: str) -> tuple[str, str, str]:
+    """A CA and one certificate it signed (docs/replication.md's recipe),
+    for --replication-tls: both nodes present the same one."""
+    if not shutil.which("openssl"):
+        raise RuntimeError("--replication-tls needs the openssl command (Debian/Ubuntu: apt-get install openssl)")
+    ca, ca_key = os.path.join(directory, "pair-ca.pem"), os.path.join(directory, "pair-ca.key")
+    cert, key, csr = (os.path.join(directory, f"pair-node.{ext}") for ext in ("pem", "key", "csr"))
+    for cmd in (
+        ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+         "-subj", "/CN=bench-pair-ca", "-keyout", ca_key, "-out", ca],
+        ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=bench-node",
+         "-keyout", key, "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "1", "-out", cert],
+    ):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    return cert, key, ca
+
+
 def config_file(directory: str, mode: str = "async", token: str | None = None,
-                certificate: tuple[str, str] | None = None) -> str:
+                certificate: tuple[str, str] | None = None, pair: tuple[str, str, str] | None = None) -> str:
     """A config file: the shipped one with [replication] mode set, with
     `token` the only access token (roles scan), with `certificate` (PEM
-    files of a certificate and its key) HTTPS."""
+    files of a certificate and its key) HTTPS, with `pair` (certificate,
+    key, CA) mutual TLS between primary and standby."""
     from ingest import config
     from ingest.access import token_sha256
 
@@ -217,7 +236,11 @@ def config_file(directory: str, mode: str = "async", token: str | None = None,
     if certificate:
         text = config.edit(text, 'tls_cert_file = ""', f'tls_cert_file = "{certificate[0]}"', "http")
         text = config.edit(text, 'tls_key_file = ""', f'tls_key_file = "{certificate[1]}"', "http")
-    path = os.path.join(directory, f"config-{mode}{'-access' if token else ''}{'-https' if certificate else ''}.toml")
+    if pair:
+        for name, value in zip(("tls_cert_file", "tls_key_file", "tls_ca_file"), pair):
+            text = config.edit(text, f'{name} = ""', f'{name} = "{value}"', "replication")
+    path = os.path.join(directory, f"config-{mode}{'-access' if token else ''}{'-https' if certificate else ''}"
+                                   f"{'-pair' if pair else ''}.toml")
     Path(path).write_text(text)
     return path
 
@@ -273,6 +296,9 @@ def main() -> int:
     parser.add_argument("--https", action="store_true",
                         help="the servers (the no-op one too) speak HTTPS, with a certificate made for the run "
                              "(needs the openssl command)")
+    parser.add_argument("--replication-tls", action="store_true",
+                        help="the async/sync scenarios' primary and standby talk mutual TLS, with a CA and a "
+                             "certificate made for the run (needs the openssl command)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -291,6 +317,7 @@ def main() -> int:
             global HTTPS
             HTTPS = ssl.create_default_context()
             HTTPS.check_hostname, HTTPS.verify_mode = False, ssl.CERT_NONE
+        pair = make_pair_certificates(data) if args.replication_tls else None
         tls_only = ["--config", config_file(data, certificate=certificate)] if certificate else []
         if "noop" in only:
             results.append(scenario("noop ceiling", [py, str(HERE / "noop_server.py"), "--port", str(args.port),
@@ -305,9 +332,11 @@ def main() -> int:
             if mode in only:
                 repl_port = args.port + 3
                 primary = serve + ["--data", f"{data}/{mode}-primary", "--replication-port", str(repl_port),
-                                   "--config", config_file(data, mode, args.token, certificate)]
+                                   "--config", config_file(data, mode, args.token, certificate, pair)]
                 follower = [py, "-m", "ingest", "serve", "--port", str(args.port + 2), "--log-level", "WARNING",
-                            "--data", f"{data}/{mode}-standby", "--follow", f"127.0.0.1:{repl_port}", *tls_only]
+                            "--data", f"{data}/{mode}-standby", "--follow", f"127.0.0.1:{repl_port}",
+                            *(["--config", config_file(data, certificate=certificate, pair=pair)] if pair
+                              else tls_only)]
                 results.append(scenario(f"durable single, {mode} standby", primary, args.port + 1, "/v1/bindings",
                                         args, standby=follower))
         if "batch" in only:
@@ -321,6 +350,9 @@ def main() -> int:
         print("access control on: the servers hold a scan token and every request carries it.")
     if args.https:
         print("HTTPS: every server, the no-op one too, speaks TLS (a P-256 certificate made for the run).")
+    if args.replication_tls:
+        print("replication TLS: primary and standby authenticate each other (a CA and a P-256 certificate "
+              "made for the run).")
     print("events/s and CPU are measured by the server's own counters in the middle half of the run;")
     print("req/s is wrk's figure over its whole run. loop and rest: the server's CPU per event (per request")
     print("for the no-op) on the event loop's thread and on its other threads (the committer), in µs.")

@@ -7,11 +7,16 @@ say what they measured, not how fast anything is.
 from __future__ import annotations
 
 import re
+import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
-from ingest import kernels
+import pytest
+
+from ingest import config, kernels, tls
+from ingest.access import token_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,3 +55,45 @@ def test_inproc_cpu_with_access_control_binds_every_event():
 def test_inproc_cpu_binds_every_event_of_its_batches():
     out = run("bench/inproc_cpu.py", "300", "--group", "2", "--batch", "100")
     assert re.fullmatch(r"[\d.]+ us CPU per event, group 2, batch 100, 300 bound\n", out), out
+
+
+def bench_ingest():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_ingest
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return bench_ingest
+
+
+def test_bench_ingest_config_carries_every_option(tmp_path):
+    path = bench_ingest().config_file(str(tmp_path), "sync", "a-token", ("/api.pem", "/api.key"),
+                                      ("/node.pem", "/node.key", "/ca.pem"))
+    cfg = config.load(path)
+    assert cfg.replication.mode == "sync"
+    assert [t.sha256 for t in cfg.access.tokens] == [token_sha256("a-token")]
+    assert (cfg.http.tls_cert_file, cfg.http.tls_key_file) == ("/api.pem", "/api.key")
+    assert (cfg.replication.tls_cert_file, cfg.replication.tls_key_file, cfg.replication.tls_ca_file) == (
+        "/node.pem", "/node.key", "/ca.pem")
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="--replication-tls makes its certificates with openssl")
+def test_bench_ingest_pair_certificates_complete_a_mutual_handshake(tmp_path):
+    bench = bench_ingest()
+    pair = bench.make_pair_certificates(str(tmp_path))
+    contexts = tls.replication_contexts(config.load(bench.config_file(str(tmp_path), pair=pair)).replication)
+    # Both ends in memory: the standby's client context against the primary's listener.
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = contexts.server.wrap_bio(to_server, to_client, server_side=True)
+    client = contexts.client.wrap_bio(to_client, to_server, server_side=False)
+    done = set()
+    for _ in range(10):
+        for name, end in (("client", client), ("server", server)):
+            if name not in done:
+                try:
+                    end.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+    assert done == {"client", "server"}
+    assert server.getpeercert()["subject"] == ((("commonName", "bench-node"),),)
