@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -41,11 +42,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _private(path: str, flags: int) -> int:
+    from ingest.datadir import FILE_MODE
+
+    return os.open(path, flags, FILE_MODE)
+
+
 def _export(args: argparse.Namespace) -> int:
     from ingest import export
 
     try:
-        out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+        # Person codes: a file made here is its user's alone.
+        out = open(args.out, "w", newline="", encoding="utf-8", opener=_private) if args.out else sys.stdout
     except OSError as exc:
         print(f"ingest: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 
 import lmdb
 
@@ -18,11 +19,33 @@ from ingest.store_errors import StoreError, StoreInUse
 LOCK_FILE = "ingest.lock"
 
 
+# The store holds every resident's identity number: a directory it makes,
+# and the files LMDB makes in it, are for the service's own user alone.
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+
+
 def make_directory(path: str) -> None:
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=DIRECTORY_MODE, exist_ok=True)
     except FileExistsError:  # what makedirs says of a file in the way
         raise StoreError(f"{path}: not a directory") from None
+
+
+def open_to_others(path: str) -> list[str]:
+    """The data directory and its store files that other local users may
+    enter or read (group or other permission bits), as "PATH (mode 0NNN)".
+    Ones made here never are; an operator's own directory may be."""
+    out = []
+    for name in ("", "data.mdb", "lock.mdb"):
+        full = os.path.join(path, name) if name else path
+        try:
+            mode = stat.S_IMODE(os.stat(full).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            out.append(f"{full} (mode {mode:04o})")
+    return out
 
 
 def _lock_holder(fd: int) -> str:

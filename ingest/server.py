@@ -23,6 +23,7 @@ from ingest.access import is_loopback
 from ingest.app import App
 from ingest.committer import Committer
 from ingest.config import Config, ConfigError
+from ingest.datadir import open_to_others
 from ingest.metrics import Metrics
 from ingest.protocol import HttpProtocol
 from ingest.store import Store
@@ -104,6 +105,10 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         self.store = self._open_store()
+        exposed = open_to_others(self.data_dir)
+        if exposed:
+            log.warning("the store is open to other users of this host: %s; it holds person codes: "
+                        "chmod go= on them (docs/operations.md)", ", ".join(exposed))
         self.metrics = Metrics(
             codes.IMPLEMENTATION,
             connections=lambda: len(self.connections),

@@ -19,7 +19,7 @@ from typing import TypeVar
 import lmdb
 
 from ingest import records
-from ingest.datadir import is_new, lock_directory, make_directory, unlock_directory
+from ingest.datadir import FILE_MODE, is_new, lock_directory, make_directory, unlock_directory
 from ingest.keys import EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, HourLabels, first_seq, seq_key
 from ingest.readview import ReadView
 from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Tube
@@ -99,6 +99,7 @@ class Store:
             writemap=True,
             readahead=False,
             max_readers=512,
+            mode=FILE_MODE,
         )
         # LMDB creates the file (a new one must be its own); nothing has been
         # written through the map yet when its blocks are allocated here.
@@ -202,7 +203,7 @@ class Store:
 
     def _allocate(self, size: int) -> None:
         """Give data.mdb real disk blocks up to `size` bytes, or raise StoreFull."""
-        fd = os.open(self._data_file, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self._data_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:

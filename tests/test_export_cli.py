@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import stat
 import subprocess
 import sys
 
@@ -34,6 +35,18 @@ def test_export_bindings_and_tubes(server_factory):
     assert [(r["tube"], r["state"], r["count"]) for r in rows] == [(tube_a, "open", "3")]
     rows, _ = run_export(srv.data, "results")
     assert rows == []
+
+
+def test_export_to_a_file_makes_it_for_its_user_alone(server_factory, tmp_path):
+    srv = server_factory()
+    ev = event(fresh_tube())
+    assert srv.post(ev)[0] == 201
+    path = tmp_path / "bindings.csv"
+    out = subprocess.run([sys.executable, "-m", "ingest", "export", "bindings", "--data", str(srv.data),
+                          "--out", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert [r["person"] for r in csv.DictReader(path.open())] == [ev["person"]]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # person codes
 
 
 def test_export_of_a_missing_store_fails_clearly(tmp_path):

@@ -5,6 +5,7 @@ killed mid-snapshot retries cleanly and never holds half a store."""
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from helpers import config_with, event, fresh_tube
@@ -52,6 +53,8 @@ def test_a_fresh_standby_of_a_trimmed_log_starts_from_a_snapshot(server_factory)
     wait_caught_up(primary, standby)
     assert "sending a snapshot" in primary.stderr_text()
     assert "installed the snapshot" in standby.stderr_text()
+    # the copy, now the standby's store, is its user's alone like one LMDB made
+    assert stat.S_IMODE(os.stat(standby.data / "data.mdb").st_mode) == 0o600
     # and then the stream, every kind of entry
     mixed_load(primary, 2)
     status = wait_caught_up(primary, standby)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 
@@ -167,3 +168,27 @@ def test_a_truncated_store_is_refused_not_a_sigbus(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and "data.mdb is truncated" in out.stderr, (command, out.stderr)
     assert files(path)["data.mdb"] == before["data.mdb"]  # lock.mdb is LMDB's reader table
+
+
+# -- person data is its user's alone ---------------------------------------------
+
+
+def test_a_new_data_directory_and_its_files_are_the_users_alone(server_factory, tmp_path):
+    # The store holds every resident's identity number: no other local user reads it.
+    data = tmp_path / "new" / "data"
+    srv = server_factory(data=data)
+    assert srv.post(event(fresh_tube()))[0] == 201
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
+    assert "open to other users of this host" not in srv.stderr_text()
+
+
+def test_serve_warns_of_a_data_directory_open_to_others(server_factory, tmp_path):
+    data = tmp_path / "shared"
+    data.mkdir()
+    os.chmod(data, 0o755)  # as a umask of 022 leaves a directory made by hand
+    srv = server_factory(data=data)
+    warnings = [line for line in srv.stderr_text().splitlines() if "open to other users of this host" in line]
+    assert len(warnings) == 1 and f"{data} (mode 0755)" in warnings[0], srv.stderr_text()
+    assert srv.post(event(fresh_tube()))[0] == 201  # a warning, not a refusal: the operator may mean it

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ingest.datadir import FILE_MODE
 from ingest.replication import protocol, wire
 from ingest.store import SNAPSHOT_IN, Store
 from ingest.tls import HANDSHAKE_TIMEOUT_S
@@ -233,7 +234,7 @@ class Follower:
     def _incoming(self):
         """A fresh file for a snapshot (writer thread). A fixed name: what a
         killed process left of one is simply overwritten (or removed at open)."""
-        return open(os.path.join(self.store.path, SNAPSHOT_IN), "wb")
+        return open(os.path.join(self.store.path, SNAPSHOT_IN), "wb", opener=_private)
 
     def _install(self, incoming, end: protocol.SnapshotEnd) -> None:
         incoming.flush()
@@ -278,3 +279,11 @@ def _send(writer: asyncio.StreamWriter, data: bytes) -> bool:
 
 def _nothing() -> None:
     pass
+
+
+def _private(path: str, flags: int) -> int:
+    """Open a snapshot's file for this user alone: it becomes data.mdb, the
+    person data, whatever mode a leftover of a killed process had."""
+    fd = os.open(path, flags, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
