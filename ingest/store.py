@@ -23,7 +23,8 @@ from ingest.datadir import FILE_MODE, is_new, lock_directory, make_directory, un
 from ingest.keys import EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, HourLabels, first_seq, seq_key
 from ingest.readview import ReadView
 from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Tube
-from ingest.store_errors import StoreError, StoreFull
+from ingest.outcomes import Rejected
+from ingest.store_errors import LogRefused, StoreError, StoreFull
 from ingest.writetx import WriteTx
 
 T = TypeVar("T")
@@ -246,7 +247,14 @@ class Store:
             for seq, raw in entries:
                 if seq != tx.seq + 1:
                     raise StoreError(f"log gap: expected {tx.seq + 1}, got {seq}")
-                changelog.apply_entry(tx, records.decode_log_entry(raw), window_ms)
+                entry = records.decode_log_entry(raw)
+                outcome = changelog.apply_entry(tx, entry, window_ms)
+                if tx.seq != seq:
+                    # Skipping it would leave this node one seq short and its
+                    # state apart from the primary's, silently.
+                    why = f"{outcome.error.code}: {outcome.message}" if isinstance(outcome, Rejected) else repr(outcome)
+                    raise LogRefused(f"log entry {seq} ({entry.kind}) is refused here ({why}); the primary "
+                                     "accepted it: this node's [rules] differ from the primary's")
 
         self.write(apply_all)
         return self.last_seq

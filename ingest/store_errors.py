@@ -14,3 +14,9 @@ class StoreError(Exception):
 
 class StoreInUse(StoreError):
     """Another process holds the data directory's lock."""
+
+
+class LogRefused(StoreError):
+    """A change-log entry that this node's rules refuse. The primary accepted
+    it, so the two apply different rules: their rule settings differ (the
+    person window, say). Nothing of the run was written."""

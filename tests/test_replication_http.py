@@ -8,7 +8,7 @@ import sys
 import time
 
 
-from helpers import event, fresh_event_id, fresh_tube, now_ms
+from helpers import config_with, event, fresh_event_id, fresh_person, fresh_tube, now_ms
 from ingest.store import Store
 
 REPLICATION = re.compile(r"replication listening on 127\.0\.0\.1:(\d+)")
@@ -286,6 +286,24 @@ def stopped_because(node) -> str | None:
     while node.status()["replication"]["stopped_because"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return node.status()["replication"]["stopped_because"]
+
+
+def test_a_standby_whose_rules_refuse_an_entry_stops_instead_of_skipping_it(server_factory):
+    # The primary lets a person into another tube after 1 h, the standby only
+    # after the shipped 12 h: the entry it cannot apply must not be dropped
+    # (it would be one seq short for ever, its state apart from the primary's).
+    primary = server_factory(config_with(rules={"person_other_tube_window_hours": 1}),
+                             args=("--replication-port", "0"))
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
+    person = fresh_person()
+    assert primary.post(event(fresh_tube(), person, scanned_at=now_ms() - 3 * 3_600_000))[0] == 201
+    assert wait_caught_up(primary, standby)["last_seq"] == 1
+    assert primary.post(event(fresh_tube(), person))[0] == 201
+    assert stopped_because(standby) == "refused"
+    assert standby.status()["last_seq"] == 1
+    assert "log entry 2 (binding) is refused here (person_in_other_tube: " in standby.stderr_text()
+    # and the primary goes on taking writes
+    assert primary.post(event(fresh_tube()))[0] == 201
 
 
 def test_a_former_primary_with_an_unreplicated_tail_is_refused_not_forked(server_factory):

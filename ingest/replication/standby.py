@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ingest.datadir import FILE_MODE
 from ingest.replication import protocol, wire
 from ingest.store import SNAPSHOT_IN, Store
+from ingest.store_errors import LogRefused
 from ingest.tls import HANDSHAKE_TIMEOUT_S
 
 log = logging.getLogger("ingest.replication")
@@ -32,7 +33,7 @@ READ_TIMEOUT_S = 5.0
 # own timeout (minutes), with the status saying nothing.
 CONNECT_TIMEOUT_S = 5.0
 # Refusals after which trying again cannot help: an operator must act.
-FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed"}
+FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed", "refused"}
 
 
 async def _connect(host: str, port: int, tls: ssl.SSLContext | None):
@@ -190,8 +191,14 @@ class Follower:
                         self.primary_last_seq = action.last_seq
                         log.info("following %s (epoch %d) from seq %d", action.node, action.epoch, store.last_seq)
                     elif kind is protocol.Apply:
-                        seq = await loop.run_in_executor(
-                            self._writer_thread, store.apply_log, action.entries, self.window_ms)
+                        try:
+                            seq = await loop.run_in_executor(
+                                self._writer_thread, store.apply_log, action.entries, self.window_ms)
+                        except LogRefused as exc:
+                            # Retrying would meet the same rules: final, until
+                            # the settings agree and the node is restarted.
+                            log.error("%s", exc)
+                            return "refused"
                         self.primary_last_seq = max(self.primary_last_seq, action.primary_last_seq)
                         self.applied_at = time.time()
                         if seq >= self.primary_last_seq:
