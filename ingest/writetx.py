@@ -53,6 +53,8 @@ class WriteTx:
         """Add n to a statistics counter of `site` (and so of all sites), in
         this hour and in total. Kept in memory until flush: a commit of many
         events writes each counter record once."""
+        if not n:
+            return  # a receipt that received nothing: no all-zero hour in the statistics
         key = (site, self._hour)
         deltas = self._counts.get(key)
         if deltas is None:

@@ -7,6 +7,7 @@ import pytest
 from ingest import rules
 from ingest.events import BindingEvent
 from ingest.readview import ReadView
+from ingest.records import TUBES_RECEIVED
 from ingest.store import Store
 from ingest.store_errors import StoreError, StoreFull
 
@@ -133,5 +134,18 @@ def test_a_view_reads_one_committed_state(tmp_path):
             assert (head.count, len(members)) == (8, 8)
             assert [b.tube for b in view.person(f"P{5:016d}")] == ["T00000000"]
             assert view.event("e5").seq == 6
+    finally:
+        s.close()
+
+
+def test_a_count_of_nothing_writes_no_statistics(tmp_path):
+    # A box received with none of its tubes found added an all-zero hour row
+    # to GET /v1/stats.
+    s = Store(str(tmp_path / "d"))
+    try:
+        s.write(lambda tx: tx.count("S1", TUBES_RECEIVED, 0))
+        assert s.stats("all") == {} and s.stats("site:S1") == {}
+        s.write(lambda tx: tx.count("S1", TUBES_RECEIVED, 2))
+        assert s.stats("all")["total"][TUBES_RECEIVED] == 2
     finally:
         s.close()
