@@ -93,6 +93,10 @@ class App(Reads, NodeRoutes):
         self.primary_address = ""
         self.follower = None
         self._telling: asyncio.Task | None = None  # after a promotion: keep_telling_promoted
+        self._fencing: asyncio.Future | None = None  # the fence on its way to disk (node_routes.fence)
+        # One promotion at a time: a second request (a retry, two operators)
+        # waits for the first and is answered by the state it left.
+        self._promotion = asyncio.Lock()
         self.hub = None
         self.gate = None
         self._future_ms = config.future_ms_max

@@ -35,30 +35,51 @@ class NodeRoutes:
                                    **(self.gate.status() if self.gate else {"mode": "async"})}
         slot.respond(200, encode_json(body))
 
-    def fence(self, epoch: int) -> None:
+    def fence(self, epoch: int) -> asyncio.Future:
         """A higher epoch exists: another node was promoted. Stop writes now,
-        and for good: the store keeps it across restarts."""
+        and for good: the store keeps it across restarts. The future is True
+        once the fence is on disk (at once when this node takes no writes or
+        has it stored), False when storing it failed; the peer that told us
+        is answered only then (replication/primary.py)."""
+        loop = asyncio.get_running_loop()
         if self.role == "primary":
             log.error("fenced: epoch %d is above ours (%d); refusing writes from now on", epoch, self.store.epoch)
             self.role = "fenced"
-            asyncio.get_running_loop().run_in_executor(None, self._store_fence, epoch)
             if self.gate is not None:
                 # Answers waiting for a standby (sync mode) speak of events
                 # the new primary may never get: they are refused, not
                 # released, while this node is not the primary.
                 self.gate.fence(lambda: self.role != "primary")
+        elif self.role != "fenced" or self.store.fenced_at >= epoch:
+            done = loop.create_future()
+            done.set_result(True)
+            return done
+        if self._fencing is None or self._fencing.done():
+            # A failed store is tried again at the next hello of the
+            # promoted node, which keeps telling until we answer.
+            self._fencing = loop.run_in_executor(None, self._store_fence, epoch)
+        return self._fencing
 
-    def _store_fence(self, epoch: int) -> None:
+    def _store_fence(self, epoch: int) -> bool:
         try:
             self.store.fence(epoch)
+            return True
         except Exception:
             log.exception("could not store the fence at epoch %d; a restart would take writes again", epoch)
+            return False
 
     def post_promote(self, req: Request, slot) -> None:
-        if self.role == "primary":
+        if self.role == "primary" and not self._promotion.locked():
             slot.respond(200, encode_json({"result": "already_primary", "epoch": self.store.epoch}))
             return
-        asyncio.get_running_loop().create_task(self._promote(slot))
+        asyncio.get_running_loop().create_task(self._promote_once(slot))
+
+    async def _promote_once(self, slot) -> None:
+        async with self._promotion:
+            if self.role == "primary":  # the promotion this request waited for
+                slot.respond(200, encode_json({"result": "already_primary", "epoch": self.store.epoch}))
+                return
+            await self._promote(slot)
 
     async def _promote(self, slot) -> None:
         """Stop following, raise the epoch durably, take writes."""

@@ -198,17 +198,25 @@ class Server:
             self._stop.set_result(sig)
 
     async def _tick(self) -> None:
-        limits = self.config.limits
         while True:
             await asyncio.sleep(TICK_S)
-            self.now = time.monotonic()
-            self.date = formatdate(usegmt=True).encode()
-            if self.committer is not None and self.committer.gate is not None:
-                self.committer.gate.check(self.now)
-            if self.app.hub is not None:
-                self.app.hub.ping()
-            for conn in list(self.connections):
-                conn.idle_check(self.now, limits.request_seconds_max, limits.keepalive_seconds_max)
+            try:
+                self._tick_once()
+            except Exception:
+                # The tick keeps every timeout (sync gate, idle connections,
+                # replication pings): one failure must not end it for good.
+                log.exception("server tick failed")
+
+    def _tick_once(self) -> None:
+        limits = self.config.limits
+        self.now = time.monotonic()
+        self.date = formatdate(usegmt=True).encode()
+        if self.committer is not None and self.committer.gate is not None:
+            self.committer.gate.check(self.now)
+        if self.app.hub is not None:
+            self.app.hub.ping()
+        for conn in list(self.connections):
+            conn.idle_check(self.now, limits.request_seconds_max, limits.keepalive_seconds_max)
 
     async def _drain(self) -> None:
         self.draining = True

@@ -5,6 +5,7 @@ and the standby, its follower stopped, followed no one."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from ingest import config
 from ingest.app import App
@@ -53,5 +54,35 @@ def test_a_promotion_that_cannot_write_is_answered_and_the_node_keeps_following(
         assert status == 507 and b"promotion failed, nothing changed" in body, body
         assert app.role == "standby" and store.epoch == 0
         assert (type(follower).__name__, follower.host, follower.port) == ("Follower", "127.0.0.1", 9)
+    finally:
+        store.close()
+
+
+class SlowFollower(StoppedFollower):
+    async def stop(self) -> None:
+        await asyncio.sleep(0.2)  # a follower's stop waits for its task and its writer thread
+
+
+def test_two_promotions_at_once_are_both_answered_and_raise_the_epoch_once(tmp_path):
+    # The second request used to start a second promotion while the first
+    # waited for the follower; it then died on the follower the first had
+    # dropped, and its client was never answered.
+    store = Store(str(tmp_path / "d"), map_bytes_initial=1 << 20)
+    try:
+        app = App(config.load(), store, None, Metrics("test"))
+        app.role, app.follower = "standby", SlowFollower()
+        slots = [Slot(), Slot()]
+
+        async def promote_twice():
+            for slot in slots:
+                app.post_promote(None, slot)
+            while not all(slot.answers for slot in slots):
+                await asyncio.sleep(0.01)
+
+        asyncio.run(asyncio.wait_for(promote_twice(), 10))
+        answers = [json.loads(body) for slot in slots for status, body in slot.answers if status == 200]
+        assert [a["result"] for a in answers] == ["promoted", "already_primary"]
+        assert [a["epoch"] for a in answers] == [1, 1] and store.epoch == 1
+        assert app.role == "primary" and app.follower is None
     finally:
         store.close()

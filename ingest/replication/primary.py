@@ -59,18 +59,25 @@ class Session(asyncio.Protocol):
         self.caught_up_at = time.time()
         self._paused = False
         self._paused_since = 0.0  # time.monotonic() when writing paused
-        self._opened_at = time.monotonic()
+        self._opened_at = time.monotonic()  # again at connection_made: after a TLS handshake
+        # The conversation is over (a refusal, a bad frame): what is queued
+        # still goes out, nothing more does, and the session has left the hub.
+        self.ended = False
         self._writable = asyncio.Event()
         self._writable.set()
         self.snapshot: dict | None = None  # a snapshot under way: its seq and bytes sent
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        # With TLS this runs after the handshake, which has its own limit:
+        # the time to say hello counts from here, as the docs say.
+        self._opened_at = time.monotonic()
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
         if len(self.hub.sessions) >= SESSIONS_MAX:
             log.warning("replication connection from %s refused: %d sessions already", self.peer, SESSIONS_MAX)
             transport.write(self.proto.refuse("busy", f"this primary serves at most {SESSIONS_MAX} sessions"))
+            self.ended = True
             transport.close()
             return
         self.hub.sessions.add(self)
@@ -82,7 +89,14 @@ class Session(asyncio.Protocol):
         log.info("standby %s (%s) disconnected", self.node or "?", self.peer)
 
     def data_received(self, data: bytes) -> None:
-        for action in self.proto.receive(data):
+        if self.ended:
+            return
+        self._act(self.proto.receive(data))
+
+    def _act(self, actions: list) -> None:
+        for i, action in enumerate(actions):
+            if self.ended:
+                return
             kind = type(action)
             if kind is protocol.Send:
                 self.transport.write(action.data)
@@ -94,11 +108,41 @@ class Session(asyncio.Protocol):
                     self.caught_up_at = time.time()
                 self.hub.on_ack(self)
             elif kind is protocol.Fence:
-                self.hub.on_fence(action.epoch)
+                # What follows (a stale_primary refusal) tells the promoted
+                # node that we know its epoch, and it stops telling us. So it
+                # goes out only once the fence is on disk: killed before
+                # that, this node would restart as a primary no one tells.
+                rest = actions[i + 1:]
+                self.hub.on_fence(action.epoch).add_done_callback(lambda stored: self._fenced(stored, rest))
+                return
             elif kind is protocol.Close:
                 log.warning("closing replication to %s: %s: %s", self.peer, action.code, action.message)
-                self.transport.close()
+                self._end()
                 return
+
+    def _fenced(self, stored: asyncio.Future, rest: list) -> None:
+        if self.transport is None or self.ended:
+            return
+        if stored.cancelled() or stored.exception() is not None or not stored.result():
+            # No refusal: the promoted node keeps telling, and each hello is
+            # another try at storing the fence.
+            self._end(abort=True)
+            return
+        self._act(rest)
+
+    def _end(self, abort: bool = False) -> None:
+        """Nothing more goes to this peer: it leaves the hub now, not when
+        its queued bytes have drained (a closed protocol would otherwise be
+        pumped and pinged, and raise, meanwhile)."""
+        self.ended = True
+        self.hub.sessions.discard(self)
+        self._writable.set()  # a snapshot waiting to send sees the end and stops
+        if self.transport is None:
+            return
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def _hello(self, hello: protocol.Hello) -> None:
         store = self.hub.store
@@ -107,7 +151,7 @@ class Session(asyncio.Protocol):
         if refusal is not None:
             log.error("refusing standby %s (%s): %s: %s", hello.node, self.peer, *refusal)
             self.transport.write(self.proto.refuse(*refusal))
-            self.transport.close()
+            self._end()
             return
         if hello.last_seq and not hello.tip:
             log.warning("standby %s (%s) sent no tip (an older version): its log at seq %d cannot be checked "
@@ -131,7 +175,7 @@ class Session(asyncio.Protocol):
 
     def pump(self) -> None:
         store = self.hub.store
-        while (self.transport is not None and not self._paused and self.snapshot is None
+        while (self.transport is not None and not self.ended and not self._paused and self.snapshot is None
                and 0 <= self.cursor < store.last_seq):
             entries = store.log_raw(self.cursor, ENTRIES_PER_FRAME)
             if not entries or entries[0][0] != self.cursor + 1:
@@ -172,7 +216,7 @@ class Session(asyncio.Protocol):
             with f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(0)  # the copy wrote through the same descriptor
-                if self.transport is None:
+                if self.transport is None or self.ended:
                     return
                 self.snapshot.update(last_seq=last_seq, bytes_total=size)
                 log.info("snapshot for %s: %d bytes at seq %d, copied in %.1fs", self.node, size, last_seq,
@@ -180,10 +224,10 @@ class Session(asyncio.Protocol):
                 self.transport.write(self.proto.snapshot_begin(last_seq, size))
                 while True:
                     await self._writable.wait()
-                    if self.transport is None:
+                    if self.transport is None or self.ended:
                         return
                     data = await loop.run_in_executor(self.hub.pool, f.read, SNAPSHOT_CHUNK_BYTES)
-                    if self.transport is None:
+                    if self.transport is None or self.ended:
                         return
                     if not data:
                         break
@@ -197,8 +241,7 @@ class Session(asyncio.Protocol):
             self.pump()
         except Exception:
             log.exception("snapshot for %s (%s) failed; closing its connection", self.node, self.peer)
-            if self.transport is not None:
-                self.transport.close()
+            self._end()
         finally:
             try:
                 os.unlink(path)
@@ -209,16 +252,16 @@ class Session(asyncio.Protocol):
         """Every tick: drop a peer that never said hello or stopped reading;
         otherwise say where we are (silence would look like a dead link to
         the standby, which reconnects after STANDBY_READ_TIMEOUT_S)."""
-        if self.transport is None:
+        if self.transport is None or self.ended:
             return
         now = time.monotonic()
         if self.cursor < 0 and now - self._opened_at > HELLO_TIMEOUT_S:
             log.warning("replication connection from %s closed: no hello within %gs", self.peer, HELLO_TIMEOUT_S)
-            self.transport.abort()
+            self._end(abort=True)
         elif self._paused and now - self._paused_since > STALLED_S:
             log.warning("standby %s (%s) took nothing for %gs: closing its session", self.node or "?", self.peer,
                         STALLED_S)
-            self.transport.abort()
+            self._end(abort=True)
         elif self.cursor >= 0 and not self._paused:
             self.transport.write(self.proto.ping(self.hub.store.last_seq))
 
@@ -275,13 +318,23 @@ class Hub:
 
     def notify(self) -> None:
         """New entries were committed: send them on."""
-        for session in list(self.sessions):
-            session.pump()
+        self._each(lambda session: session.pump())
 
     def ping(self) -> None:
         """Called on every server tick."""
+        self._each(lambda session: session.ping())
+
+    def _each(self, step: Callable[[Session], None]) -> None:
+        # One session's failure (a bug, a state we did not foresee) ends that
+        # session, not the others' streams nor the caller (the server's tick,
+        # the commit's callback).
         for session in list(self.sessions):
-            session.ping()
+            try:
+                step(session)
+            except Exception:
+                log.exception("replication to %s (%s) failed; closing its session", session.node or "?",
+                              session.peer)
+                session._end(abort=True)
 
     def close(self) -> None:
         if self._server is not None:
