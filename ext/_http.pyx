@@ -114,6 +114,9 @@ cdef class RequestParser:
         # incomplete, counted per piece of at most header_bytes_max bytes.
         bint _in_head
         Py_ssize_t _head_bytes
+        # See the twin: past the head, bytes fed since httptools last
+        # reported progress (a trailer field or chunk framing that never ends).
+        Py_ssize_t _quiet_bytes
         # After a request that closes the connection nothing more is parsed.
         bint _finished
         # The request being received (reset by _reset)
@@ -126,6 +129,7 @@ cdef class RequestParser:
         bint _length_too_big
         bint _expect_continue
         bint _has_host
+        bint _connection  # a Connection header: llhttp's keep-alive then says nothing of the version
         object _host_ok  # see the twin: the last Host value found valid
         object _body  # the first body chunk, or None
         list _body_parts  # every chunk, once there are two
@@ -151,6 +155,7 @@ cdef class RequestParser:
         self._now = 0.0
         self._in_head = True
         self._head_bytes = 0
+        self._quiet_bytes = 0
         self._finished = False
         self._host_ok = None
         self._reset()
@@ -163,6 +168,7 @@ cdef class RequestParser:
         self._length_too_big = False
         self._expect_continue = False
         self._has_host = False
+        self._connection = False
         self._body = None
         self._body_parts = None
         self._body_len = 0
@@ -185,6 +191,8 @@ cdef class RequestParser:
             at += step
             if self._in_head:
                 self._head_bytes += len(piece)
+            else:
+                self._quiet_bytes += len(piece)
             try:
                 self._feed_data(piece)
             except HttpParserCallbackError:
@@ -195,10 +203,15 @@ cdef class RequestParser:
                 error = HttpError(_BAD_REQUEST, "protocol upgrade is not supported")
                 if self._done:
                     self._done.pop()
+                # An upgrade that also closes (Connection: upgrade, close;
+                # HTTP/1.0) finished the parser: it is still answered.
+                self._finished = False
             except HttpParserError as exc:
                 error = HttpError(_BAD_REQUEST, f"bad HTTP request: {exc}")
             if error is None and self._in_head and self._head_bytes > self._header_bytes_max:
                 error = HttpError(_HEADERS_TOO_LARGE, "request line and headers are too large")
+            if error is None and not self._in_head and self._quiet_bytes > self._header_bytes_max:
+                error = HttpError(_HEADERS_TOO_LARGE, "trailer fields or chunk framing are too large")
             if error is not None or self._finished or at >= size:
                 break
         cdef list done = self._done
@@ -216,6 +229,12 @@ cdef class RequestParser:
         raise self._error
 
     # httptools callbacks --------------------------------------------------
+
+    def on_chunk_header(self):
+        self._quiet_bytes = 0
+
+    def on_chunk_complete(self):
+        self._quiet_bytes = 0
 
     def on_message_begin(self):
         self.started_at = self._now
@@ -238,6 +257,8 @@ cdef class RequestParser:
         cdef const char *v
         cdef long long length
         cdef Py_ssize_t i
+        if not self._in_head:
+            return  # a trailer field: see the twin
         self._header_bytes += n + m + 4
         if self._header_bytes > self._header_bytes_max:
             self._fail(_HEADERS_TOO_LARGE, "request line and headers are too large")
@@ -270,6 +291,8 @@ cdef class RequestParser:
                     self._length_too_big = length > self._body_bytes_max
                     return
             self._length_too_big = int(value) > self._body_bytes_max
+        elif n == 10 and _is_lower(s, b"connection", 10):
+            self._connection = True
         elif n == 6 and _is_lower(s, b"expect", 6) and m == 12 and _is_lower(PyBytes_AS_STRING(value), b"100-continue", 12):
             self._expect_continue = True
         elif n == 17 and _is_lower(s, b"transfer-encoding", 17) and not only_chunked(value):
@@ -279,9 +302,10 @@ cdef class RequestParser:
     def on_headers_complete(self):
         self._in_head = False
         self._head_bytes = 0
+        self._quiet_bytes = 0
         # See the twin: the version is asked for only where it can matter.
         cdef bint http11 = True
-        if not self._has_host or self._expect_continue or not self._should_keep_alive():
+        if not self._has_host or self._expect_continue or self._connection or not self._should_keep_alive():
             version = self._parser.get_http_version()
             if version != "1.1" and version != "1.0":
                 self._fail(_HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{version} is not supported: send HTTP/1.1")
@@ -295,6 +319,7 @@ cdef class RequestParser:
             self.interim += b"HTTP/1.1 100 Continue\r\n\r\n"
 
     def on_body(self, bytes body):
+        self._quiet_bytes = 0
         self._body_len += PyBytes_GET_SIZE(body)
         if self._body_len > self._body_bytes_max:
             self._fail(_BODY_TOO_LARGE, f"body is larger than {self._body_bytes_max} bytes")
@@ -346,6 +371,7 @@ cdef class RequestParser:
         self._done.append(req)
         self.started_at = None
         self._in_head = True
+        self._quiet_bytes = 0
         if not keep_alive:
             self._finished = True
 

@@ -21,7 +21,8 @@ class RequestParser:
         "_parser", "_header_bytes_max", "_body_bytes_max", "_done", "_url", "_header_bytes",
         "_content_type", "_content_length", "_expect_continue", "_has_host", "_body", "_body_len", "_error",
         "_authorization",
-        "started_at", "interim", "_now", "_in_head", "_head_bytes", "_finished", "_host_ok",
+        "started_at", "interim", "_now", "_in_head", "_head_bytes", "_quiet_bytes", "_connection", "_finished",
+        "_host_ok",
     )
 
     def __init__(self, header_bytes_max: int, body_bytes_max: int):
@@ -46,6 +47,12 @@ class RequestParser:
         # is 2 * header_bytes_max long, wherever in a segment it began.
         self._in_head = True
         self._head_bytes = 0
+        # Past the head, bytes fed since httptools last reported progress
+        # (body, a chunk's start or end, the message's end): a trailer
+        # field, or a chunk's framing, that never ends. httptools would
+        # buffer it on the event loop, growing it by a copy per piece; it is
+        # bounded like a head.
+        self._quiet_bytes = 0
         # After a request that closes the connection nothing more is parsed.
         self._finished = False
         # The last Host value found valid: a connection sends the same one
@@ -61,6 +68,7 @@ class RequestParser:
         self._content_length = None
         self._expect_continue = False
         self._has_host = False
+        self._connection = False
         self._body: list[bytes] = []
         self._body_len = 0
 
@@ -82,6 +90,8 @@ class RequestParser:
             at += step
             if self._in_head:
                 self._head_bytes += len(piece)
+            else:
+                self._quiet_bytes += len(piece)
             try:
                 self._parser.feed_data(piece)
             except httptools.HttpParserCallbackError:
@@ -92,10 +102,15 @@ class RequestParser:
                 error = HttpError(errors.BAD_REQUEST, "protocol upgrade is not supported")
                 if self._done:
                     self._done.pop()
+                # An upgrade that also closes (Connection: upgrade, close;
+                # HTTP/1.0) finished the parser: it is still answered.
+                self._finished = False
             except httptools.HttpParserError as exc:
                 error = HttpError(errors.BAD_REQUEST, f"bad HTTP request: {exc}")
             if error is None and self._in_head and self._head_bytes > self._header_bytes_max:
                 error = HttpError(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
+            if error is None and not self._in_head and self._quiet_bytes > self._header_bytes_max:
+                error = HttpError(errors.HEADERS_TOO_LARGE, "trailer fields or chunk framing are too large")
             if error is not None or self._finished or at >= size:
                 break
         done = self._done
@@ -114,6 +129,12 @@ class RequestParser:
 
     # httptools callbacks --------------------------------------------------
 
+    def on_chunk_header(self) -> None:
+        self._quiet_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._quiet_bytes = 0
+
     def on_message_begin(self) -> None:
         self.started_at = self._now
         self._in_head = True
@@ -126,6 +147,11 @@ class RequestParser:
             self._fail(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer field: never a request header (RFC 9110 6.5.1: an
+            # Authorization, a Host, a Content-Type after the body must not
+            # count as one); ignored. Its size is bounded in feed.
+            return
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._header_bytes_max:
             self._fail(errors.HEADERS_TOO_LARGE, "request line and headers are too large")
@@ -149,6 +175,8 @@ class RequestParser:
         elif n == 14 and name.lower() == b"content-length":
             # llhttp has already rejected a malformed or repeated length.
             self._content_length = int(value)
+        elif n == 10 and name.lower() == b"connection":
+            self._connection = True
         elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
         elif n == 17 and name.lower() == b"transfer-encoding" and not only_chunked(value):
@@ -158,12 +186,14 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        self._quiet_bytes = 0
         # Asking for the version costs a call, so it is asked only where it
-        # can matter: no Host, an Expect, or no keep-alive. llhttp also takes
-        # HTTP/0.9 and HTTP/2.0 request lines, and those are never keep-alive
-        # for it (unless a 2.0 one says Connection: keep-alive).
+        # can matter: no Host, an Expect, a Connection header, or no
+        # keep-alive. llhttp also takes HTTP/0.9 and HTTP/2.0 request lines,
+        # and those are never keep-alive for it unless they say Connection:
+        # keep-alive.
         version = "1.1"
-        if not self._has_host or self._expect_continue or not self._parser.should_keep_alive():
+        if not self._has_host or self._expect_continue or self._connection or not self._parser.should_keep_alive():
             version = self._parser.get_http_version()
             if version != "1.1" and version != "1.0":
                 self._fail(errors.HTTP_VERSION_NOT_SUPPORTED, f"HTTP/{version} is not supported: send HTTP/1.1")
@@ -177,6 +207,7 @@ class RequestParser:
             self.interim += b"HTTP/1.1 100 Continue\r\n\r\n"
 
     def on_body(self, body: bytes) -> None:
+        self._quiet_bytes = 0
         self._body_len += len(body)
         if self._body_len > self._body_bytes_max:
             self._fail(errors.BODY_TOO_LARGE, f"body is larger than {self._body_bytes_max} bytes")
@@ -198,6 +229,7 @@ class RequestParser:
                                   self._authorization))
         self.started_at = None
         self._in_head = True
+        self._quiet_bytes = 0
         if not keep_alive:
             self._finished = True
 
