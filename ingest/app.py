@@ -97,6 +97,7 @@ class App(Reads, NodeRoutes):
         # One promotion at a time: a second request (a retry, two operators)
         # waits for the first and is answered by the state it left.
         self._promotion = asyncio.Lock()
+        self._promotions: set[asyncio.Task] = set()  # promote requests being served
         self.hub = None
         self.gate = None
         self._future_ms = config.future_ms_max

@@ -72,7 +72,10 @@ class NodeRoutes:
         if self.role == "primary" and not self._promotion.locked():
             slot.respond(200, encode_json({"result": "already_primary", "epoch": self.store.epoch}))
             return
-        asyncio.get_running_loop().create_task(self._promote_once(slot))
+        # Held until done: the loop keeps only a weak reference to a task.
+        task = asyncio.get_running_loop().create_task(self._promote_once(slot))
+        self._promotions.add(task)
+        task.add_done_callback(self._promotions.discard)
 
     async def _promote_once(self, slot) -> None:
         async with self._promotion:

@@ -66,6 +66,7 @@ class Session(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.snapshot: dict | None = None  # a snapshot under way: its seq and bytes sent
+        self._snapshot_task: asyncio.Task | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -191,7 +192,8 @@ class Session(asyncio.Protocol):
         log.warning("standby %s (%s) needs seq %d, the log starts at %d: sending a snapshot",
                     self.node, self.peer, self.cursor + 1, store.log_start)
         self.snapshot = {"last_seq": None, "bytes_sent": 0, "bytes_total": None}
-        asyncio.get_running_loop().create_task(self._send_snapshot())
+        # Held by the session: the loop keeps only a weak reference to a task.
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._send_snapshot())
 
     async def _send_snapshot(self) -> None:
         # A lost connection is noticed at each step. The task itself is only
