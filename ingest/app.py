@@ -31,6 +31,7 @@ from ingest.events import (
     ReceiveEvent,
     ResultEvent,
     SealEvent,
+    TubeReceiveEvent,
     VoidEvent,
     decode_batch,
     decode_event,
@@ -52,7 +53,7 @@ from ingest.store import Store
 # Each lifecycle event's own time, checked against the clock (App._refusal).
 _EVENT_TIME = {
     SealEvent: "sealed_at", VoidEvent: "voided_at", BoxEvent: "packed_at", HandoverEvent: "handed_at",
-    ReceiveEvent: "received_at", ResultEvent: "tested_at",
+    ReceiveEvent: "received_at", TubeReceiveEvent: "received_at", ResultEvent: "tested_at",
 }
 
 log = logging.getLogger("ingest.app")
@@ -290,6 +291,8 @@ class App(Reads, NodeRoutes):
             refusal = Rejected(errors.INVALID_TIME, f"{name} is ahead of the server clock", name)
         elif at < now_ms - self._age_ms:
             refusal = Rejected(errors.INVALID_TIME, f"{name} is older than the accepted age", name)
+        elif type(ev) is TubeReceiveEvent and ev.lab_id not in self.schemes.labs:
+            refusal = Rejected(errors.UNKNOWN_LAB, f"no configured lab has the id {ev.lab_id}", "lab_id")
         elif type(ev) is ReceiveEvent:
             if ev.lab_id not in self.schemes.labs:
                 refusal = Rejected(errors.UNKNOWN_LAB, f"no configured lab has the id {ev.lab_id}", "lab_id")
@@ -400,6 +403,9 @@ class App(Reads, NodeRoutes):
 
     def post_receive(self, req: Request, slot, box: str) -> None:
         self._post_lifecycle(req, slot, ReceiveEvent, "box", box, boxes.apply_receive)
+
+    def post_tube_receive(self, req: Request, slot, tube: str) -> None:
+        self._post_lifecycle(req, slot, TubeReceiveEvent, "tube", tube, boxes.apply_receive_tube)
 
 
 # The binding routes run compiled (ext/_binding_routes.pyx) unless INGEST_PURE_PYTHON=1.

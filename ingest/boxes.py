@@ -1,5 +1,6 @@
 """Boxes: packing sealed tubes, handing the box to a courier, receiving it at
-the lab with a reconciliation against the site's list.
+the lab with a reconciliation against the site's list; and receiving one
+tube that its own box's receipt does not bring (found in another box).
 
 Each apply function is a pure function of (store, event), like the others
 (see lifecycle.py for the claim/refuse pattern and the tube state table).
@@ -7,10 +8,11 @@ Each apply function is a pure function of (store, event), like the others
 from __future__ import annotations
 
 from ingest import errors
-from ingest.events import BoxEvent, HandoverEvent, ReceiveEvent
-from ingest.lifecycle import TRANSITIONS, claim, refuse
+from ingest.events import BoxEvent, HandoverEvent, ReceiveEvent, TubeReceiveEvent
+from ingest.lifecycle import REFUSED, TRANSITIONS, claim, refuse
 from ingest.records import (
-    BOX_RECEIVED, BOXED, HANDED_OVER, IN_TRANSIT, PACKED, SEALED, TUBES_BOXED, TUBES_RECEIVED, Box, LogEntry,
+    BOX_RECEIVED, BOXED, HANDED_OVER, IN_TRANSIT, PACKED, SEALED, STATE_NAMES, TUBES_BOXED, TUBES_RECEIVED, Box,
+    LogEntry,
 )
 from ingest.rules import Done, Outcome, Rejected
 from ingest.writetx import WriteTx
@@ -123,3 +125,27 @@ def apply_receive(tx: WriteTx, ev: ReceiveEvent, other_lab: list[str]) -> Outcom
     })
 
 
+def apply_receive_tube(tx: WriteTx, ev: TubeReceiveEvent) -> Outcome:
+    """A tube of this lab that arrived outside its own box: a box's receipt
+    receives only the tubes listed in it, so one found in another box is
+    `extra` there and `missing` in its own, and without this it would stay in
+    transit, never to be resulted. The boxes' records keep what each receipt
+    found; this moves only the tube."""
+    payload, repeated = claim(tx, "receive_tube", ev, "received")
+    if repeated is not None:
+        return repeated
+    tube = tx.tube(ev.tube)
+    if tube is None:
+        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
+    if tube.lab != ev.lab_id:
+        return refuse(tx, ev.event_id, Rejected(errors.WRONG_LAB, "only the tube's own lab may receive it", "lab_id"))
+    after = TRANSITIONS.get(("receive", tube.state))
+    if after is None:
+        return refuse(tx, ev.event_id, Rejected(
+            REFUSED["receive"], f"tube is {STATE_NAMES[tube.state]}; only a tube in transit can be received", "tube"))
+    seq = tx.append(LogEntry("receive_tube", ev.lab_id, payload))
+    tube.state = after
+    tube.received_seq = seq
+    tx.put_tube(ev.tube, tube)
+    tx.count(tube.site_id, TUBES_RECEIVED)
+    return Done("received", ev.event_id, seq, {"tube": ev.tube, "box": tube.box})

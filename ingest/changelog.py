@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ingest import boxes, lifecycle, results, rules
-from ingest.events import BindingEvent, BoxEvent, HandoverEvent, ReceiveEvent, ResultEvent, SealEvent, VoidEvent
+from ingest.events import (
+    BindingEvent, BoxEvent, HandoverEvent, ReceiveEvent, ResultEvent, SealEvent, TubeReceiveEvent, VoidEvent,
+)
 from ingest.records import LogEntry
 from ingest.rules import Outcome
 from ingest.writetx import WriteTx
@@ -28,6 +30,7 @@ APPLY: dict[str, Callable[[WriteTx, LogEntry, int], Outcome]] = {
     "handover": lambda tx, entry, _: boxes.apply_handover(tx, HandoverEvent(*entry.payload[1:])),
     # receive carries the other-lab tubes decided before it was queued, last
     "receive": lambda tx, entry, _: boxes.apply_receive(tx, ReceiveEvent(*entry.payload[1:-1]), entry.payload[-1]),
+    "receive_tube": lambda tx, entry, _: boxes.apply_receive_tube(tx, TubeReceiveEvent(*entry.payload[1:])),
     "result": lambda tx, entry, _: results.apply_result(tx, ResultEvent(*entry.payload[1:])),
 }
 

@@ -112,6 +112,19 @@ class ReceiveEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_default
     device_id: Ident | None = None
 
 
+class TubeReceiveEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The lab receives one tube that its own box's receipt does not bring:
+    found in another box (whose receipt lists it as extra) or arriving loose
+    (`POST /v1/tubes/{tube}/receive`). The tube comes from the path; a body
+    naming another is refused."""
+
+    event_id: EventId
+    lab_id: Ident
+    received_at: Millis
+    tube: Code = ""
+    device_id: Ident | None = None
+
+
 class ResultEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A lab's result for one tube (an item of `POST /v1/results`)."""
 
@@ -197,7 +210,8 @@ def decode_event(body: bytes, media: str = JSON) -> BindingEvent:
 
 _lifecycle_decoders = {
     (kind, media): (msgspec.json.Decoder(kind) if media == JSON else msgspec.msgpack.Decoder(kind))
-    for kind in (SealEvent, VoidEvent, BoxEvent, HandoverEvent, ReceiveEvent, ResultEvent, ResultBatch, RawResultBatch)
+    for kind in (SealEvent, VoidEvent, BoxEvent, HandoverEvent, ReceiveEvent, TubeReceiveEvent, ResultEvent,
+                 ResultBatch, RawResultBatch)
     for media in (JSON, MSGPACK)
 }
 

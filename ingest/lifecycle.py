@@ -39,6 +39,7 @@ REFUSED = {
     "seal": errors.TUBE_CLOSED,
     "void": errors.TUBE_CLOSED,
     "result": errors.TUBE_NOT_RECEIVED,
+    "receive": errors.TUBE_NOT_IN_TRANSIT,
 }
 
 

@@ -38,6 +38,7 @@ WITH_PARAM: dict[tuple[str, str], dict[bytes, str]] = {
     ("/v1/sites/", "/stats"): {b"GET": "get_site_stats"},
     ("/v1/boxes/", "/handover"): {b"POST": "post_handover"},
     ("/v1/boxes/", "/receive"): {b"POST": "post_receive"},
+    ("/v1/tubes/", "/receive"): {b"POST": "post_tube_receive"},
 }
 
 
@@ -52,6 +53,7 @@ ROLE_OF: dict[str, str | None] = {
     "post_box": "scan",
     "post_handover": "scan",
     "post_receive": "lab",
+    "post_tube_receive": "lab",
     "post_results": "lab",
     "get_tube": "read",
     "get_person": "read",

@@ -646,3 +646,65 @@ def test_retries_stay_duplicates_after_the_window_and_the_lab_table_change(serve
     other = {**sealing, "event_id": fresh_event_id("seal")}  # a new event that old is refused
     status, _, got = again.request("POST", f"/v1/tubes/{tube}/seal", other)
     assert (status, code(got)) == (422, "invalid_time"), got
+
+
+def post_tube_receive(server, tube, req):
+    status, _, got = server.request("POST", f"/v1/tubes/{tube}/receive", req)
+    return status, got
+
+
+def tube_receive_req(*, lab_id=LUHN, event_id=None, **extra) -> dict:
+    return {"event_id": event_id or fresh_event_id("rt"), "lab_id": lab_id, "received_at": now_ms(), **extra}
+
+
+def test_a_tube_found_in_another_box_is_received_on_its_own_and_resulted(server):
+    # Box A's tube t_a travels in box B. B's receipt lists it as extra, A's
+    # as missing; neither receives it. Before this route it stayed in transit
+    # for good, and its people never got a result.
+    site = fresh_site()
+    box_a, (t_a, t_a2) = in_transit_tubes(server, 2, site_id=site)
+    box_b, (t_b,) = in_transit_tubes(server, 1, site_id=site)
+    status, got = post_receive(server, box_b, receive_req([t_b, t_a]))
+    assert status == 201 and (got["received"], got["extra"]) == (1, [t_a]), got
+    assert tube_view(server, t_a)["state"] == "in_transit"
+
+    before = server.last_seq()
+    req = tube_receive_req()
+    status, got = post_tube_receive(server, t_a, req)
+    assert status == 201, got
+    assert (got["result"], got["tube"], got["box"], got["seq"]) == ("received", t_a, box_a, before + 1)
+    assert tube_view(server, t_a)["state"] == "received"
+    assert post_tube_receive(server, t_a, req) == (200, {
+        "result": "duplicate", "event_id": req["event_id"],
+        "original": {"result": "received", "event_id": req["event_id"], "seq": before + 1}})
+    status, got = post_tube_receive(server, t_a, tube_receive_req())  # another receipt of it
+    assert (status, code(got), got["error"]["field"]) == (409, "tube_not_in_transit", "tube")
+
+    # its own box's receipt: missing there, and not counted twice
+    status, got = post_receive(server, box_a, receive_req([t_a2]))
+    assert status == 201 and (got["received"], got["missing"]) == (1, [t_a]), got
+    [item] = post_results(server, [result_item(t_a, "negative")])
+    assert item["status"] == 201, item
+    stats = server.request("GET", f"/v1/sites/{site}/stats")[2]
+    assert stats["total"]["tubes_received"] == 3 and stats["total"]["sealed_not_received"] == 0
+
+
+def test_a_single_tube_receipt_is_refused_as_documented_and_changes_nothing(server):
+    site = fresh_site()
+    box, (t,) = in_transit_tubes(server, 1, site_id=site)
+    sealed = luhn()
+    bind_all(server, sealed, 1, site_id=site, pool_size=5)
+    seal(server, sealed, site_id=site)
+    before = server.last_seq()
+    cases = [
+        (t, tube_receive_req(lab_id="DEMO-LUNH"), 422, "unknown_lab", "lab_id"),  # not a configured lab
+        (t, tube_receive_req(lab_id=GS1), 403, "wrong_lab", "lab_id"),  # a lab, not this tube's
+        (luhn(), tube_receive_req(), 404, "unknown_tube", "tube"),
+        (sealed, tube_receive_req(), 409, "tube_not_in_transit", "tube"),  # never handed to a courier
+        (t, tube_receive_req(tube=sealed), 400, "malformed", "tube"),  # the body names another tube
+    ]
+    for tube, req, status, error, field in cases:
+        got_status, got = post_tube_receive(server, tube, req)
+        assert (got_status, code(got), got["error"]["field"]) == (status, error, field), (tube, req, got)
+    assert server.last_seq() == before and tube_view(server, t)["state"] == "in_transit"
+    assert get_box(server, box)["state"] == "in_transit"

@@ -49,7 +49,8 @@ def post(server, path, body):
 
 def mixed_load(primary, rounds: int) -> None:
     """Bindings (with duplicates and refusals), voids, seals, a box, hand-over,
-    receipt and results: every kind of change-log entry."""
+    receipt, a tube received outside its box, and results: every kind of
+    change-log entry."""
     for r in range(rounds):
         tube = fresh_tube()
         evs = [event(tube, site_id="S-R") for _ in range(5)]
@@ -61,14 +62,22 @@ def mixed_load(primary, rounds: int) -> None:
                     {"event_id": fresh_event_id("v"), "device_id": "D", "reason": "wrong", "voided_at": now_ms()})[0] == 201
         assert post(primary, f"/v1/tubes/{tube}/seal",
                     {"event_id": fresh_event_id("s"), "site_id": "S-R", "device_id": "D", "sealed_at": now_ms()})[0] == 201
+        # a second tube of the box arrives outside it: received on its own
+        loose = fresh_tube()
+        assert primary.post(event(loose, site_id="S-R"))[0] == 201
+        assert post(primary, f"/v1/tubes/{loose}/seal",
+                    {"event_id": fresh_event_id("s"), "site_id": "S-R", "device_id": "D", "sealed_at": now_ms()})[0] == 201
         box = f"BOX-{fresh_event_id('b')}"
         assert post(primary, "/v1/boxes", {"event_id": fresh_event_id("b"), "box": box, "site_id": "S-R",
-                                           "device_id": "D", "tubes": [tube], "packed_at": now_ms()})[0] == 201
+                                           "device_id": "D", "tubes": [tube, loose], "packed_at": now_ms()})[0] == 201
         assert post(primary, f"/v1/boxes/{box}/handover",
                     {"event_id": fresh_event_id("h"), "courier_id": "C", "handed_at": now_ms()})[0] == 201
         _, head = primary.tube(tube)[::2]
         assert post(primary, f"/v1/boxes/{box}/receive",
                     {"event_id": fresh_event_id("r"), "lab_id": head["lab"], "tubes": [tube],
+                     "received_at": now_ms()})[0] == 201
+        assert post(primary, f"/v1/tubes/{loose}/receive",
+                    {"event_id": fresh_event_id("rt"), "lab_id": primary.tube(loose)[2]["lab"],
                      "received_at": now_ms()})[0] == 201
         status, got = post(primary, "/v1/results", {"results": [
             {"event_id": fresh_event_id("res"), "lab_id": head["lab"], "tube": tube,
