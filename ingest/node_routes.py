@@ -112,6 +112,8 @@ class NodeRoutes:
             return
         self.role = "primary"
         self.primary_address = ""
+        if self.hub is not None:
+            self.hub.restart_sessions()
         log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
         slot.respond(200, encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
         from ingest.replication.standby import keep_telling_promoted

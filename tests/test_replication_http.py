@@ -196,6 +196,27 @@ def test_promotion_fences_the_former_primary_when_it_is_still_there(server_facto
     assert (readyz(primary), readyz(standby)) == ((503, "not_primary"), (200, "ready"))
 
 
+def test_a_standby_of_a_promoted_standby_adopts_its_new_epoch(server_factory):
+    # C follows B, itself a standby of A with a replication port. C was
+    # welcomed by B at epoch 0; when B is promoted, C must not stream on at
+    # epoch 0 (promoted in turn later, it would reach B's epoch with another
+    # history, and neither would fence the other).
+    a = server_factory(args=("--replication-port", "0"))
+    b = server_factory(args=("--replication-port", "0", "--follow", f"127.0.0.1:{replication_port(a)}"))
+    assert a.post(event(fresh_tube()))[0] == 201
+    wait_caught_up(a, b)
+    c = server_factory(args=("--follow", f"127.0.0.1:{replication_port(b)}"))
+    wait_caught_up(b, c)
+    status, _, body = b.request("POST", "/v1/admin/promote", {})
+    assert status == 200 and body["epoch"] == 1, body
+    assert b.post(event(fresh_tube()))[0] == 201
+    deadline = time.monotonic() + WAIT_S
+    while c.status()["epoch"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert c.status()["epoch"] == 1
+    assert wait_caught_up(b, c)["last_seq"] == b.last_seq()
+
+
 def test_standby_pointed_at_itself_stops(server_factory):
     node = server_factory(args=("--replication-port", "0"))
     port = replication_port(node)

@@ -338,6 +338,15 @@ class Hub:
                               session.peer)
                 session._end(abort=True)
 
+    def restart_sessions(self) -> None:
+        """This node's epoch rose (a promotion): the standbys it serves were
+        welcomed at the old one and would stream at it for as long as they
+        stay connected. They are dropped; each says hello again and adopts
+        the new epoch (otherwise one of them, promoted later, could reach the
+        same epoch as this node with another history)."""
+        for session in list(self.sessions):
+            session._end(abort=True)
+
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
