@@ -118,20 +118,25 @@ class Session(asyncio.Protocol):
                 return
             elif kind is protocol.Close:
                 log.warning("closing replication to %s: %s: %s", self.peer, action.code, action.message)
-                self._end()
+                self.end()
                 return
 
     def _fenced(self, stored: asyncio.Future, rest: list) -> None:
-        if self.transport is None or self.ended:
+        if self.gone:
             return
         if stored.cancelled() or stored.exception() is not None or not stored.result():
             # No refusal: the promoted node keeps telling, and each hello is
             # another try at storing the fence.
-            self._end(abort=True)
+            self.end(abort=True)
             return
         self._act(rest)
 
-    def _end(self, abort: bool = False) -> None:
+    @property
+    def gone(self) -> bool:
+        """Nothing more may be written to this peer."""
+        return self.transport is None or self.ended
+
+    def end(self, abort: bool = False) -> None:
         """Nothing more goes to this peer: it leaves the hub now, not when
         its queued bytes have drained (a closed protocol would otherwise be
         pumped and pinged, and raise, meanwhile)."""
@@ -152,7 +157,7 @@ class Session(asyncio.Protocol):
         if refusal is not None:
             log.error("refusing standby %s (%s): %s: %s", hello.node, self.peer, *refusal)
             self.transport.write(self.proto.refuse(*refusal))
-            self._end()
+            self.end()
             return
         if hello.last_seq and not hello.tip:
             log.warning("standby %s (%s) sent no tip (an older version): its log at seq %d cannot be checked "
@@ -176,7 +181,7 @@ class Session(asyncio.Protocol):
 
     def pump(self) -> None:
         store = self.hub.store
-        while (self.transport is not None and not self.ended and not self._paused and self.snapshot is None
+        while (not self.gone and not self._paused and self.snapshot is None
                and 0 <= self.cursor < store.last_seq):
             entries = store.log_raw(self.cursor, ENTRIES_PER_FRAME)
             if not entries or entries[0][0] != self.cursor + 1:
@@ -218,7 +223,7 @@ class Session(asyncio.Protocol):
             with f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(0)  # the copy wrote through the same descriptor
-                if self.transport is None or self.ended:
+                if self.gone:
                     return
                 self.snapshot.update(last_seq=last_seq, bytes_total=size)
                 log.info("snapshot for %s: %d bytes at seq %d, copied in %.1fs", self.node, size, last_seq,
@@ -226,10 +231,10 @@ class Session(asyncio.Protocol):
                 self.transport.write(self.proto.snapshot_begin(last_seq, size))
                 while True:
                     await self._writable.wait()
-                    if self.transport is None or self.ended:
+                    if self.gone:
                         return
                     data = await loop.run_in_executor(self.hub.pool, f.read, SNAPSHOT_CHUNK_BYTES)
-                    if self.transport is None or self.ended:
+                    if self.gone:
                         return
                     if not data:
                         break
@@ -243,7 +248,7 @@ class Session(asyncio.Protocol):
             self.pump()
         except Exception:
             log.exception("snapshot for %s (%s) failed; closing its connection", self.node, self.peer)
-            self._end()
+            self.end()
         finally:
             try:
                 os.unlink(path)
@@ -254,16 +259,16 @@ class Session(asyncio.Protocol):
         """Every tick: drop a peer that never said hello or stopped reading;
         otherwise say where we are (silence would look like a dead link to
         the standby, which reconnects after STANDBY_READ_TIMEOUT_S)."""
-        if self.transport is None or self.ended:
+        if self.gone:
             return
         now = time.monotonic()
         if self.cursor < 0 and now - self._opened_at > HELLO_TIMEOUT_S:
             log.warning("replication connection from %s closed: no hello within %gs", self.peer, HELLO_TIMEOUT_S)
-            self._end(abort=True)
+            self.end(abort=True)
         elif self._paused and now - self._paused_since > STALLED_S:
             log.warning("standby %s (%s) took nothing for %gs: closing its session", self.node or "?", self.peer,
                         STALLED_S)
-            self._end(abort=True)
+            self.end(abort=True)
         elif self.cursor >= 0 and not self._paused:
             self.transport.write(self.proto.ping(self.hub.store.last_seq))
 
@@ -336,7 +341,7 @@ class Hub:
             except Exception:
                 log.exception("replication to %s (%s) failed; closing its session", session.node or "?",
                               session.peer)
-                session._end(abort=True)
+                session.end(abort=True)
 
     def restart_sessions(self) -> None:
         """This node's epoch rose (a promotion): the standbys it serves were
@@ -345,7 +350,7 @@ class Hub:
         the new epoch (otherwise one of them, promoted later, could reach the
         same epoch as this node with another history)."""
         for session in list(self.sessions):
-            session._end(abort=True)
+            session.end(abort=True)
 
     def close(self) -> None:
         if self._server is not None:
