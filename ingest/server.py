@@ -131,7 +131,9 @@ class Server:
                 self.committer.gate = gate
                 self.app.gate = gate
             hub = Hub(self.store, on_fence=self.app.fence,
-                      on_ack=(lambda s: gate.on_ack(s.acked, self.store.last_seq)) if gate else (lambda s: None))
+                      on_ack=(lambda s: gate.on_ack(s.acked, self.store.last_seq)) if gate else (lambda s: None),
+                      closed_to_standbys=lambda: "this node is a fenced former primary; follow the current primary"
+                      if self.app.role == "fenced" else None)
             bound = await _listen("listen for replication", self.host, self.replication_port,
                                   hub.start(self.host, self.replication_port,
                                             self.replication_tls.server if self.replication_tls else None))

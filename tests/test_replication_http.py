@@ -217,6 +217,30 @@ def test_a_standby_of_a_promoted_standby_adopts_its_new_epoch(server_factory):
     assert wait_caught_up(b, c)["last_seq"] == b.last_seq()
 
 
+def test_a_fenced_former_primary_serves_no_standby_until_promoted_again(server_factory):
+    # Its history ends where it was replaced, and its tail may be events the
+    # new primary lacks: a standby pointed at it (by mistake) must not copy it.
+    node = server_factory(args=("--replication-port", "0"))
+    assert node.post(event(fresh_tube()))[0] == 201
+    node.stop()
+    store = Store(str(node.data))
+    store.fence(1)
+    store.close()
+    fenced = server_factory(data=node.data, args=node.args)
+    assert fenced.status()["role"] == "fenced"
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(fenced)}"))
+    deadline = time.monotonic() + WAIT_S
+    while "fenced: this node is a fenced former primary" not in standby.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "fenced: this node is a fenced former primary" in standby.stderr_text()
+    status = standby.status()
+    assert status["last_seq"] == 0 and not status["replication"]["connected"]
+    assert status["replication"]["stopped_because"] is None  # it retries: the node may be promoted again
+    status, _, body = fenced.request("POST", "/v1/admin/promote", {})
+    assert status == 200 and body["result"] == "promoted", body
+    assert wait_caught_up(fenced, standby)["last_seq"] == fenced.last_seq() == 1
+
+
 def test_standby_pointed_at_itself_stops(server_factory):
     node = server_factory(args=("--replication-port", "0"))
     port = replication_port(node)

@@ -44,6 +44,9 @@ class FakeHub:
     def on_ack(self, session) -> None:
         self.acked.append(session.acked)
 
+    def closed_to_standbys(self) -> None:
+        return None
+
 
 @pytest.fixture
 def loop():

@@ -152,6 +152,12 @@ class Session(asyncio.Protocol):
 
     def _hello(self, hello: protocol.Hello) -> None:
         store = self.hub.store
+        closed = self.hub.closed_to_standbys()
+        if closed is not None:
+            log.error("refusing standby %s (%s): fenced: %s", hello.node, self.peer, closed)
+            self.transport.write(self.proto.refuse("fenced", closed))
+            self.end()
+            return
         tip_here = store.tip(hello.last_seq)
         refusal = protocol.history_refusal(hello, store.epoch, store.last_seq, tip_here)
         if refusal is not None:
@@ -304,11 +310,16 @@ class Session(asyncio.Protocol):
 
 
 class Hub:
-    def __init__(self, store: Store, on_fence: Callable[[int], None], on_ack: Callable[[Session], None]):
+    def __init__(self, store: Store, on_fence: Callable[[int], asyncio.Future], on_ack: Callable[[Session], None],
+                 closed_to_standbys: Callable[[], str | None] = lambda: None):
         self.store = store
         self.sessions: set[Session] = set()
         self.on_fence = on_fence
         self.on_ack = on_ack
+        # Why no standby may follow this node now (a fenced former primary:
+        # its history ends, and its tail is one the new primary may lack),
+        # or None. A refused standby retries: the node may be promoted again.
+        self.closed_to_standbys = closed_to_standbys
         self._server: asyncio.AbstractServer | None = None
         # Hot copies and their reads: off the loop, and not on the default
         # executor, which promotion and others share.

@@ -226,6 +226,10 @@ class Follower:
                         if not _send(writer, proto.ack(store.last_seq)):
                             return "connection lost after the snapshot"
                     elif kind is protocol.Close:
+                        # The code decides what happens next; the message is
+                        # what an operator reading this node's log needs.
+                        log.warning("replication from %s:%d closed: %s: %s", self.host, self.port, action.code,
+                                    action.message)
                         return action.code
                 if proto.primary_last_seq:
                     self.primary_last_seq = max(self.primary_last_seq, proto.primary_last_seq)
