@@ -227,7 +227,8 @@ cdef class Slot:
         _observe(server.metrics.latency, self.route, _now() - self.started)
         if conn.transport is None:
             return  # the client left; a committed event stays committed
-        keep = self.keep_alive and not server.draining
+        # See the twin: a draining connection closes after its last request.
+        keep = self.keep_alive and (not server.draining or len(conn.waiting) > 0)
         self.keep_alive = keep
         self.data = response(status, body, server.date, content_type, keep, extra, self.head)
         conn.flush()

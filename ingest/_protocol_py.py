@@ -41,7 +41,10 @@ class Slot:
         server.metrics.latency[self.route].observe(_perf() - self.started)
         if conn.transport is None:
             return  # the client left; a committed event stays committed
-        keep = self.keep_alive and not server.draining
+        # Draining, a connection closes after its answer, unless requests it
+        # sent are still waiting behind it: closing now would drop them
+        # unanswered; they are answered first (a write 503 shutting_down).
+        keep = self.keep_alive and (not server.draining or bool(conn.waiting))
         self.keep_alive = keep
         self.data = http.response(status, body, server.date, content_type, keep, extra, self.head)
         conn.flush()

@@ -164,6 +164,36 @@ def test_sigterm_drains_in_flight_requests(server_factory):
     assert restarted.last_seq() == stopped_at
 
 
+def test_sigterm_answers_the_requests_pipelined_behind_one_in_flight(server_factory):
+    # A is committed and held at the sync gate (no standby yet, policy wait);
+    # B was read behind it. Draining used to close the connection after A's
+    # answer and drop B unanswered; B now gets its 503, then the close.
+    from test_replication_http import replication_port
+
+    config = config_with(limits={"drain_seconds_max": 20.0}) + (
+        '\n[replication]\nmode = "sync"\nsync_timeout_s = 60.0\non_standby_lost = "wait"\n')
+    primary = server_factory(config=config, args=("--replication-port", "0"))
+    a, b = event(fresh_tube()), event(fresh_tube())
+    post = [raw_request("POST", "/v1/bindings", json.dumps(ev).encode(), {"Content-Type": "application/json"})
+            for ev in (a, b)]
+    conn = RawConn(primary.port, timeout=30)
+    try:
+        conn.send(post[0] + post[1])
+        deadline = time.monotonic() + 10
+        while primary.status()["in_flight"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        primary.proc.send_signal(signal.SIGTERM)
+        server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}"))  # releases A
+        first = conn.read_response()
+        assert first.status == 201 and first.json()["event_id"] == a["event_id"], first
+        second = conn.read_response()
+        assert second.status == 503 and second.json()["error"]["code"] == "shutting_down", second
+        assert second.headers.get("connection") == "close" and conn.at_eof()
+    finally:
+        conn.close()
+    assert primary.wait_exit() == 0
+
+
 def test_request_half_received_at_sigterm_is_not_committed(server_factory):
     """A request still being received when the drain starts is answered
     503 shutting_down or dropped, never committed; the server exits 0."""

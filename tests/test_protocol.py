@@ -350,6 +350,18 @@ def test_answers_while_draining_close_the_connection(impl):
     conn.data_received(get("/later") + get("/b"))
     server.draining = True
     server.app.answer_later(0)
+    # /b, read behind /later, is answered too (the app answers a write
+    # 503 shutting_down while draining); the last answer closes.
+    assert t.calls == [("write", answer(b"GET", "/later")), ("write", answer(b"GET", "/b", keep_alive=False)),
+                       ("close",)]
+
+
+def test_a_draining_connection_with_nothing_behind_closes_after_its_answer(impl):
+    server = Server()
+    conn, t = connect(impl, server)
+    conn.data_received(get("/later"))
+    server.draining = True
+    server.app.answer_later(0)
     assert t.calls == [("write", answer(b"GET", "/later", keep_alive=False)), ("close",)]
 
 
