@@ -132,7 +132,10 @@ class Store:
             self.log_start = first_seq(txn, self.dbs)
 
     def close(self) -> None:
-        with self._gate:
+        # A write under way (a fence stored on an executor thread at
+        # shutdown, say) commits first: closing under its transaction would
+        # crash the process or lose the write.
+        with self._writer, self._gate:
             # A hot copy's transaction must end before the environment does.
             if not self._copies_done.wait_for(lambda: self._copies == 0, timeout=CLOSE_WAIT_S):
                 return  # the process is exiting; closing under the copy would crash it

@@ -149,3 +149,33 @@ def test_a_count_of_nothing_writes_no_statistics(tmp_path):
         assert s.stats("all")["total"][TUBES_RECEIVED] == 2
     finally:
         s.close()
+
+
+def test_close_waits_for_a_write_under_way(tmp_path):
+    # At shutdown a fence could still be written on an executor thread;
+    # closing the environment under its transaction would crash the process.
+    path = str(tmp_path / "d")
+    s = Store(path)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(tx):
+        inside.set()
+        assert release.wait(10)
+        return rules.apply_binding(tx, many(1)[0], "LAB", 0)
+
+    writer = threading.Thread(target=s.write, args=(slow,))
+    writer.start()
+    assert inside.wait(10)
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # waiting for the write, not closing under it
+    release.set()
+    writer.join(10)
+    closer.join(10)
+    assert not closer.is_alive()
+    s = Store(path)
+    try:
+        assert s.last_seq == 1 and s.event("e0").seq == 1
+    finally:
+        s.close()
