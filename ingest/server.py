@@ -119,6 +119,43 @@ class Server:
         self.committer = Committer(self.store, self.app.apply, loop, self.config.limits.commit_events_max, self.metrics)
         self.app.committer = self.committer
         self.committer.start()
+        try:
+            listener = await self._open(loop)
+        except BaseException:
+            # A start that fails here (the API port taken, say) must end what
+            # began: a follower reconnecting for ever kept the process alive,
+            # holding the data directory, with no API and no error printed.
+            await self._close_parts()
+            raise
+        self.port = listener.sockets[0].getsockname()[1]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info(
+            "serving on %s://%s:%d data=%s kernels=%s last_seq=%d role=%s",
+            "https" if self.http_tls else "http", self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,
+        )
+        tick = loop.create_task(self._tick())
+        try:
+            sig = await self._stop
+            log.info("%s: draining", signal.Signals(sig).name)
+        finally:
+            listener.close()
+            await self._drain()
+            tick.cancel()
+            await self._close_parts()
+            log.info("stopped; last_seq=%d", self.store.last_seq)
+
+    async def _close_parts(self) -> None:
+        if self.app.follower is not None:
+            await self.app.follower.stop()
+        if self.app.hub is not None:
+            self.app.hub.close()
+        self.committer.stop()
+        self.store.close()
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractServer:
+        """The replication port, the follower, then the API port (last: no
+        request may arrive before the node knows its role)."""
         if self.replication_port is not None:
             from ingest.replication.primary import Hub
 
@@ -159,28 +196,7 @@ class Server:
             # A handshake is bounded like a request (slowloris guard).
             ssl=self.http_tls, ssl_handshake_timeout=self.config.limits.request_seconds_max if self.http_tls else None,
         ))
-        self.port = listener.sockets[0].getsockname()[1]
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        log.info(
-            "serving on %s://%s:%d data=%s kernels=%s last_seq=%d role=%s",
-            "https" if self.http_tls else "http", self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,
-        )
-        tick = loop.create_task(self._tick())
-        try:
-            sig = await self._stop
-            log.info("%s: draining", signal.Signals(sig).name)
-        finally:
-            listener.close()
-            await self._drain()
-            tick.cancel()
-            if self.app.follower is not None:
-                await self.app.follower.stop()
-            if self.app.hub is not None:
-                self.app.hub.close()
-            self.committer.stop()
-            self.store.close()
-            log.info("stopped; last_seq=%d", self.store.last_seq)
+        return listener
 
     def _open_store(self) -> Store:
         st = self.config.store

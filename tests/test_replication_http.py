@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -239,6 +240,22 @@ def test_a_fenced_former_primary_serves_no_standby_until_promoted_again(server_f
     status, _, body = fenced.request("POST", "/v1/admin/promote", {})
     assert status == 200 and body["result"] == "promoted", body
     assert wait_caught_up(fenced, standby)["last_seq"] == fenced.last_seq() == 1
+
+
+def test_a_standby_whose_api_port_is_taken_exits_with_the_reason(server_factory, tmp_path):
+    # Its follower started before the API listen failed, kept reconnecting,
+    # and the process hung: no API, no error, the data directory held.
+    primary = server_factory(args=("--replication-port", "0"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ingest", "serve", "--data", str(tmp_path / "standby"), "--host", "127.0.0.1",
+             "--port", str(port), "--follow", f"127.0.0.1:{replication_port(primary)}"],
+            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_standby_pointed_at_itself_stops(server_factory):
