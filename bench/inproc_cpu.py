@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--default-gc", action="store_true",
                         help="leave the cycle collector at Python's defaults (the server tunes it: server.tune_gc)")
     args = parser.parse_args()
+    if args.events < 1 or args.group < 1:
+        parser.error("events and --group must be at least 1")
     protocol = importlib.import_module(
         {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}[args.protocol])
 

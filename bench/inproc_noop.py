@@ -39,6 +39,8 @@ def main() -> None:
                         help="which HttpProtocol (default: the one ingest.protocol selects)")
     parser.add_argument("--skip-run", action="store_true", help="build the requests only (callgrind baseline)")
     args = parser.parse_args()
+    if args.requests < 1 or args.group < 1:
+        parser.error("requests and --group must be at least 1")
 
     protocol = importlib.import_module(PROTOCOLS[args.protocol])
     metrics = Metrics("bench")

@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=5000, help="events per commit")
     parser.add_argument("--rounds", type=int, default=3, help="alternating apply/floor rounds")
     args = parser.parse_args()
+    if args.events < 1 or args.group < 1 or args.rounds < 1:
+        parser.error("events, --group and --rounds must be at least 1")
     window_ms = config_mod.load().person_window_ms
     groups = groups_of(args.events, args.group)
     recorded, digest = record(groups, window_ms)

@@ -89,13 +89,16 @@ class Pair:
     def start(self) -> None:
         from ingest import config as ingest_config
 
-        config = Path(self.config).read_text() if self.config else ingest_config.default_text()
+        try:
+            config = Path(self.config).read_text() if self.config else ingest_config.default_text()
+        except OSError as exc:
+            raise SystemExit(f"run.py: cannot read --config {self.config}: {exc.strerror or exc}") from None
         if self.mode == "sync":
             try:
                 config = ingest_config.edit(config, 'mode = "async"', 'mode = "sync"', "replication")
-            except ValueError:
-                raise SystemExit("--standby sync needs a config whose [replication] says mode = \"async\" "
-                                 "(run.py switches it)") from None
+            except ValueError as exc:
+                raise SystemExit(f"run.py: --standby sync: {exc} (the config's [replication] must say "
+                                 "mode = \"async\"; run.py switches it to sync)") from None
         (self.out / "config.toml").write_text(config)
         serve = [PY, "-m", "ingest", "serve", "--host", "127.0.0.1", "--log-level", "WARNING",
                  "--config", str(self.out / "config.toml")]
