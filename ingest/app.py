@@ -371,6 +371,7 @@ class App(Reads, NodeRoutes):
         if path_field is not None:
             given = getattr(ev, path_field)
             if given and given != path_value:
+                self.metrics.events[("rejected", "malformed")] += 1  # as every other malformed event
                 self._error(slot, errors.MALFORMED, f"{path_field}: the body names another one than the path",
                             path_field)
                 return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import config_with, event, fresh_event_id, fresh_person, gs1_tube, luhn_tube, next_n, now_ms
+from helpers import config_with, event, events_total, fresh_event_id, fresh_person, gs1_tube, luhn_tube, next_n, now_ms
 
 LUHN = "DEMO-LUHN"
 GS1 = "DEMO-GS1"
@@ -703,8 +703,11 @@ def test_a_single_tube_receipt_is_refused_as_documented_and_changes_nothing(serv
         (sealed, tube_receive_req(), 409, "tube_not_in_transit", "tube"),  # never handed to a courier
         (t, tube_receive_req(tube=sealed), 400, "malformed", "tube"),  # the body names another tube
     ]
+    malformed = events_total(server.metrics(), "rejected", "malformed")
     for tube, req, status, error, field in cases:
         got_status, got = post_tube_receive(server, tube, req)
         assert (got_status, code(got), got["error"]["field"]) == (status, error, field), (tube, req, got)
     assert server.last_seq() == before and tube_view(server, t)["state"] == "in_transit"
+    # the body naming another tube counts as a malformed event, as every other one does
+    assert events_total(server.metrics(), "rejected", "malformed") == malformed + 1
     assert get_box(server, box)["state"] == "in_transit"
