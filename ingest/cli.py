@@ -12,10 +12,12 @@ configuration: nothing else to install or run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import typing
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,23 +50,69 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, FILE_MODE)
 
 
+def _open_out(path: str) -> tuple[typing.TextIO, bool]:
+    """--out opened for writing, and whether this call created it: a failed
+    export removes a file it made, never one that was there (or /dev/...)."""
+    created = True
+
+    def opener(path: str, flags: int) -> int:
+        nonlocal created
+        try:
+            return _private(path, flags | os.O_EXCL)
+        except FileExistsError:
+            created = False
+            return _private(path, flags)
+
+    # Person codes: a file made here is its user's alone.
+    return open(path, "w", newline="", encoding="utf-8", opener=opener), created
+
+
+def stdout_failed(exc: OSError) -> int:
+    """Exit status 1 for a write to standard output that failed; a closed
+    pipe (`| head`) is the reader's doing and gets no message, as in any
+    Unix filter."""
+    # What is still buffered would fail again at the interpreter's final
+    # flush ("Exception ignored ...", exit 120): let it go to /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    if not isinstance(exc, BrokenPipeError):
+        print(f"ingest: cannot write standard output: {exc.strerror or exc}", file=sys.stderr)
+    return 1
+
+
 def _export(args: argparse.Namespace) -> int:
     from ingest import export
 
     try:
-        # Person codes: a file made here is its user's alone.
-        out = open(args.out, "w", newline="", encoding="utf-8", opener=_private) if args.out else sys.stdout
+        out, created = _open_out(args.out) if args.out else (sys.stdout, False)
     except OSError as exc:
         print(f"ingest: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    done = False
     try:
         n = export.export(args.data, args.what, out, args.site, args.since, args.until)
+        # Flushed here, not at exit, so that a full disk is reported as such.
+        if args.out:
+            out.close()
+        else:
+            out.flush()
+        done = True
     except lmdb_errors() as exc:
         print(f"ingest: cannot read the store in {args.data}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the store's own errors are lmdb's: an OSError is the output's
+        if not args.out:
+            return stdout_failed(exc)
+        print(f"ingest: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
-        if args.out:
-            out.close()
+        if not done and args.out:
+            with contextlib.suppress(OSError):  # what is buffered can only fail again
+                out.close()
+            if created:  # half an export would pass for all of it
+                with contextlib.suppress(OSError):
+                    os.unlink(args.out)
     print(f"ingest: exported {n} {args.what} rows", file=sys.stderr)
     return 0
 
@@ -73,16 +121,19 @@ class AdminError(Exception):
     """An admin call got no usable answer; the text says what came back."""
 
 
-def _call(method: str, url: str) -> tuple[int, dict]:
+def is_bearer_token(value: str) -> bool:
+    """Printable ASCII without blanks, as every token `ingest token` makes:
+    http.client would refuse a line break or mangle non-ASCII (latin-1),
+    and the server strips blanks around the token."""
+    return all("!" <= c <= "~" for c in value)
+
+
+def _call(method: str, url: str, token: str | None) -> tuple[int, dict]:
     import http.client
-    import os
     import urllib.error
     import urllib.request
 
     headers = {"Content-Type": "application/json"}
-    # From the environment, not an option: a command line is visible to
-    # every user of the machine (ps).
-    token = os.environ.get("INGEST_TOKEN")
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
@@ -92,6 +143,7 @@ def _call(method: str, url: str) -> tuple[int, dict]:
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read() or b"{}"
     # http.client.InvalidURL, e.g. a space in the address --url let through.
+    # Not a bad header: is_bearer_token() let none through that would be.
     except ValueError as exc:
         raise AdminError(f"cannot use {url}: {exc}") from None
     # Something else listening there: a garbled status line is no OSError.
@@ -104,8 +156,15 @@ def _call(method: str, url: str) -> tuple[int, dict]:
 
 
 def _admin(method: str, path: str, args: argparse.Namespace) -> int:
+    # From the environment, not an option: a command line is visible to
+    # every user of the machine (ps). Empty is unset, as for the shell.
+    token = os.environ.get("INGEST_TOKEN") or None
+    if token is not None and not is_bearer_token(token):
+        # Never its value: this line goes to terminals and logs.
+        print("ingest: INGEST_TOKEN is not a valid bearer token", file=sys.stderr)
+        return 2
     try:
-        status, body = _call(method, args.url.rstrip("/") + path)
+        status, body = _call(method, args.url.rstrip("/") + path, token)
     except OSError as exc:
         print(f"ingest: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
@@ -124,6 +183,15 @@ def _status(args: argparse.Namespace) -> int:
     return _admin("GET", "/v1/status", args)
 
 
+def toml_string(text: str) -> str:
+    """A TOML basic string, ASCII only: JSON's escapes (TOML has them all),
+    but a character above U+FFFF as \\UXXXXXXXX, since TOML refuses the
+    surrogate pair JSON would write."""
+    quoted = json.dumps(text, ensure_ascii=False)  # quotes, backslashes and C0 controls escaped
+    return "".join(c if " " <= c <= "~" else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+                   for c in quoted)
+
+
 def _token(args: argparse.Namespace) -> int:
     from ingest.access import new_token, token_sha256
 
@@ -131,10 +199,9 @@ def _token(args: argparse.Namespace) -> int:
     print("# the token: give it to the client, it is not shown again")
     print(token)
     print("# add to the server's config (both nodes of a pair):")
-    # A JSON string or list of strings is also a TOML basic string or array
-    # (TOML's escapes include all of JSON's); tests decode what this prints.
+    # Tests decode what this prints, with the server's config loader.
     print("[[access.tokens]]")
-    print(f"name = {json.dumps(args.name)}")
+    print(f"name = {toml_string(args.name)}")
     print(f"roles = {json.dumps(sorted(set(args.role)))}")
     print(f'sha256 = "{token_sha256(token)}"')
     return 0
@@ -156,6 +223,38 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
     return port
+
+
+# Seqs are u64 keys of the log (keys.seq_key), and the tail after SEQ
+# begins at SEQ + 1.
+SEQ_AFTER_MAX = 2**64 - 2
+
+
+def seq_after(text: str) -> int:
+    """--after of `ingest tail`: a seq from 0 to SEQ_AFTER_MAX."""
+    try:
+        seq = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a sequence number: {text!r}") from None
+    if not 0 <= seq <= SEQ_AFTER_MAX:
+        raise argparse.ArgumentTypeError(f"seq {text} is outside 0-{SEQ_AFTER_MAX}")
+    return seq
+
+
+def token_name(text: str) -> str:
+    """--name of `ingest token`, held to the config's rule for it before a
+    token is shown: an entry `ingest serve` then refused would have shown
+    the operator a token for nothing."""
+    import msgspec
+
+    from ingest.config import Token
+
+    rule = next(f.type for f in msgspec.inspect.type_info(Token).fields if f.name == "name")
+    if any("\ud800" <= c <= "\udfff" for c in text):  # bytes that were not UTF-8 (surrogateescape)
+        raise argparse.ArgumentTypeError(f"not valid UTF-8: {text!r}")
+    if not rule.min_length <= len(text) <= rule.max_length:
+        raise argparse.ArgumentTypeError(f"{len(text)} characters, not {rule.min_length} to {rule.max_length}")
+    return text
 
 
 def host_port(text: str) -> str:
@@ -203,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ingest.access import ROLES
 
     token = sub.add_parser("token", help="make an access token and print its [[access.tokens]] entry")
-    token.add_argument("--name", required=True, help="who holds it (for the operator; kept in the config)")
+    token.add_argument("--name", type=token_name, required=True,
+                       help="who holds it (for the operator; kept in the config)")
     token.add_argument("--role", required=True, action="append", choices=ROLES,
                        help="a role it carries (repeat for several)")
     token.set_defaults(func=_token)
@@ -248,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="binding events in a store's log after a seq, as JSON lines "
                                        "(a dead primary's unreplicated tail)")
     tail.add_argument("--data", required=True, help="LMDB data directory (of a stopped node)")
-    tail.add_argument("--after", type=int, required=True, metavar="SEQ",
+    tail.add_argument("--after", type=seq_after, required=True, metavar="SEQ",
                       help="the last seq the new primary has (its last_seq after promotion)")
     tail.set_defaults(func=lambda args: __import__("ingest.tail", fromlist=["main"]).main(args))
 

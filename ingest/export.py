@@ -93,7 +93,8 @@ def export(data_dir: str, kind: str, out: IO[str], site: str | None = None,
            since_ms: int = 0, until_ms: int = 2**63) -> int:
     """Write the CSV to `out`; returns the number of rows. Raises lmdb.Error
     when the store cannot be read: `ingest export` reports that as "cannot
-    read the store in DIR"."""
+    read the store in DIR"; an OSError is from writing `out` ("cannot
+    write")."""
     try:
         reader = StoreReader(data_dir)
     except StoreError as exc:

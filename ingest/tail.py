@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import lmdb
 
+from ingest.cli import stdout_failed
 from ingest.datadir import StoreReader
 from ingest.events import BindingEvent
 from ingest.keys import seq_key
@@ -64,8 +65,10 @@ def main(args) -> int:
     try:
         for event in bindings_after(args.data, args.after):
             sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
     except TailIncomplete as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.flush()
+    except OSError as exc:  # bindings_after's own errors are TailIncomplete: this is stdout's
+        return stdout_failed(exc)
     return 0

@@ -1,10 +1,12 @@
 """The `ingest` command: help, configuration errors, a busy port, which
-kernels run, and signals."""
+kernels run, signals, and the checks on what `ingest token` and the admin
+commands are given."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import http.server
+import os
 import signal
 import socket
 import subprocess
@@ -288,3 +290,42 @@ def test_config_rules_are_applied(server_factory):
     assert server.post(event(person=person))[0] == 201
     status, _, body = server.post(event(person=person, scanned_at=now_ms() - 30 * 60_000))
     assert status == 409 and body["error"]["code"] == "person_in_other_tube"
+
+
+def token_entry(stdout: str) -> str:
+    """The [[access.tokens]] lines `ingest token` printed."""
+    lines = stdout.splitlines()
+    return "\n".join(lines[lines.index("[[access.tokens]]"):])
+
+
+@pytest.mark.parametrize("name", ["", "x" * 201, "a\udcffb"], ids=["empty", "too-long", "not-utf8"])
+def test_a_token_name_the_config_refuses_is_a_usage_error(tmp_path, name):
+    """Refused before a token is made: the operator is shown none."""
+    result = ingest("token", "--name", name, "--role", "scan", cwd=tmp_path)  # "a\udcffb": the bytes a, 0xFF, b
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout
+    assert "argument --name" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["x", "\U0001f600" * 200, "é\x7f\x85\u2028\n\"\\"],
+                         ids=["one", "200-astral", "controls-and-quotes"])
+def test_a_token_name_the_config_takes_comes_back_from_the_config(tmp_path, name):
+    result = ingest("token", "--name", name, "--role", "scan", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.isascii()
+    loaded = ingest_config.loads(token_entry(result.stdout) + "\n\n" + LABS_TOML)
+    assert loaded.access.tokens[0].name == name
+
+
+@pytest.mark.parametrize("command", ["promote", "status"])
+@pytest.mark.parametrize("token", ["abc\ndef", "tökén€", "abc def", " abc"])
+def test_a_bad_ingest_token_is_refused_before_a_request_and_not_shown(tmp_path, command, token):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        result = ingest(command, "--url", url, cwd=tmp_path, env={**os.environ, "INGEST_TOKEN": token})
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing connected
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "ingest: INGEST_TOKEN is not a valid bearer token\n", result.stderr

@@ -1,13 +1,17 @@
-"""`ingest export` against a store filled through the real server, while it runs."""
+"""`ingest export` against a store filled through the real server, while it
+runs; its failures against a stopped one."""
 from __future__ import annotations
 
 import csv
 import io
+import os
 import stat
 import subprocess
 import sys
 
+import pytest
 from helpers import event, fresh_tube
+from test_tail_cli import make_store
 
 
 def run_export(data, *args):
@@ -95,3 +99,21 @@ def test_export_neutralises_spreadsheet_formulas(server_factory):
             for row in rows:
                 assert row["event_id"] == f"'-{row['tube']}"
                 assert row["seq"].isdigit() and row["scanned_at"].isdigit() and row["position"] == "1"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_export_to_an_out_that_cannot_be_written_fails_clearly(tmp_path):
+    make_store(str(tmp_path / "d"), 3)  # the rows fit the buffer: the error comes at the close
+    out = subprocess.run([sys.executable, "-m", "ingest", "export", "bindings", "--data", str(tmp_path / "d"),
+                          "--out", "/dev/full"], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr) == (1, "ingest: cannot write --out /dev/full: No space left on device\n")
+
+
+def test_a_failed_export_removes_the_file_it_made_only(tmp_path):
+    made, there = tmp_path / "new.csv", tmp_path / "there.csv"
+    there.write_text("an earlier export\n")
+    for path in (made, there):
+        out = subprocess.run([sys.executable, "-m", "ingest", "export", "tubes", "--data", str(tmp_path / "none"),
+                              "--out", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "cannot read the store" in out.stderr, out.stderr
+    assert not made.exists() and there.exists()

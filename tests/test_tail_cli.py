@@ -117,3 +117,44 @@ def test_a_foreign_lmdb_is_refused_as_it_was(tmp_path, tool):
     before = data_file(path)
     assert "not an ingest store" in refusal(tool, path)
     assert data_file(path) == before
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_reader_that_went_away_ends_the_tool_quietly(tmp_path, tool):
+    """`| head`: exit 1 as any Unix filter, no traceback, and no "Exception
+    ignored" from the interpreter's last flush either."""
+    path = str(tmp_path / "d")
+    make_store(path, 300)  # tail writes past its buffer, export (30 tubes) only at the end
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run([sys.executable, "-m", "ingest", *TOOLS[tool], "--data", path], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (out.returncode, out.stderr) == (1, "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("tool", TOOLS)
+def test_standard_output_that_cannot_be_written_is_one_line(tmp_path, tool):
+    path = str(tmp_path / "d")
+    make_store(path, 300)
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "ingest", *TOOLS[tool], "--data", path], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (out.returncode, out.stderr) == (1, "ingest: cannot write standard output: No space left on device\n")
+
+
+@pytest.mark.parametrize("after", ["-1", str(2**64 - 1), "99999999999999999999999", "1.5"])
+def test_after_that_is_no_seq_is_a_usage_error(tmp_path, after):
+    out = run("tail", "--data", str(tmp_path), "--after", after)
+    assert out.returncode == 2, out.stderr
+    assert "argument --after" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_after_the_largest_seq_is_an_empty_tail(tmp_path):
+    path = str(tmp_path / "d")
+    make_store(path, 3)
+    out = run("tail", "--data", path, "--after", str(2**64 - 2))
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
