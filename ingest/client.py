@@ -1,7 +1,8 @@
 """A small failover client for sampling endpoints, the load tests and the drill.
 
 It knows several server addresses (a site's card lists them), sends each
-event with its own event_id, and on a broken connection, a timeout, or
+event with its own event_id, and on a broken connection, a timeout, an
+answer that is not a JSON object (a proxy's error page, a cut body), or
 `503 not_primary` tries the next address with the same event_id: the server's
 dedup makes a retry safe, so an event is either answered once or not at all.
 The address that answered last is tried first.
@@ -32,6 +33,7 @@ class Client:
         self.deadline_s = deadline_s
         self.retry_pause_s = retry_pause_s
         self._current = 0
+        self.answered_by: str | None = None  # the address of the last answer post() returned
         self._conns: dict[str, http.client.HTTPConnection] = {}
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
@@ -44,12 +46,13 @@ class Client:
                 address = self.addresses[index]
                 try:
                     status, answer = self._send(address, path, data)
-                except (OSError, http.client.HTTPException):
+                except (OSError, http.client.HTTPException, ValueError):
                     self._drop(address)
                     continue
                 if status == 503 and answer.get("error", {}).get("code") in ("not_primary", "shutting_down"):
                     continue
                 self._current = index
+                self.answered_by = address
                 return status, answer
             if time.monotonic() > deadline:
                 raise NoPrimary(f"no primary among {self.addresses} within {self.deadline_s}s")
@@ -66,7 +69,7 @@ class Client:
         conn.request("POST", path, data, self._headers)
         resp = conn.getresponse()
         raw = resp.read()
-        return resp.status, json.loads(raw) if raw else {}
+        return resp.status, _answer(raw)
 
     def _drop(self, address: str) -> None:
         conn = self._conns.pop(address, None)
@@ -76,3 +79,14 @@ class Client:
     def close(self) -> None:
         for address in list(self._conns):
             self._drop(address)
+
+
+def _answer(raw: bytes) -> dict:
+    """The body as a JSON object, its `error` (if any) an object too. Anything
+    else (a gateway's "502 Bad Gateway" page, a body cut short) did not come
+    from an ingest server: ValueError, and post() treats that address as it
+    treats a broken connection."""
+    answer = json.loads(raw) if raw else {}  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+    if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
+        raise ValueError(f"not an ingest answer: {raw[:80]!r}")  # noqa: TRY004 - as an undecodable body
+    return answer

@@ -5,22 +5,27 @@ On one machine (two data directories, loopback ports), or on two real hosts
 `ssh {host} {command}`: ingest/drillnodes.py), it starts a primary and a
 standby, drives a steady load of bindings through ingest.client, and then,
 `failovers` times: waits until the standby has caught up, SIGKILLs the
-primary at a random moment, promotes the standby, writes out the dead
-primary's log entries the new primary does not have (its unreplicated tail)
-and replays them through the client (event ids make that safe), and brings
-the dead node back, from an empty directory, as the new primary's standby:
-by the log while it still starts at seq 1, by a snapshot once retention
+primary at a random moment, promotes the standby, counts the events the
+dead primary acknowledged that the promoted node lacks (lost at the
+failover; in sync mode there must be none), writes out the dead primary's
+log entries the new primary does not have (its unreplicated tail) and
+replays them through the client (event ids make that safe; it is how an
+operator recovers them while the dead disk can be read), and brings the
+dead node back, from an empty directory, as the new primary's standby: by
+the log while it still starts at seq 1, by a snapshot once retention
 (LOG_KEEP) has trimmed it.
 At the end every acknowledged event is checked on the last primary, and a
-report is printed and written as JSON.
+report is printed and written as JSON (a partial one when a step failed).
 """
 from __future__ import annotations
 
 import bisect
 import json
+import math
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,9 +35,13 @@ from pathlib import Path
 from ingest import _codes_py, config
 from ingest.access import new_token, token_sha256
 from ingest.client import Client, NoPrimary
-from ingest.drillnodes import LocalNode, RemoteNode, parse_hosts
+from ingest.drillnodes import SNAPSHOT_INSTALLED, SYNC_DEGRADED, LocalNode, RemoteNode, parse_hosts
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PORT_MAX = 65535
+# The ports of a drill on this machine, above --base-port: the nodes' HTTP
+# ports, then their replication ports (make_nodes).
+LOCAL_PORT_OFFSETS = (0, 1, 100, 101)
 # Change-log retention of the drill's nodes: small enough that a rejoin from
 # an empty directory soon needs a snapshot, large enough to hold any
 # unreplicated tail (the standby has caught up shortly before each kill).
@@ -71,6 +80,12 @@ def drill_config(mode: str, token: str) -> str:
     text = config.default_text()
     text = config.edit(text, 'mode = "async"', f'mode = "{mode}"', "replication")
     text = config.edit(text, "sync_timeout_s = 10.0", "sync_timeout_s = 2.0", "replication")
+    # Named, not inherited: after sync_timeout_s without a standby (the new
+    # primary, until the dead node rejoins) answers go out without it, and
+    # the drill relies on that to see a write after each failover. It also
+    # means a sync pair that degrades can lose acknowledged writes at a
+    # kill: the drill counts those (lost_at_failover) and fails on them.
+    text = config.edit(text, 'on_standby_lost = "async"', 'on_standby_lost = "async"', "replication")
     text = config.edit(text, "log_keep_entries = 0", f"log_keep_entries = {LOG_KEEP}", "replication")
     return config.edit(text, "open_on_network = false\n", f"""open_on_network = false
 
@@ -104,6 +119,9 @@ class Drill:
         self.load_error: BaseException | None = None
         self.acked: dict[str, tuple[dict, int]] = {}
         self.acked_at: list[float] = []
+        # Per address, (event id, seq) of every 2xx it gave since it last
+        # became primary: what a failover of it may have lost.
+        self.acked_by: dict[str, list[tuple[str, int]]] = {}
         self.lock = threading.Lock()
         self.stop_load = threading.Event()
         self.t0 = time.monotonic()
@@ -139,6 +157,7 @@ class Drill:
                 with self.lock:
                     self.acked[ev["event_id"]] = (ev, seq)
                     self.acked_at.append(time.monotonic())
+                    self.acked_by.setdefault(client.answered_by, []).append((ev["event_id"], seq))
         except BaseException as exc:  # a drill whose load died proves nothing
             self.load_error = exc
             self.stop_load.set()
@@ -172,6 +191,17 @@ class Drill:
                 return None
             time.sleep(0.05)
 
+    def _lost_at_failover(self, dead, promoted_last_seq: int) -> list[str]:
+        """The events `dead` acknowledged (as primary: a standby answers no
+        2xx) that the promoted node lacks: seqs above its last_seq, as the
+        standby's log is a prefix of the primary's. Counted before the tail
+        replay, which binds them again and would hide the loss from the
+        final check while the dead disk can be read. The list is emptied:
+        its seqs belong to the history this failover ended."""
+        with self.lock:
+            acks = self.acked_by.pop(dead.address, [])
+        return [event_id for event_id, seq in acks if seq > promoted_last_seq]
+
     @staticmethod
     def _tail(dead, after: int) -> list[dict]:
         """Bindings in the dead primary's log that the new primary lacks."""
@@ -197,6 +227,9 @@ class Drill:
         replay = Client([n.address for n in self.nodes], timeout_s=5, deadline_s=120, token=self.token)
         for i in range(self.failovers):
             self._wait_healthy(primary, standby)
+            # Counted from here, where the pair is whole: in sync mode an
+            # answer without the standby comes only after a degradation.
+            degraded_base = primary.log_count(SYNC_DEGRADED)
             time.sleep(self.random.uniform(0.3, 1.0) * self.seconds_between)
             before = primary.status()
             lag = standby.status()["replication"]["lag_events"]
@@ -209,18 +242,27 @@ class Drill:
             self.note("killed", node=primary.name, last_seq=before["last_seq"], standby_lag_events=lag)
             promoted = standby.promote()
             self.note("promoted", node=standby.name, epoch=promoted["epoch"], last_seq=promoted["last_seq"])
+            lost_here = self._lost_at_failover(primary, promoted["last_seq"])
+            # what a sync primary does without its standby (the shipped config's, unless changed)
+            self.report.setdefault("policy_on_standby_lost",
+                                   before.get("replication", {}).get("policy_on_standby_lost"))
+            degraded = primary.log_count(SYNC_DEGRADED) - degraded_base
+            self.note("counted the acknowledged events the promoted node lacks", lost_at_failover=len(lost_here),
+                      degraded_before_kill=degraded)
             tail = self._tail(primary, promoted["last_seq"])
             tail_file = self.workdir / f"tail-{i + 1}-{primary.name}.jsonl"
             tail_file.write_text("".join(json.dumps(ev) + "\n" for ev in tail))
             replayed_new = sum(1 for ev in tail if replay.bind(ev)[0] == 201)
             self.note("tail replayed", written_out=len(tail), newly_bound=replayed_new, file=str(tail_file))
             primary.wipe()
-            installs_before = primary.snapshots_installed()
+            installs_before = primary.log_count(SNAPSHOT_INSTALLED)
             log_first_seq = standby.status()["log_first_seq"]
             primary.start(standby)
             self.note("rejoined as standby", node=primary.name, primary_log_first_seq=log_first_seq)
             self.report["failovers"].append({
                 "killed": primary.name, "promoted": standby.name, "standby_lag_events_before_kill": lag,
+                "lost_at_failover": len(lost_here), "lost_at_failover_event_ids": lost_here[:20],
+                "degraded_before_kill": degraded,
                 "tail_written_out": len(tail), "tail_newly_bound": replayed_new,
                 "rejoin_primary_log_first_seq": log_first_seq,
             })
@@ -229,7 +271,7 @@ class Drill:
             first = self._first_ack_after(dead_at)
             self.report["failovers"][-1].update({
                 "kill_to_first_write_s": round(first - killed_at, 3) if first else None,
-                "rejoined_by_snapshot": standby.snapshots_installed() > installs_before,
+                "rejoined_by_snapshot": standby.log_count(SNAPSHOT_INSTALLED) > installs_before,
             })
         self._wait_healthy(primary, standby)
         self.stop_load.set()
@@ -247,6 +289,7 @@ class Drill:
         first_writes = [f["kill_to_first_write_s"] for f in self.report["failovers"]]
         self.report.update({
             "acknowledged": len(self.acked), "found": found, "lost": len(lost), "unchecked": len(unchecked),
+            "lost_at_failover": sum(f["lost_at_failover"] for f in self.report["failovers"]),
             "lost_event_ids": lost[:100], "unchecked_answers": unchecked[:20], "replayed_with_new_seq": seq_changed,
             # None when a failover saw no write at all: the worst case, not one to leave out
             "kill_to_first_write_s_max": None if None in first_writes or not first_writes else max(first_writes),
@@ -277,45 +320,95 @@ def check_acknowledged(acked: dict[str, tuple[dict, int]], bind) -> tuple[list[s
 def make_nodes(args, workdir: Path, hosts: list[tuple[str, int, int]] | None) -> list:
     """Local nodes on loopback ports, or, with --hosts, one node per host."""
     if hosts is None:
-        return [LocalNode("a", workdir, args.base_port, args.base_port + 100),
-                LocalNode("b", workdir, args.base_port + 1, args.base_port + 101)]
+        a_http, b_http, a_repl, b_repl = (args.base_port + offset for offset in LOCAL_PORT_OFFSETS)
+        return [LocalNode("a", workdir, a_http, a_repl), LocalNode("b", workdir, b_http, b_repl)]
     return [RemoteNode(name, host, http_port, repl_port, args.remote_dir, args.remote, args.python)
             for name, (host, http_port, repl_port) in zip("ab", hosts)]
 
 
+def check_options(args, hosts: list[tuple[str, int, int]] | None) -> None:
+    """ValueError for options the drill cannot run with, before anything
+    starts: found later they are a division by zero, a negative sleep with
+    the servers up, or a server that cannot listen on its port."""
+    if not (args.rate > 0 and math.isfinite(args.rate)):
+        raise ValueError(f"--rate {args.rate:g}: events per second, above 0")
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: at least 1")
+    if not (args.seconds > 0 and math.isfinite(args.seconds)):
+        raise ValueError(f"--seconds {args.seconds:g}: above 0")
+    if args.failovers < 1:
+        raise ValueError(f"--failovers {args.failovers}: at least 1")
+    if hosts is None:
+        top = PORT_MAX - max(LOCAL_PORT_OFFSETS)
+        if not 1 <= args.base_port <= top:
+            raise ValueError(f"--base-port {args.base_port}: 1 to {top} (the drill uses it, +1, +100 and +101)")
+        return
+    for host, http_port, repl_port in hosts:
+        for port in (http_port, repl_port):
+            if not 1 <= port <= PORT_MAX:
+                raise ValueError(f"--hosts: port {port} of {host} is not 1 to {PORT_MAX}")
+
+
+def passed(report: dict) -> bool:
+    """Nothing lost or unchecked, every failover saw a write, and in sync
+    mode no acknowledged event missing on a promoted node: the final check
+    finds those only thanks to the tail replay, from a dead disk that a real
+    failure need not leave readable."""
+    return (report["lost"] == 0 and report["unchecked"] == 0 and report["acknowledged"] > 0
+            and report["failovers_without_a_write"] == 0
+            and (report["mode"] != "sync" or report["lost_at_failover"] == 0))
+
+
 def main(args) -> int:
     hosts = None
-    if args.hosts:
-        try:
+    try:
+        if args.hosts:
             hosts = parse_hosts(args.hosts, args.http_port, args.replication_port)
             if "{command}" not in args.remote:
                 raise ValueError(f"--remote {args.remote!r} has no {{command}}")
             if not args.remote_dir.startswith("/"):
                 raise ValueError("--remote-dir must be an absolute path")
-        except ValueError as exc:
-            print(f"ingest: {exc}", file=sys.stderr)
-            return 2
+        check_options(args, hosts)
+    except ValueError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ingest-drill-"))
     nodes = make_nodes(args, workdir, hosts)
     workdir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.report) if args.report else workdir / "drill-report.json"
     drill = Drill(workdir, nodes, args.mode, args.failovers, args.seconds, args.threads, args.seed, args.rate)
     # SIGTERM or SIGHUP would end the process without its finally blocks,
     # leaving both servers running: make them an exit that cleans up.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on)
+    failed = None
     try:
         report = drill.run()
+    # A step that failed (a node that did not start, a host out of reach, a
+    # standby that did not catch up): the drill proves nothing, says why in
+    # one line, and keeps what it has for a look.
+    except (RuntimeError, OSError, subprocess.TimeoutExpired, NoPrimary) as exc:
+        failed = " ".join(str(exc).split()) or type(exc).__name__
+        report = {**drill.report, "failed": failed, "timeline": drill.timeline}
     finally:
+        drill.stop_load.set()
         for node in drill.nodes:
+            if not node.started:
+                continue  # nothing of this drill's runs there (a host never reached)
             try:
                 node.kill()
             except Exception as exc:  # noqa: BLE001 - one node's cleanup must not skip the other's
                 print(f"ingest: could not kill node {node.name} ({node.address}): {exc}", file=sys.stderr)
-    out = Path(args.report) if args.report else workdir / "drill-report.json"
-    out.write_text(json.dumps(report, indent=2))
-    passed = (report["lost"] == 0 and report["unchecked"] == 0 and report["acknowledged"] > 0
-              and report["failovers_without_a_write"] == 0)
-    if passed:
+    written = _write_report(out, report)
+    if failed is not None:
+        logs = "" if any(n.log_where in failed for n in nodes) else \
+            f"; node logs: {', '.join(n.log_where for n in nodes)}"
+        print(f"ingest: drill failed: {failed}{logs}{f'; partial report: {out}' if written else ''}", file=sys.stderr)
+        return 1
+    if not written:
+        return 1
+    ok = passed(report)
+    if ok:
         # The stores (a 64 MiB map each) have served their purpose; the
         # tails and the report stay. Kept after a failed drill, to look at.
         for node in nodes:
@@ -323,16 +416,41 @@ def main(args) -> int:
                 shutil.rmtree(node.data, ignore_errors=True)
     print(f"mode {report['mode']}, {len(report['failovers'])} failovers: "
           f"{report['acknowledged']} events acknowledged, {report['found']} found, {report['lost']} lost; "
+          f"{report['lost_at_failover']} not on the promoted node at a failover; "
           f"kill to first write at most {report['kill_to_first_write_s_max']} s; "
           f"tails written out {sum(f['tail_written_out'] for f in report['failovers'])}, "
           f"of which newly bound {sum(f['tail_newly_bound'] for f in report['failovers'])}. Report: {out}")
+    if report["mode"] == "sync" and report["lost_at_failover"]:
+        print(f"ingest: {_sync_loss(report)}", file=sys.stderr)
     if report["unchecked"]:
         print(f"ingest: {report['unchecked']} acknowledged events could not be checked (see unchecked_answers)",
               file=sys.stderr)
     if report["failovers_without_a_write"]:
         print(f"ingest: {report['failovers_without_a_write']} failovers saw no acknowledged write within 30 s",
               file=sys.stderr)
-    return 0 if passed else 1
+    return 0 if ok else 1
+
+
+def _write_report(out: Path, report: dict) -> bool:
+    try:
+        out.write_text(json.dumps(report, indent=2))
+    except OSError as exc:
+        print(f"ingest: cannot write the report to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _sync_loss(report: dict) -> str:
+    """Why a sync drill lost acknowledged events at a failover, in one line."""
+    degraded = sum(f["degraded_before_kill"] for f in report["failovers"] if f["lost_at_failover"])
+    policy = json.dumps(report.get("policy_on_standby_lost"))
+    seen = (f"the killed primaries logged {SYNC_DEGRADED} {degraded} time(s) between a caught-up standby and "
+            f"the kill (failovers[].degraded_before_kill)") if degraded else \
+        "yet the killed primaries logged no degradation between a caught-up standby and the kill: a bug"
+    return (f"{report['lost_at_failover']} acknowledged events were not on the promoted standby "
+            f"(failovers[].lost_at_failover); the final check found them only because the dead primary's tail "
+            f"was replayed from its disk. A sync primary answers without its standby only when degraded "
+            f"(on_standby_lost = {policy}, no acknowledgement within sync_timeout_s): {seen}")
 
 
 def _exit_on(sig: int, frame) -> None:

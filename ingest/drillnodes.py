@@ -9,9 +9,15 @@ is set up, started, killed, read and wiped differs, behind the same methods:
   through a template such as `ssh {host} {command}`; the server runs there
   detached, its pid in a file, so that the drill SIGKILLs exactly that
   process. HTTP calls (status, promote) go straight to the host.
+
+A node counts as started only when GET /v1/status answers with the node id
+in the node's own store, read while its process still runs: another server
+on the port (a stranger, one left behind) would otherwise pass for it and
+take the drill's writes.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shlex
@@ -20,16 +26,51 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import lmdb
+
+from ingest.datadir import StoreReader
+from ingest.keys import NODE
+from ingest.store_errors import StoreError
 from ingest.tail import TailIncomplete, bindings_after
 
 SNAPSHOT_INSTALLED = "installed the snapshot"
+SYNC_DEGRADED = "SYNC REPLICATION DEGRADED"  # a sync primary answers without its standby
 START_TIMEOUT_S = 30.0
 # One remote command: an ssh handshake plus, at most, the 30 s a stop waits.
 REMOTE_TIMEOUT_S = 60.0
 DEFAULT_REMOTE = "ssh -o BatchMode=yes {host} {command}"
+# store_node() on a host, by its Python (`--python`): stdout is the node id,
+# or nothing. StoreReader, as `ingest tail` there, so that a host's ingest
+# older than this module runs it too.
+STORE_NODE_PY = """import sys
+from ingest.datadir import StoreReader
+from ingest.keys import NODE
+reader = StoreReader(sys.argv[1])
+with reader.env.begin(db=reader.dbs[b"meta"], buffers=False) as txn:
+    print((txn.get(NODE) or b"").decode())
+"""
+
+
+def store_node(data: str) -> str:
+    """The node id in the store at `data`; "" while there is none (its
+    server has not made the store yet). Read-only, beside the running server
+    as `ingest export` reads."""
+    try:
+        reader = StoreReader(data)
+    except StoreError:
+        return ""
+    try:
+        with reader.env.begin(db=reader.dbs[b"meta"], buffers=False) as txn:
+            raw = txn.get(NODE)
+    except lmdb.Error:
+        return ""
+    finally:
+        reader.close()
+    return raw.decode() if raw else ""
 
 
 class _Http:
@@ -37,7 +78,10 @@ class _Http:
 
     name: str
     address: str
+    http_port: int
+    log_where: str  # the server's log, for an operator: a path here, or HOST:PATH
     token: str | None = None  # an admin token, when the nodes' config has access control
+    started = False  # whether start() ran: a server of this drill may be running
 
     def status(self) -> dict:
         with urllib.request.urlopen(f"http://{self.address}/v1/status", timeout=5) as r:
@@ -52,21 +96,43 @@ class _Http:
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
-    def _wait_serving(self, exited, where: str, check_every: int) -> None:
-        """Until GET /v1/status answers; `exited()` says the server died. It
-        is asked every `check_every` polls: on a host it is a round trip."""
+    def _answered_node(self) -> str | None:
+        """The node id GET /v1/status answers with; "" for an answer that
+        names none (not an ingest server), None when nothing answers."""
+        try:
+            node = self.status().get("node")
+        except urllib.error.HTTPError:
+            return ""  # ours answers its status 200: an error page is another server's
+        except (OSError, http.client.HTTPException):
+            return None
+        except (ValueError, AttributeError):  # not JSON, not an object
+            return ""
+        return node if isinstance(node, str) else ""
+
+    def _wait_serving(self, check_every: int) -> None:
+        """Until GET /v1/status answers from the server start() ran: with
+        the node id of the node's own store, that server still running
+        (_own_node). It is asked on every answer and every `check_every`
+        polls without one: on a host it is a round trip."""
         deadline = time.monotonic() + START_TIMEOUT_S
         polls = 0
         while time.monotonic() < deadline:
-            try:
-                self.status()
-                return
-            except OSError:
-                polls += 1
-                if polls % check_every == 0 and exited():
-                    raise RuntimeError(f"node {self.name} exited; see {where}") from None
-                time.sleep(0.05)
-        raise RuntimeError(f"node {self.name} did not start; see {where}")
+            polls += 1
+            answered = self._answered_node()
+            if answered is not None or polls % check_every == 0:
+                own = self._own_node()
+                if own is None:
+                    raise RuntimeError(self._exited())
+                if own and answered == own:
+                    return
+                if own and answered is not None:
+                    who = f"node {answered}" if answered else "no ingest node"
+                    raise RuntimeError(f"node {self.name}: {self.address} answers as {who}, not as the server "
+                                       f"the drill started (node {own}): is another server on port "
+                                       f"{self.http_port}? see {self.log_where}")
+            time.sleep(0.05)
+        raise RuntimeError(f"node {self.name} did not answer as the node of its own store within "
+                           f"{START_TIMEOUT_S:g} s; see {self.log_where}")
 
 
 class LocalNode(_Http):
@@ -87,6 +153,10 @@ class LocalNode(_Http):
     def repl_address(self) -> str:
         return f"127.0.0.1:{self.repl_port}"
 
+    @property
+    def log_where(self) -> str:
+        return str(self.log)
+
     def setup(self, config_text: str) -> None:
         self.config.write_text(config_text)
 
@@ -95,9 +165,27 @@ class LocalNode(_Http):
                "--replication-port", str(self.repl_port), "--config", str(self.config), "--log-level", "WARNING"]
         if follow is not None:
             cmd += ["--follow", follow.repl_address]
+        self.started = True
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-        self._wait_serving(lambda: self.proc.poll() is not None, str(self.log), 1)
+        self._wait_serving(1)
+
+    def _own_node(self) -> str | None:
+        """The node id in this node's store, "" before there is one; None
+        once its process has exited. Alive is asked first: a store read
+        from a dead server's directory proves nothing about who answers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return store_node(str(self.data))
+
+    def _exited(self) -> str:
+        # The server says why in its last line (a port in use, a bad config)
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        why = f": {lines[-1].strip()}" if lines else ""
+        return f"node {self.name} exited{why}; see {self.log}"
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -121,10 +209,11 @@ class LocalNode(_Http):
     def wipe(self) -> None:
         shutil.rmtree(self.data, ignore_errors=True)
 
-    def snapshots_installed(self) -> int:
-        """Snapshots the node has installed so far (its log outlives restarts)."""
+    def log_count(self, text: str) -> int:
+        """Lines of the node's log so far that say `text` (SNAPSHOT_INSTALLED,
+        SYNC_DEGRADED); the log outlives restarts."""
         try:
-            return self.log.read_text(errors="replace").count(SNAPSHOT_INSTALLED)
+            return self.log.read_text(errors="replace").count(text)
         except FileNotFoundError:
             return 0
 
@@ -184,14 +273,25 @@ class RemoteNode(_Http):
     def repl_address(self) -> str:
         return f"{self.host}:{self.repl_port}"
 
+    @property
+    def log_where(self) -> str:
+        return f"{self.host}:{self.log}"
+
     def _run(self, script: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         # `sh -c` on the host: the script is POSIX sh whatever the login shell.
         command = fill(self.template, self.host, "sh -c " + shlex.quote(script))
-        out = subprocess.run(command, shell=True, input=stdin, capture_output=True, text=True,
-                             timeout=REMOTE_TIMEOUT_S, stdin=None if stdin is not None else subprocess.DEVNULL)
+        try:
+            out = subprocess.run(command, shell=True, input=stdin, capture_output=True, text=True,
+                                 timeout=REMOTE_TIMEOUT_S, stdin=None if stdin is not None else subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"node {self.name} on {self.host}: a command through {self.template!r} did not "
+                               f"finish within {REMOTE_TIMEOUT_S:g} s") from None
         if check and out.returncode != 0:
-            raise RuntimeError(f"node {self.name} on {self.host}: {command!r} exited {out.returncode}: "
-                               f"{out.stderr.strip()[-2000:]}")
+            # One line: the last thing said (ssh's reason, the script's error);
+            # the command is the template around a long script.
+            said = [line.strip() for line in out.stderr.splitlines() if line.strip()]
+            raise RuntimeError(f"node {self.name} on {self.host}: a command through {self.template!r} exited "
+                               f"{out.returncode}{': ' + said[-1][-500:] if said else ''}")
         return out
 
     def _ours(self) -> str:
@@ -236,12 +336,24 @@ class RemoteNode(_Http):
         # detach it from the remote session, and no descriptor of the
         # command's stays open, so the command returns at once.
         inner = f"echo $$ > {q(self._pid)} && exec {shlex.join(serve)}"
+        self.started = True
         self._run(f"nohup $(command -v setsid) sh -c {q(inner)} >> {q(self.log)} 2>&1 < /dev/null &")
-        self._wait_serving(lambda: not self._alive(), f"{self.host}:{self.log}", 20)
+        self._wait_serving(20)
 
-    def _alive(self) -> bool:
-        out = self._run(self._ours() + 'if [ -n "$pid" ] && alive; then echo yes; fi', check=False)
-        return out.stdout.strip() == "yes"
+    def _own_node(self) -> str | None:
+        """As LocalNode's, in one command on the host: whether the server of
+        the pid file still runs, then the node id in its store."""
+        read = shlex.join([self.python, "-c", STORE_NODE_PY, self.data])
+        out = self._run(self._ours() + f'if [ -n "$pid" ] && alive; then echo alive; {read} 2>/dev/null; fi',
+                        check=False)
+        words = out.stdout.split()
+        if words[:1] != ["alive"]:
+            return None
+        return words[1] if len(words) > 1 else ""
+
+    def _exited(self) -> str:
+        last = self._run(f"tail -n 1 {shlex.quote(self.log)}", check=False).stdout.strip()
+        return f"node {self.name} exited{': ' + last if last else ''}; see {self.log_where}"
 
     def kill(self) -> None:
         self._run(self._signal("KILL", 0))
@@ -257,6 +369,6 @@ class RemoteNode(_Http):
     def wipe(self) -> None:
         self._run(f"rm -rf {shlex.quote(self.data)}")
 
-    def snapshots_installed(self) -> int:
-        out = self._run(f"grep -c {shlex.quote(SNAPSHOT_INSTALLED)} {shlex.quote(self.log)} 2>/dev/null || true")
+    def log_count(self, text: str) -> int:
+        out = self._run(f"grep -c {shlex.quote(text)} {shlex.quote(self.log)} 2>/dev/null || true")
         return int(out.stdout.strip() or 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LABS_TOML, event, fresh_tube
+from helpers import LABS_TOML, event, fresh_tube, stderr_lines
 from ingest.drillnodes import fill, parse_hosts
 
 PORTS = {"a": (18811, 18812), "b": (18821, 18822)}
@@ -157,3 +158,39 @@ def test_drill_refuses_bad_remote_options(tmp_path):
     out = ingest("drill", "--hosts", "a", "--workdir", str(tmp_path / "w"))
     assert out.returncode == 2 and "two hosts" in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_host_out_of_reach_fails_the_drill_in_one_line(tmp_path):
+    # what ssh says and does when the host does not answer
+    template = "sh -c 'echo \"ssh: connect to host $0 port 22: Connection refused\" >&2; exit 255' {host} {command}"
+    report = tmp_path / "report.json"
+    out = ingest("drill", "--hosts", "127.0.0.1:18831:18832,127.0.0.1:18841:18842", "--remote", template,
+                 "--remote-dir", str(tmp_path / "remote"), "--workdir", str(tmp_path / "work"),
+                 "--report", str(report))
+    assert out.returncode == 1, out.stderr
+    lines = stderr_lines(out.stderr)
+    assert len(lines) == 1, out.stderr  # no traceback, and no kill of a server never started
+    assert lines[0].startswith("ingest: drill failed: node a on 127.0.0.1: ")
+    assert "exited 255: ssh: connect to host 127.0.0.1 port 22: Connection refused" in lines[0]
+    assert f"partial report: {report}" in lines[0]
+    assert json.loads(report.read_text())["failed"] in lines[0]
+
+
+def test_a_server_already_on_a_hosts_port_is_not_taken_for_the_drills_node(tmp_path):
+    from test_drill import Foreign, run_beside
+
+    remote_dir = tmp_path / "remote"
+    foreign = Foreign(18831)
+    try:
+        out = run_beside(foreign, ["drill", "--hosts", "127.0.0.1:18831:18832,127.0.0.1:18841:18842",
+                                   "--remote", "sh -c {command}", "--remote-dir", str(remote_dir),
+                                   "--python", sys.executable, "--failovers", "1", "--seconds", "1",
+                                   "--rate", "50", "--threads", "2", "--workdir", str(tmp_path / "work")])
+    finally:
+        foreign.close()
+        kill_leftovers(remote_dir)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = stderr_lines(out.stderr)
+    assert len(lines) == 1 and re.match(r"ingest: drill failed: node a[ :]", lines[0]), out.stderr
+    assert f"127.0.0.1:{remote_dir}/a.log" in lines[0]
+    assert not list(remote_dir.glob("*.pid"))  # the drill stopped what it started

@@ -1,0 +1,91 @@
+"""ingest.client: an answer that is not an ingest server's is a failure of
+that address, tried elsewhere, never an exception out of the client."""
+from __future__ import annotations
+
+import http.server
+import threading
+
+import pytest
+
+from ingest.client import Client, NoPrimary
+
+
+class Canned:
+    """A server on a loopback port that answers every POST with one status
+    and body, and counts them."""
+
+    def __init__(self, status: int, body: bytes):
+        posts = self.posts = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                posts.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def canned():
+    made = []
+
+    def make(status: int, body: bytes) -> Canned:
+        made.append(Canned(status, body))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.mark.parametrize("status, body", [
+    (502, b"<html>502 Bad Gateway</html> hello"),  # a proxy's page
+    (503, b'{"error":"x"}'),  # an error that is not an object
+    (201, b'{"result":"bound","se'),  # cut short
+    (200, b"[1, 2]"),  # JSON, not an object
+    (201, b"\xff\xfe"),  # not UTF-8
+])
+def test_an_answer_that_is_not_an_ingest_one_sends_the_event_to_the_next_address(canned, status, body):
+    odd = canned(status, body)
+    good = canned(201, b'{"result":"bound","seq":7}')
+    client = Client([odd.address, good.address], timeout_s=2, deadline_s=5)
+    try:
+        assert client.bind({"event_id": "e-1"}) == (201, {"result": "bound", "seq": 7})
+        assert client.answered_by == good.address
+        # the same event, once at each: the server's dedup makes that safe
+        assert len(odd.posts) == 1 and odd.posts == good.posts
+    finally:
+        client.close()
+
+
+def test_only_odd_answers_end_in_no_primary_at_the_deadline(canned):
+    odd = canned(502, b"hello")
+    client = Client([odd.address], timeout_s=2, deadline_s=0.3, retry_pause_s=0.05)
+    try:
+        with pytest.raises(NoPrimary):
+            client.bind({"event_id": "e-2"})
+        assert len(odd.posts) > 1  # retried until the deadline
+    finally:
+        client.close()
+
+
+def test_an_ingest_error_answer_is_returned_as_before(canned):
+    full = canned(507, b'{"error":{"code":"insufficient_storage","message":"full"}}')
+    client = Client([full.address], timeout_s=2, deadline_s=2)
+    try:
+        status, body = client.bind({"event_id": "e-3"})
+        assert status == 507 and body["error"]["code"] == "insufficient_storage"
+    finally:
+        client.close()
