@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from ingest import errors
 from ingest.events import BoxEvent, HandoverEvent, ReceiveEvent, TubeReceiveEvent
-from ingest.lifecycle import REFUSED, TRANSITIONS, claim, refuse
+from ingest.lifecycle import TRANSITIONS, claim, lab_tube, refuse
 from ingest.records import (
-    BOX_RECEIVED, BOXED, HANDED_OVER, IN_TRANSIT, PACKED, SEALED, STATE_NAMES, TUBES_BOXED, TUBES_RECEIVED, Box,
-    LogEntry,
+    BOX_RECEIVED, BOXED, HANDED_OVER, IN_TRANSIT, PACKED, SEALED, TUBES_BOXED, TUBES_RECEIVED, Box, LogEntry,
 )
 from ingest.rules import Done, Outcome, Rejected
 from ingest.writetx import WriteTx
@@ -134,15 +133,10 @@ def apply_receive_tube(tx: WriteTx, ev: TubeReceiveEvent) -> Outcome:
     payload, repeated = claim(tx, "receive_tube", ev, "received")
     if repeated is not None:
         return repeated
-    tube = tx.tube(ev.tube)
-    if tube is None:
-        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
-    if tube.lab != ev.lab_id:
-        return refuse(tx, ev.event_id, Rejected(errors.WRONG_LAB, "only the tube's own lab may receive it", "lab_id"))
-    after = TRANSITIONS.get(("receive", tube.state))
-    if after is None:
-        return refuse(tx, ev.event_id, Rejected(
-            REFUSED["receive"], f"tube is {STATE_NAMES[tube.state]}; only a tube in transit can be received", "tube"))
+    found = lab_tube(tx, ev, "receive", "receive it", "only a tube in transit can be received")
+    if type(found) is Rejected:
+        return found
+    tube, after = found
     seq = tx.append(LogEntry("receive_tube", ev.lab_id, payload))
     tube.state = after
     tube.received_seq = seq

@@ -19,6 +19,7 @@ from ingest import errors
 from ingest.events import SealEvent, VoidEvent
 from ingest.records import (
     BOXED, IN_TRANSIT, OPEN, RECEIVED, RESULTED, SEALED, STATE_NAMES, TUBES_SEALED, VOIDED, EventRecord, LogEntry,
+    Tube,
 )
 from ingest.rules import Done, Outcome, Rejected, Repeat
 from ingest.writetx import WriteTx
@@ -65,6 +66,22 @@ def claim(tx: WriteTx, kind: str, ev, result: str, *extra) -> tuple[list, Outcom
 def refuse(tx: WriteTx, event_id: str, rejection: Rejected) -> Rejected:
     tx.release_event(event_id)
     return rejection
+
+
+def lab_tube(tx: WriteTx, ev, kind: str, own_lab_may: str, not_now: str) -> tuple[Tube, int] | Rejected:
+    """The tube a lab's event names (a receipt of it, a result), with the
+    state `kind` moves it to; or the refusal, its event id released: an
+    unknown tube, another lab's, or one `kind` may not move now."""
+    tube = tx.tube(ev.tube)
+    if tube is None:
+        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
+    if tube.lab != ev.lab_id:
+        return refuse(tx, ev.event_id, Rejected(errors.WRONG_LAB, f"only the tube's own lab may {own_lab_may}",
+                                                "lab_id"))
+    after = TRANSITIONS.get((kind, tube.state))
+    if after is None:
+        return refuse(tx, ev.event_id, Rejected(REFUSED[kind], f"tube is {STATE_NAMES[tube.state]}; {not_now}", "tube"))
+    return tube, after
 
 
 def apply_seal(tx: WriteTx, ev: SealEvent) -> Outcome:

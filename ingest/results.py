@@ -9,10 +9,9 @@ that remembers the last seq it saw never misses one.
 """
 from __future__ import annotations
 
-from ingest import errors
 from ingest.events import ResultEvent
-from ingest.lifecycle import REFUSED, TRANSITIONS, claim, refuse
-from ingest.records import POSITIVE_RESULTS, STATE_NAMES, TUBES_RESULTED, LogEntry, Result
+from ingest.lifecycle import claim, lab_tube
+from ingest.records import POSITIVE_RESULTS, TUBES_RESULTED, LogEntry, Result
 from ingest.rules import Done, Outcome, Rejected
 from ingest.writetx import WriteTx
 
@@ -24,15 +23,10 @@ def apply_result(tx: WriteTx, ev: ResultEvent) -> Outcome:
     payload, repeated = claim(tx, "result", ev, "recorded")
     if repeated is not None:
         return repeated
-    tube = tx.tube(ev.tube)
-    if tube is None:
-        return refuse(tx, ev.event_id, Rejected(errors.UNKNOWN_TUBE, "no binding names this tube", "tube"))
-    if tube.lab != ev.lab_id:
-        return refuse(tx, ev.event_id, Rejected(errors.WRONG_LAB, "only the tube's own lab may post its result", "lab_id"))
-    after = TRANSITIONS.get(("result", tube.state))
-    if after is None:
-        return refuse(tx, ev.event_id, Rejected(
-            REFUSED["result"], f"tube is {STATE_NAMES[tube.state]}; its lab has not received it", "tube"))
+    found = lab_tube(tx, ev, "result", "post its result", "its lab has not received it")
+    if type(found) is Rejected:
+        return found
+    tube, after = found
     seq = tx.append(LogEntry("result", ev.lab_id, payload))
     tx.put_result(ev.tube, Result(ev.lab_id, ev.result, ev.tested_at, ev.event_id, seq))
     if ev.result in RETEST:
