@@ -185,7 +185,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def toml_string(text: str) -> str:
     """A TOML basic string, ASCII only: JSON's escapes (TOML has them all),
-    but a character above U+FFFF as \\UXXXXXXXX, since TOML refuses the
+    but a character above U+FFFF as \\U and eight hex digits, since TOML refuses the
     surrogate pair JSON would write."""
     quoted = json.dumps(text, ensure_ascii=False)  # quotes, backslashes and C0 controls escaped
     return "".join(c if " " <= c <= "~" else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
