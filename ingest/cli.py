@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     except config.ConfigError as exc:  # the config contradicts the options (sync mode, no port; no tokens, a network)
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
-    except server.StartError as exc:
+    except (server.StartError, server.Stopped) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -6,6 +6,8 @@ tick:     twice a second refresh the clock and the Date header, close
 shutdown: on SIGTERM/SIGINT stop listening, answer what is in flight after
           its commit (new requests get 503 shutting_down), close every
           connection, stop the committer, close the store, exit 0.
+          A store that closed under the server (store.StoreClosed) stops it
+          the same way, with exit 1.
 """
 from __future__ import annotations
 
@@ -39,6 +41,11 @@ class StartError(Exception):
     """The server could not start: the store could not be opened or a listen
     failed. The text names which and why; `ingest serve` prints it as one
     line (the only place start-up failures are caught)."""
+
+
+class Stopped(Exception):
+    """The server stopped on a failure it cannot serve on (the store closed
+    under it). Like StartError: one line, exit 1; a supervisor restarts it."""
 
 
 def _reason(exc: BaseException) -> str:
@@ -136,14 +143,16 @@ class Server:
         )
         tick = loop.create_task(self._tick())
         try:
-            sig = await self._stop
-            log.info("%s: draining", signal.Signals(sig).name)
+            why = await self._stop
+            log.info("%s: draining", signal.Signals(why).name if isinstance(why, int) else why)
         finally:
             listener.close()
             await self._drain()
             tick.cancel()
             await self._close_parts()
             log.info("stopped; last_seq=%d", self.store.last_seq)
+        if isinstance(why, str):
+            raise Stopped(why)
 
     async def _close_parts(self) -> None:
         if self.app.follower is not None:
@@ -215,6 +224,11 @@ class Server:
         if not self._stop.done():
             self._stop.set_result(sig)
 
+    def _fail(self, why: str) -> None:
+        if not self._stop.done():
+            log.error("stopping: %s", why)
+            self._stop.set_result(why)
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
@@ -229,6 +243,10 @@ class Server:
         limits = self.config.limits
         self.now = time.monotonic()
         self.date = formatdate(usegmt=True).encode()
+        if self.store.closed_because:
+            # Serving on would answer every request with a store error; a
+            # restart opens the data file that is there.
+            self._fail(f"the store in {self.data_dir} {self.store.closed_because}; restart the node")
         if self.committer is not None and self.committer.gate is not None:
             self.committer.gate.check(self.now)
         if self.app.hub is not None:

@@ -24,7 +24,7 @@ from ingest.keys import EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, T
 from ingest.readview import ReadView
 from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Tube
 from ingest.outcomes import Rejected
-from ingest.store_errors import LogRefused, StoreError, StoreFull
+from ingest.store_errors import LogRefused, StoreClosed, StoreError, StoreFull
 from ingest.writetx import WriteTx
 
 T = TypeVar("T")
@@ -65,6 +65,8 @@ class Store:
         # two and appended at seqs the log already held.
         self._writer = threading.Lock()
         self._copies = 0
+        # Set when the store closed under the process (StoreClosed): why.
+        self.closed_because = ""
         self._copies_done = threading.Condition(self._gate)
         # Before anything in the directory is touched: the debris below may
         # be a running process's snapshot on its way.
@@ -385,7 +387,13 @@ class Store:
             finally:
                 os.close(dir_fd)
             # Still inside the gate: no read may meet the closed environment.
-            self._open()
+            try:
+                self._open()
+            except BaseException as exc:
+                # Nothing to fall back to: the old file is gone. Say so once,
+                # here; the server stops on it (server.Server._tick_once).
+                self.closed_because = f"could not open it again after installing a snapshot: {exc}"
+                raise StoreClosed(self.closed_because) from exc
 
     # -- reading ------------------------------------------------------------
 

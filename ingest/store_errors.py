@@ -20,3 +20,10 @@ class LogRefused(StoreError):
     """A change-log entry that this node's rules refuse. The primary accepted
     it, so the two apply different rules: their rule settings differ (the
     person window, say). Nothing of the run was written."""
+
+
+class StoreClosed(StoreError):
+    """The store could not be opened again after a snapshot was swapped in.
+    The new data file is whole on disk (the swap is one rename), but this
+    process has no environment any more: the node stops, and a restart opens
+    the new file."""

@@ -9,7 +9,7 @@ import pytest
 from ingest import rules
 from ingest.events import BindingEvent
 from ingest.store import SNAPSHOT_IN, TRIM_STEP, Store
-from ingest.store_errors import StoreError
+from ingest.store_errors import StoreClosed, StoreError
 
 NOW = 1_700_000_000_000
 MAP = 8 << 20  # the whole map is allocated on disk: keep test stores small
@@ -125,6 +125,32 @@ def test_a_bad_snapshot_is_refused_and_the_store_kept(tmp_path, damage):
             standby.install_snapshot(incoming, last_seq + (damage == "wrong_seq"), size, sha)
         assert standby.digest() == before and standby.last_seq == 3
         write(standby, many(1, start=2 * 10**6))  # and it still takes writes
+    finally:
+        primary.close()
+        standby.close()
+
+
+def test_a_store_that_cannot_open_again_after_the_swap_says_so(tmp_path):
+    # The old file is gone once the rename is done: a failed open (no disk
+    # for the map, no descriptors) leaves nothing to serve from, and must
+    # say so instead of failing every later read with "closed object".
+    primary = store(tmp_path / "p")
+    standby = store(tmp_path / "s")
+    try:
+        write(primary, many(50))
+        incoming = os.path.join(standby.path, SNAPSHOT_IN)
+        last_seq, size, sha = take_snapshot(primary, incoming)
+
+        def no_disk():
+            raise OSError(28, "No space left on device")
+
+        standby._open = no_disk
+        with pytest.raises(StoreClosed, match="No space left"):
+            standby.install_snapshot(incoming, last_seq, size, sha)
+        assert "after installing a snapshot" in standby.closed_because
+        standby.close()  # closing what is closed: no error, the lock released
+        standby = store(standby.path)  # the restart opens the new file, whole
+        assert standby.digest() == primary.digest() and standby.closed_because == ""
     finally:
         primary.close()
         standby.close()

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ingest.datadir import FILE_MODE
 from ingest.replication import protocol, wire
 from ingest.store import SNAPSHOT_IN, Store
-from ingest.store_errors import LogRefused
+from ingest.store_errors import LogRefused, StoreClosed
 from ingest.tls import HANDSHAKE_TIMEOUT_S
 
 log = logging.getLogger("ingest.replication")
@@ -33,7 +33,8 @@ READ_TIMEOUT_S = 5.0
 # own timeout (minutes), with the status saying nothing.
 CONNECT_TIMEOUT_S = 5.0
 # Refusals after which trying again cannot help: an operator must act.
-FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed", "refused"}
+FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed", "refused",
+         "store_closed"}
 
 
 async def _connect(host: str, port: int, tls: ssl.SSLContext | None):
@@ -143,6 +144,9 @@ class Follower:
                 code = await self._follow_once()
             except (OSError, asyncio.IncompleteReadError) as exc:
                 code = f"connection: {exc}"
+            except StoreClosed as exc:
+                log.error("%s", exc)  # the server stops on it
+                code = "store_closed"
             except Exception as exc:
                 # Anything else (a store error while applying, a bug) must not
                 # end this task: a dead task used to leave the status saying
