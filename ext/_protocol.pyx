@@ -332,7 +332,7 @@ cdef class HttpProtocol:
             self.fail(errors.BAD_REQUEST, "the client closed its side of the connection in the middle of a request")
         elif not self._pending and not self._waiting and self._failed is None:
             return None
-        return True
+        return None if self.transport.get_extra_info("sslcontext") is not None else True
 
     def data_received(self, data):
         if self.closing or self._failed is not None:

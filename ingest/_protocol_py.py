@@ -109,7 +109,12 @@ class HttpProtocol(asyncio.Protocol):
             self.fail(errors.BAD_REQUEST, "the client closed its side of the connection in the middle of a request")
         elif not self.pending and not self.waiting and self._failed is None:
             return None
-        return True
+        # TLS cannot stay half-open: on the client's close_notify the loop's
+        # TLS layer flushes what was written and closes whatever this returns
+        # (and logs a warning for a True). Answers still waiting for their
+        # commit are lost there; a retry with the same event_id says what
+        # became of each (docs/api.md).
+        return None if self.transport.get_extra_info("sslcontext") is not None else True
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self._failed is not None:

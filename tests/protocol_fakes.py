@@ -17,8 +17,9 @@ DATE = b"Sun, 22 Nov 2026 00:00:00 GMT"
 
 
 class Transport:
-    def __init__(self, high_water: int | None = None):
+    def __init__(self, high_water: int | None = None, tls: bool = False):
         self.calls: list[tuple] = []
+        self.tls = tls  # what get_extra_info("sslcontext") says: is it TLS?
         self.high_water = high_water  # None: no buffer, never pauses the protocol
         self.buffered = 0  # bytes written that the client has not taken (drain)
         self.writing_paused = False
@@ -38,6 +39,9 @@ class Transport:
         if self.writing_paused:
             self.writing_paused = False
             self.protocol.resume_writing()
+
+    def get_extra_info(self, name: str, default=None):
+        return object() if name == "sslcontext" and self.tls else default
 
     def close(self) -> None:
         self.calls.append(("close",))
@@ -102,10 +106,10 @@ class Server:
         self.draining = False
 
 
-def connect(impl, server: Server, high_water: int | None = None):
+def connect(impl, server: Server, high_water: int | None = None, tls: bool = False):
     """A new connection of `impl` (a protocol module) on `server`, and its transport."""
     conn = impl.HttpProtocol(server)
-    transport = Transport(high_water)
+    transport = Transport(high_water, tls)
     transport.protocol = conn
     conn.connection_made(transport)
     return conn, transport

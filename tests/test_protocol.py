@@ -119,6 +119,17 @@ def test_a_half_closed_client_gets_its_answers_then_the_close(impl):
     assert conn.closing
 
 
+def test_a_half_closed_tls_client_leaves_the_close_to_the_tls_layer(impl):
+    # TLS cannot stay half-open: uvloop closes after its close_notify
+    # whatever eof_received returns, and logs a warning for a True.
+    server = Server()
+    conn, t = connect(impl, server, tls=True)
+    conn.data_received(get("/later1"))
+    assert conn.eof_received() is None
+    server.app.answer_later(0)  # written if the TLS layer still takes it
+    assert t.calls == [("write", answer(b"GET", "/later1")), ("close",)]
+
+
 def test_eof_with_everything_answered_closes_at_once(impl):
     conn, t = connect(impl, Server())
     conn.data_received(get("/a"))
