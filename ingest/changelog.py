@@ -17,22 +17,42 @@ from ingest.rules import Outcome
 from ingest.writetx import WriteTx
 
 
-def _binding(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:
-    return rules.apply_binding(tx, BindingEvent(*entry.payload), entry.lab, window_ms)
-
-
-# Lifecycle payloads start with their kind, then the event's fields.
-APPLY: dict[str, Callable[[WriteTx, LogEntry, int], Outcome]] = {
-    "binding": _binding,
-    "seal": lambda tx, entry, _: lifecycle.apply_seal(tx, SealEvent(*entry.payload[1:])),
-    "void": lambda tx, entry, _: lifecycle.apply_void(tx, VoidEvent(*entry.payload[1:])),
-    "box": lambda tx, entry, _: boxes.apply_box(tx, BoxEvent(*entry.payload[1:])),
-    "handover": lambda tx, entry, _: boxes.apply_handover(tx, HandoverEvent(*entry.payload[1:])),
-    # receive carries the other-lab tubes decided before it was queued, last
-    "receive": lambda tx, entry, _: boxes.apply_receive(tx, ReceiveEvent(*entry.payload[1:-1]), entry.payload[-1]),
-    "receive_tube": lambda tx, entry, _: boxes.apply_receive_tube(tx, TubeReceiveEvent(*entry.payload[1:])),
-    "result": lambda tx, entry, _: results.apply_result(tx, ResultEvent(*entry.payload[1:])),
+# What each kind's payload holds: the event's fields in order; a lifecycle
+# payload starts with its kind. A receive carries, last, the other-lab tubes
+# decided before it was queued.
+EVENT_OF: dict[str, type] = {
+    "binding": BindingEvent,
+    "seal": SealEvent,
+    "void": VoidEvent,
+    "box": BoxEvent,
+    "handover": HandoverEvent,
+    "receive": ReceiveEvent,
+    "receive_tube": TubeReceiveEvent,
+    "result": ResultEvent,
 }
+
+
+def event_of(entry: LogEntry):
+    """The event an entry was made from, as its route decoded it."""
+    payload = entry.payload
+    if entry.kind == "binding":
+        return BindingEvent(*payload)
+    if entry.kind == "receive":
+        return ReceiveEvent(*payload[1:-1])
+    return EVENT_OF[entry.kind](*payload[1:])
+
+
+APPLY: dict[str, Callable[[WriteTx, LogEntry, int], Outcome]] = {
+    "binding": lambda tx, entry, window_ms: rules.apply_binding(tx, event_of(entry), entry.lab, window_ms),
+    "seal": lambda tx, entry, _: lifecycle.apply_seal(tx, event_of(entry)),
+    "void": lambda tx, entry, _: lifecycle.apply_void(tx, event_of(entry)),
+    "box": lambda tx, entry, _: boxes.apply_box(tx, event_of(entry)),
+    "handover": lambda tx, entry, _: boxes.apply_handover(tx, event_of(entry)),
+    "receive": lambda tx, entry, _: boxes.apply_receive(tx, event_of(entry), entry.payload[-1]),
+    "receive_tube": lambda tx, entry, _: boxes.apply_receive_tube(tx, event_of(entry)),
+    "result": lambda tx, entry, _: results.apply_result(tx, event_of(entry)),
+}
+assert APPLY.keys() == EVENT_OF.keys()
 
 
 def apply_entry(tx: WriteTx, entry: LogEntry, window_ms: int) -> Outcome:

@@ -204,7 +204,8 @@ class Drill:
 
     @staticmethod
     def _tail(dead, after: int) -> list[dict]:
-        """Bindings in the dead primary's log that the new primary lacks."""
+        """The requests of the entries in the dead primary's log that the
+        new primary lacks (ingest/tail.py)."""
         try:
             return dead.tail_after(after)
         except RuntimeError as exc:
@@ -251,8 +252,10 @@ class Drill:
                       degraded_before_kill=degraded)
             tail = self._tail(primary, promoted["last_seq"])
             tail_file = self.workdir / f"tail-{i + 1}-{primary.name}.jsonl"
-            tail_file.write_text("".join(json.dumps(ev) + "\n" for ev in tail))
-            replayed_new = sum(1 for ev in tail if replay.bind(ev)[0] == 201)
+            tail_file.write_text("".join(json.dumps(request) + "\n" for request in tail))
+            # The drill's load is bindings: newly bound is a 201 to one of those.
+            replayed_new = sum(1 for request in tail
+                               if replay.post(request["path"], request["body"])[0] == 201 and request["kind"] == "binding")
             self.note("tail replayed", written_out=len(tail), newly_bound=replayed_new, file=str(tail_file))
             primary.wipe()
             installs_before = primary.log_count(SNAPSHOT_INSTALLED)

@@ -35,7 +35,7 @@ import lmdb
 from ingest.datadir import StoreReader
 from ingest.keys import NODE
 from ingest.store_errors import StoreError
-from ingest.tail import TailIncomplete, bindings_after
+from ingest.tail import TailIncomplete, requests_after
 
 SNAPSHOT_INSTALLED = "installed the snapshot"
 SYNC_DEGRADED = "SYNC REPLICATION DEGRADED"  # a sync primary answers without its standby
@@ -202,7 +202,7 @@ class LocalNode(_Http):
 
     def tail_after(self, after: int) -> list[dict]:
         try:
-            return list(bindings_after(str(self.data), after))
+            return list(requests_after(str(self.data), after))
         except TailIncomplete as exc:
             raise RuntimeError(str(exc)) from None
 

@@ -1,9 +1,12 @@
-"""A store's unreplicated tail: the binding events in its log after a seq.
+"""A store's unreplicated tail: its change log after a seq, as the requests
+that made it.
 
 After a failover, the dead primary's log may hold entries the promoted
-standby never got (async mode). Its bindings, replayed through the new
-primary, are either new there or answered as duplicates (event ids make that
-safe). `ingest drill` reads the tail in-process on one machine and through
+standby never got (async mode): acknowledged bindings, and as much the
+seals, boxes, receipts and lab results. Each is written out as the request
+that replays it (`request_of`), in log order; sent to the new primary, each
+is either new there or answered as a duplicate (event ids make that safe).
+`ingest drill` reads the tail in-process on one machine and through
 `ingest tail` on a remote host: this is the one rule both use.
 
     ingest tail --data DIR --after SEQ      # JSON lines on stdout
@@ -12,15 +15,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 import lmdb
+import msgspec
 
+from ingest.changelog import event_of
 from ingest.cli import stdout_failed
 from ingest.datadir import StoreReader
-from ingest.events import BindingEvent
 from ingest.keys import seq_key
-from ingest.records import decode_log_entry
+from ingest.records import LogEntry, decode_log_entry
 from ingest.store_errors import StoreError
 
 
@@ -28,8 +33,35 @@ class TailIncomplete(Exception):
     """The tail cannot be read whole; a partial one would hide a loss."""
 
 
-def bindings_after(data: str, after: int) -> Iterator[dict]:
-    """The binding events in the store at `data` with seq > `after`.
+def _segment(code: str) -> str:
+    return quote(code, safe="")
+
+
+# kind -> the path of the route that takes its event (ingest/routes.py)
+PATH_OF: dict[str, Callable] = {
+    "binding": lambda ev: "/v1/bindings",
+    "seal": lambda ev: f"/v1/tubes/{_segment(ev.tube)}/seal",
+    "void": lambda ev: f"/v1/bindings/{_segment(ev.binding_event_id)}/void",
+    "box": lambda ev: "/v1/boxes",
+    "handover": lambda ev: f"/v1/boxes/{_segment(ev.box)}/handover",
+    "receive": lambda ev: f"/v1/boxes/{_segment(ev.box)}/receive",
+    "receive_tube": lambda ev: f"/v1/tubes/{_segment(ev.tube)}/receive",
+    "result": lambda ev: "/v1/results",
+}
+
+
+def request_of(seq: int, entry: LogEntry) -> dict:
+    """The request that replays a log entry: {"seq", "kind", "method",
+    "path", "body"}, the body as the route takes it (JSON)."""
+    ev = event_of(entry)
+    body = msgspec.to_builtins(ev)  # the fields it was stored with, defaults left out
+    if entry.kind == "result":
+        body = {"results": [body]}
+    return {"seq": seq, "kind": entry.kind, "method": "POST", "path": PATH_OF[entry.kind](ev), "body": body}
+
+
+def requests_after(data: str, after: int) -> Iterator[dict]:
+    """The requests of the entries in the store at `data` with seq > `after`.
 
     Reads the store read-only (StoreReader: a stopped node's store is not
     grown, written or created). Raises TailIncomplete when there is no store
@@ -48,13 +80,10 @@ def bindings_after(data: str, after: int) -> Iterator[dict]:
             if log_start > after + 1:
                 raise TailIncomplete(f"the log in {data} starts at seq {log_start}; "
                                      f"its tail after seq {after} is no longer all there")
-            fields = BindingEvent.__struct_fields__
             cur = txn.cursor(db=reader.dbs[b"log"])
             if cur.set_range(seq_key(after + 1)):
-                for _key, raw in cur:
-                    entry = decode_log_entry(raw)
-                    if entry.kind == "binding":
-                        yield {k: v for k, v in zip(fields, entry.payload) if v is not None}
+                for key, raw in cur:
+                    yield request_of(int.from_bytes(key, "big"), decode_log_entry(raw))
     except lmdb.Error as exc:
         raise TailIncomplete(f"cannot read the store in {data}: {exc}") from None
     finally:
@@ -63,12 +92,12 @@ def bindings_after(data: str, after: int) -> Iterator[dict]:
 
 def main(args) -> int:
     try:
-        for event in bindings_after(args.data, args.after):
-            sys.stdout.write(json.dumps(event) + "\n")
+        for request in requests_after(args.data, args.after):
+            sys.stdout.write(json.dumps(request) + "\n")
         sys.stdout.flush()
     except TailIncomplete as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # bindings_after's own errors are TailIncomplete: this is stdout's
+    except OSError as exc:  # requests_after's own errors are TailIncomplete: this is stdout's
         return stdout_failed(exc)
     return 0

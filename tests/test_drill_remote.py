@@ -93,26 +93,6 @@ def check_sync_drill(tmp_path, remote_dir):
     assert all(refused(port) for pair in PORTS.values() for port in pair)
 
 
-def test_tail_prints_the_bindings_after_a_seq(server_factory):
-    srv = server_factory()
-    tube = fresh_tube()
-    evs = [event(tube) for _ in range(4)]
-    seqs = []
-    for ev in evs:
-        status, _, body = srv.post(ev)
-        assert status == 201
-        seqs.append(body["seq"])
-    srv.stop()
-    out = ingest("tail", "--data", str(srv.data), "--after", "0")
-    assert out.returncode == 0, out.stderr
-    printed = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [p["event_id"] for p in printed] == [e["event_id"] for e in evs]
-    # every field that was sent, as sent: a replay sends the same event again
-    assert [{k: p[k] for k in e} for p, e in zip(printed, evs)] == evs
-    out = ingest("tail", "--data", str(srv.data), "--after", str(seqs[1]))
-    assert [json.loads(line)["event_id"] for line in out.stdout.splitlines()] == [e["event_id"] for e in evs[2:]]
-
-
 def test_tail_refuses_a_trimmed_log_and_a_missing_store(server_factory, tmp_path):
     srv = server_factory(config="[replication]\nlog_keep_entries = 2\n\n" + LABS_TOML)
     tube = fresh_tube()

@@ -391,8 +391,9 @@ def test_a_former_primary_with_an_unreplicated_tail_is_refused_not_forked(server
     # what the operator is told to do: write the tail out, replay it
     out = subprocess.run([sys.executable, "-m", "ingest", "tail", "--data", str(old.data), "--after", str(shared)],
                          capture_output=True, text=True, timeout=60, check=True)
-    assert [json.loads(line)["event_id"] for line in out.stdout.splitlines()] == tail_ids
-    assert new.post(json.loads(out.stdout.splitlines()[0]))[0] == 201
+    requests = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["body"]["event_id"] for r in requests] == tail_ids
+    assert new.request("POST", requests[0]["path"], requests[0]["body"])[0] == 201
 
 
 def test_a_former_primary_without_a_tail_rejoins_and_catches_up(server_factory):
