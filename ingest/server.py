@@ -35,6 +35,11 @@ from ingest.tls import http_context, replication_contexts
 log = logging.getLogger("ingest.server")
 
 TICK_S = 0.5
+# How often the store frees the reader slots of dead processes
+# (Store.reader_check): a scan of the reader table and a lock test per
+# reading process, while every second a killed export's slot stays, no page
+# freed since its snapshot is reused and the store grows.
+READER_CHECK_S = 2.0
 
 
 class StartError(Exception):
@@ -103,6 +108,7 @@ class Server:
         self.date = formatdate(usegmt=True).encode()
         self.draining = False
         self._stop = None
+        self._reader_check_at = self.now + READER_CHECK_S
         self.store: Store | None = None
         self.committer: Committer | None = None
         self.metrics: Metrics | None = None
@@ -247,6 +253,10 @@ class Server:
             # Serving on would answer every request with a store error; a
             # restart opens the data file that is there.
             self._fail(f"the store in {self.data_dir} {self.store.closed_because}; restart the node")
+            return
+        if self.now >= self._reader_check_at:
+            self._reader_check_at = self.now + READER_CHECK_S
+            self.store.reader_check()
         if self.committer is not None and self.committer.gate is not None:
             self.committer.gate.check(self.now)
         if self.app.hub is not None:

@@ -9,6 +9,7 @@ thread writes (the committer); readers may run on any thread.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,8 @@ from ingest.store_errors import LogRefused, StoreClosed, StoreError, StoreFull
 from ingest.writetx import WriteTx
 
 T = TypeVar("T")
+
+log = logging.getLogger("ingest.store")
 
 # Log entries a write transaction may delete beyond the ones it appends, so
 # that retention catches up in bounded steps (a lowered setting, or a store
@@ -112,6 +115,26 @@ class Store:
         except BaseException:
             self.env.close()
             raise
+        self._clear_dead_readers()
+
+    def reader_check(self) -> int:
+        """Free the reader slots of processes that died with a read
+        transaction open; how many. Called at open and every few seconds by
+        the server's tick."""
+        with self._gate:
+            return self._clear_dead_readers()
+
+    def _clear_dead_readers(self) -> int:
+        # An `ingest export` killed under way (SIGKILL, the OOM killer, a
+        # lost ssh session's SIGHUP) leaves its slot in lock.mdb with its old
+        # snapshot; LMDB then reuses no page freed after it, and the store
+        # grows by every page every commit copies until the disk is full.
+        # LMDB frees such slots only when asked (mdb_reader_check).
+        cleared = self.env.reader_check()
+        if cleared:
+            log.warning("freed %d reader slot(s) of processes that died reading the store (an export or tail "
+                        "killed under way?); pages they held may be reused again", cleared)
+        return cleared
 
     def _load(self, new: bool) -> None:
         # One transaction, not _read: a snapshot swap reopens with the gate

@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import lmdb
 import pytest
@@ -192,3 +193,52 @@ def test_serve_warns_of_a_data_directory_open_to_others(server_factory, tmp_path
     warnings = [line for line in srv.stderr_text().splitlines() if "open to other users of this host" in line]
     assert len(warnings) == 1 and f"{data} (mode 0755)" in warnings[0], srv.stderr_text()
     assert srv.post(event(fresh_tube()))[0] == 201  # a warning, not a refusal: the operator may mean it
+
+
+# -- readers that died reading ------------------------------------------------------
+
+
+def killed_reader(path) -> int:
+    """A process that opened the store as `ingest export` does, began its
+    read transaction and was SIGKILLed (the OOM killer, a lost session):
+    its slot stays in lock.mdb. Returns its pid."""
+    code = ("import lmdb, sys, time; env = lmdb.open(sys.argv[1], readonly=True, lock=True, max_dbs=32); "
+            "txn = env.begin(); print('reading', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "reading\n"
+    proc.kill()
+    proc.wait(10)
+    return proc.pid
+
+
+def reader_pids(store: Store) -> str:
+    return store.env.readers()
+
+
+def test_the_slot_of_a_reader_that_died_is_freed(tmp_path):
+    # Held, it keeps LMDB from reusing any page freed after its snapshot:
+    # the store grows with every commit until the disk is full.
+    path = tmp_path / "d"
+    store = Store(str(path), map_bytes_initial=MAP)
+    try:
+        bind(store, 10)
+        pid = killed_reader(path)
+        assert f"{pid} " in reader_pids(store)
+        assert store.reader_check() == 1
+        assert f"{pid} " not in reader_pids(store)
+        assert store.reader_check() == 0
+    finally:
+        store.close()
+
+
+def test_serve_frees_the_slots_of_readers_that_died_beside_it(server_factory, tmp_path):
+    # (At start there is nothing to free: the first process to open an
+    # environment resets its reader table.)
+    srv = server_factory()
+    assert srv.post(event(fresh_tube()))[0] == 201
+    killed_reader(srv.data)
+    deadline = time.monotonic() + 20  # the server looks every READER_CHECK_S
+    while "freed 1 reader slot(s)" not in srv.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "freed 1 reader slot(s) of processes that died reading the store" in srv.stderr_text()
+    assert srv.post(event(fresh_tube()))[0] == 201
