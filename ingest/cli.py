@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import stat
 import sys
 import typing
 
@@ -50,21 +52,63 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, FILE_MODE)
 
 
+class OutRefused(OSError):
+    """An --out that is there and is not this user's to fill with person codes."""
+
+
 def _open_out(path: str) -> tuple[typing.TextIO, bool]:
     """--out opened for writing, and whether this call created it: a failed
-    export removes a file it made, never one that was there (or /dev/...)."""
+    export removes a file it made, never one that was there (or /dev/...).
+
+    Person codes: a file made here is its user's alone (0600). One that is
+    there is taken only if it is this user's regular file (then made 0600
+    too), a named pipe or a character device (/dev/stdout): never through a
+    symbolic link, never a file another user made beforehand in a shared
+    directory to read what is written into it. It is emptied only after
+    these checks."""
     created = True
 
     def opener(path: str, flags: int) -> int:
         nonlocal created
+        flags = (flags & ~os.O_TRUNC) | os.O_NOFOLLOW
         try:
             return _private(path, flags | os.O_EXCL)
         except FileExistsError:
             created = False
-            return _private(path, flags)
+        try:
+            fd = _private(path, flags)
+        except OSError as exc:
+            if os.path.islink(path):
+                raise OutRefused(f"{path} is a symbolic link; give the file itself") from exc
+            raise
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                if st.st_uid != os.geteuid():
+                    raise OutRefused(f"{path} is there and belongs to another user (uid {st.st_uid})")
+                os.fchmod(fd, 0o600)
+                os.ftruncate(fd, 0)
+            elif not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                raise OutRefused(f"{path} is there and is neither a regular file, a pipe nor a character device")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    # Person codes: a file made here is its user's alone.
     return open(path, "w", newline="", encoding="utf-8", opener=opener), created
+
+
+def exit_on_termination() -> None:
+    """SIGTERM and SIGHUP (an ssh session that ends) stop the command through
+    SystemExit, as Ctrl-C does through KeyboardInterrupt, so that its
+    `finally` blocks run: the store's reader slot is given back at once (a
+    running server also frees a dead one's within seconds) and a half-made
+    --out is removed."""
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
 
 def stdout_failed(exc: OSError) -> int:
@@ -84,14 +128,39 @@ def stdout_failed(exc: OSError) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ingest import export
 
+    exit_on_termination()
+    # The store first: a mistyped --data must not empty an earlier export.
     try:
-        out, created = _open_out(args.out) if args.out else (sys.stdout, False)
+        reader = export.open_store(args.data)
+    except lmdb_errors() as exc:
+        print(f"ingest: cannot read the store in {args.data}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _export_from(reader, args)
+    finally:
+        reader.close()
+
+
+def _export_from(reader, args: argparse.Namespace) -> int:
+    from ingest import export
+
+    try:
+        if args.out:
+            out, created = _open_out(args.out)
+        else:
+            # The CSV is UTF-8 whatever the locale: a site named in Chinese
+            # must not end an export to a latin-1 terminal with a traceback.
+            sys.stdout.reconfigure(encoding="utf-8", newline="")
+            out, created = sys.stdout, False
+    except OutRefused as exc:
+        print(f"ingest: refusing --out: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"ingest: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     done = False
     try:
-        n = export.export(args.data, args.what, out, args.site, args.since, args.until)
+        n = export.export(reader, args.what, out, args.site, args.since, args.until)
         # Flushed here, not at exit, so that a full disk is reported as such.
         if args.out:
             out.close()
@@ -345,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--seed", type=int, default=None)
     drill.set_defaults(func=lambda args: __import__("ingest.drill", fromlist=["main"]).main(args))
 
-    tail = sub.add_parser("tail", help="binding events in a store's log after a seq, as JSON lines "
-                                       "(a dead primary's unreplicated tail)")
+    tail = sub.add_parser("tail", help="a store's log entries after a seq, as JSON lines of the requests "
+                                       "that replay them (a dead primary's unreplicated tail)")
     tail.add_argument("--data", required=True, help="LMDB data directory (of a stopped node)")
     tail.add_argument("--after", type=seq_after, required=True, metavar="SEQ",
                       help="the last seq the new primary has (its last_seq after promotion)")

@@ -89,34 +89,35 @@ def _result_rows(txn, dbs, site, since, until) -> Iterator[list]:
             yield [code, r.seq, r.lab_id, r.result, r.tested_at, r.event_id, head.site_id]
 
 
-def export(data_dir: str, kind: str, out: IO[str], site: str | None = None,
-           since_ms: int = 0, until_ms: int = 2**63) -> int:
-    """Write the CSV to `out`; returns the number of rows. Raises lmdb.Error
-    when the store cannot be read: `ingest export` reports that as "cannot
-    read the store in DIR"; an OSError is from writing `out` ("cannot
-    write")."""
+def open_store(data_dir: str) -> StoreReader:
+    """The store at `data_dir`, read-only; raises lmdb.Error when it cannot
+    be read (`ingest export` says "cannot read the store in DIR")."""
     try:
-        reader = StoreReader(data_dir)
+        return StoreReader(data_dir)
     except StoreError as exc:
         raise lmdb.Error(str(exc)) from None
-    try:
-        env, dbs = reader.env, reader.dbs
-        writer = csv.writer(out)
-        writer.writerow(COLUMNS[kind])
-        n = 0
-        with env.begin(buffers=False) as txn:
-            if kind == "tubes":
-                rows = _tube_rows(txn, dbs, site)
-            elif kind == "bindings":
-                rows = _binding_rows(txn, dbs, site, since_ms, until_ms)
-            else:
-                rows = _result_rows(txn, dbs, site, since_ms, until_ms)
-            for row in rows:
-                writer.writerow([_safe_cell(cell) for cell in row])
-                n += 1
-        return n
-    finally:
-        reader.close()
 
 
-__all__ = ["KINDS", "COLUMNS", "FORMULA_STARTS", "export"]
+def export(reader: StoreReader, kind: str, out: IO[str], site: str | None = None,
+           since_ms: int = 0, until_ms: int = 2**63) -> int:
+    """Write the CSV to `out` from one read transaction of `reader`; returns
+    the number of rows. lmdb.Error: the store cannot be read; OSError: from
+    writing `out` ("cannot write")."""
+    env, dbs = reader.env, reader.dbs
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS[kind])
+    n = 0
+    with env.begin(buffers=False) as txn:
+        if kind == "tubes":
+            rows = _tube_rows(txn, dbs, site)
+        elif kind == "bindings":
+            rows = _binding_rows(txn, dbs, site, since_ms, until_ms)
+        else:
+            rows = _result_rows(txn, dbs, site, since_ms, until_ms)
+        for row in rows:
+            writer.writerow([_safe_cell(cell) for cell in row])
+            n += 1
+    return n
+
+
+__all__ = ["KINDS", "COLUMNS", "FORMULA_STARTS", "export", "open_store"]

@@ -22,7 +22,7 @@ import lmdb
 import msgspec
 
 from ingest.changelog import event_of
-from ingest.cli import stdout_failed
+from ingest.cli import exit_on_termination, stdout_failed
 from ingest.datadir import StoreReader
 from ingest.keys import seq_key
 from ingest.records import LogEntry, decode_log_entry
@@ -91,6 +91,7 @@ def requests_after(data: str, after: int) -> Iterator[dict]:
 
 
 def main(args) -> int:
+    exit_on_termination()  # the reader slot goes back even on SIGTERM/SIGHUP
     try:
         for request in requests_after(args.data, args.after):
             sys.stdout.write(json.dumps(request) + "\n")

@@ -61,7 +61,8 @@ def test_export_of_a_missing_store_fails_clearly(tmp_path):
 
 def test_export_to_a_missing_directory_fails_clearly(tmp_path):
     out_path = tmp_path / "no" / "such" / "x.csv"
-    out = subprocess.run([sys.executable, "-m", "ingest", "export", "tubes", "--data", str(tmp_path),
+    make_store(str(tmp_path / "d"), 3)
+    out = subprocess.run([sys.executable, "-m", "ingest", "export", "tubes", "--data", str(tmp_path / "d"),
                           "--out", str(out_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stderr
     assert out.stderr == f"ingest: cannot write --out {out_path}: No such file or directory\n", out.stderr
@@ -117,3 +118,79 @@ def test_a_failed_export_removes_the_file_it_made_only(tmp_path):
                               "--out", str(path)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and "cannot read the store" in out.stderr, out.stderr
     assert not made.exists() and there.exists()
+
+
+def export_to(data, out_path, *extra, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingest", "export", "bindings", "--data", str(data), *extra]
+                          + (["--out", str(out_path)] if out_path else []),
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_a_mistyped_data_leaves_an_earlier_export_as_it_was(tmp_path):
+    make_store(str(tmp_path / "d"), 3)
+    earlier = tmp_path / "earlier.csv"
+    assert export_to(tmp_path / "d", earlier).returncode == 0
+    before = earlier.read_bytes()
+    out = export_to(tmp_path / "dd", earlier)
+    assert out.returncode == 1 and "cannot read the store" in out.stderr
+    assert earlier.read_bytes() == before
+
+
+def test_an_out_that_is_there_is_made_the_users_alone_or_refused(tmp_path):
+    make_store(str(tmp_path / "d"), 3)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("old\n")
+    os.chmod(mine, 0o644)
+    assert export_to(tmp_path / "d", mine).returncode == 0
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o600 and mine.read_text().startswith("tube,position")
+    # A link planted where the export goes could point at any file the user may write.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(victim)
+    out = export_to(tmp_path / "d", link)
+    assert out.returncode == 1 and out.stderr == f"ingest: refusing --out: {link} is a symbolic link; " \
+                                                 "give the file itself\n", out.stderr
+    assert victim.read_text() == "keep me\n" and link.is_symlink()
+    assert export_to(tmp_path / "d", "/dev/null").returncode == 0  # a character device is fine
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file another user owns")
+def test_an_out_another_user_made_beforehand_is_refused(tmp_path):
+    make_store(str(tmp_path / "d"), 3)
+    planted = tmp_path / "planted.csv"
+    planted.write_text("")
+    os.chmod(planted, 0o666)
+    os.chown(planted, 65534, 65534)  # nobody: made in a shared directory to read what is written into it
+    out = export_to(tmp_path / "d", planted)
+    assert out.returncode == 1 and "belongs to another user (uid 65534)" in out.stderr, out.stderr
+    assert planted.read_text() == ""
+
+
+def test_export_writes_utf_8_to_stdout_whatever_the_locale(server_factory):
+    srv = server_factory()
+    assert srv.post(event(fresh_tube(), site_id="北京-朝阳"))[0] == 201
+    srv.stop()
+    out = subprocess.run([sys.executable, "-m", "ingest", "export", "bindings", "--data", str(srv.data)],
+                         capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "latin-1"})
+    assert out.returncode == 0, out.stderr
+    assert "北京-朝阳" in out.stdout.decode("utf-8")
+
+
+def test_an_export_stopped_by_sigterm_removes_its_half_file(tmp_path):
+    import signal
+    import time
+
+    make_store(str(tmp_path / "d"), 30000)
+    partial = tmp_path / "partial.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", "export", "bindings", "--data", str(tmp_path / "d"),
+                             "--out", str(partial)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    if proc.returncode == 0:  # it finished first: nothing to stop on this machine
+        pytest.skip("the export ended before the signal")
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert not partial.exists()
