@@ -112,6 +112,12 @@ class NodeRoutes:
             return
         self.role = "primary"
         self.primary_address = ""
+        if self.gate is not None:
+            # What this node holds came from the primary it followed (which
+            # showed it): it is the history that goes on, not a tail a
+            # failover could take back. Without this the positives feed
+            # hid it until a new standby acknowledged, or for good.
+            self.gate.acked = max(self.gate.acked, self.store.last_seq)
         if self.hub is not None:
             self.hub.restart_sessions()
         log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)

@@ -94,10 +94,11 @@ class Reads:
         gate = self.gate
         with self.store.view() as view:
             found = view.positives(since, limit) if since < SEQ_MAX else []
-            if gate is not None and not gate.degraded:
+            if gate is not None and not gate.degraded and self.role != "standby":
                 # Sync mode: only what a standby has. A positive shown before it
                 # is replicated could vanish in a failover and its seq go to
                 # another positive, which a poller past that seq would never see.
+                # A standby shows all it has: it got it from its primary.
                 found = [(seq, code) for seq, code in found if seq <= gate.acked]
             found = [(seq, code, view.tube(code), view.result(code, seq)) for seq, code in found]
         items = []

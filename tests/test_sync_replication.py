@@ -276,3 +276,25 @@ def test_a_retry_after_a_primary_restart_needs_no_other_write(server_factory):
     assert not retry.is_alive(), "the retry waits for another write"
     status, _, body = answer["r"]
     assert status == 200 and body["original"]["seq"] == seq, body
+
+
+def test_the_positives_feed_of_a_standby_and_of_the_node_promoted_from_it(server_factory):
+    # Both nodes with the pair's one sync config and a replication port, as
+    # the drill runs them: the standby's gate never hears an ACK, and its
+    # feed (and the promoted node's, until a new standby caught up) was empty.
+    from test_day_http import positives, received_tubes, result_item
+
+    cfg = config_with() + '\n[replication]\nmode = "sync"\nsync_timeout_s = 1.0\non_standby_lost = "wait"\n'
+    primary = server_factory(config=cfg, args=("--replication-port", "0"))
+    standby = server_factory(config=cfg, args=("--replication-port", "0",
+                                               "--follow", f"127.0.0.1:{replication_port(primary)}"))
+    wait_caught_up(primary, standby)
+    _, tubes = received_tubes(primary, 1, site_id="S-POS-STANDBY")
+    status, _, got = primary.request("POST", "/v1/results", {"results": [result_item(tubes[0], "positive")]})
+    assert status == 200 and got["results"][0]["status"] == 201, got
+    wait_caught_up(primary, standby)
+    assert [p["tube"] for p in positives(standby, 0)["positives"]] == [tubes[0]]
+    primary.kill()
+    status, _, body = standby.request("POST", "/v1/admin/promote", {})
+    assert status == 200 and body["result"] == "promoted", body
+    assert [p["tube"] for p in positives(standby, 0)["positives"]] == [tubes[0]]
