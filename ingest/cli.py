@@ -197,6 +197,20 @@ def is_bearer_token(value: str) -> bool:
     return all("!" <= c <= "~" for c in value)
 
 
+def urlopen(req, timeout: float):
+    """urllib's urlopen without following redirects. urllib follows a 3xx
+    with every header but the body's, so a bearer token went to whatever
+    host (or plain-http URL) the answer named, and a POST became a GET whose
+    answer passed for the promotion's. A 3xx comes back as an HTTPError."""
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    return urllib.request.build_opener(NoRedirect).open(req, timeout=timeout)
+
+
 def _call(method: str, url: str, token: str | None) -> tuple[int, dict]:
     import http.client
     import urllib.error
@@ -207,10 +221,14 @@ def _call(method: str, url: str, token: str | None) -> tuple[int, dict]:
         headers["Authorization"] = f"Bearer {token}"
     try:
         req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None, headers=headers)
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urlopen(req, timeout=30) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read() or b"{}"
+        if 300 <= status < 400:
+            raise AdminError(f"{url} answered {status}, a redirect to {exc.headers.get('Location')!r}, not "
+                             "followed (it would take the request and its token elsewhere): give the node's "
+                             "own address") from None
     # http.client.InvalidURL, e.g. a space in the address --url let through.
     # Not a bad header: is_bearer_token() let none through that would be.
     except ValueError as exc:
@@ -224,7 +242,7 @@ def _call(method: str, url: str, token: str | None) -> tuple[int, dict]:
         raise AdminError(f"{url} answered {status} with a body that is not JSON: {raw[:80]!r}") from None
 
 
-def _admin(method: str, path: str, args: argparse.Namespace) -> int:
+def _admin(method: str, path: str, args: argparse.Namespace, send_token: bool = True) -> int:
     # From the environment, not an option: a command line is visible to
     # every user of the machine (ps). Empty is unset, as for the shell.
     token = os.environ.get("INGEST_TOKEN") or None
@@ -232,6 +250,8 @@ def _admin(method: str, path: str, args: argparse.Namespace) -> int:
         # Never its value: this line goes to terminals and logs.
         print("ingest: INGEST_TOKEN is not a valid bearer token", file=sys.stderr)
         return 2
+    if not send_token:
+        token = None  # an open route: the token would only travel for nothing
     try:
         status, body = _call(method, args.url.rstrip("/") + path, token)
     except OSError as exc:
@@ -249,7 +269,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    return _admin("GET", "/v1/status", args)
+    return _admin("GET", "/v1/status", args, send_token=False)
 
 
 def toml_string(text: str) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import lmdb
 
+from ingest.cli import urlopen
 from ingest.datadir import StoreReader
 from ingest.keys import NODE
 from ingest.store_errors import StoreError
@@ -93,7 +94,7 @@ class _Http:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(f"http://{self.address}/v1/admin/promote", data=b"{}", method="POST",
                                      headers=headers)
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urlopen(req, timeout=30) as r:  # never to where a redirect points, with the token
             return json.loads(r.read())
 
     def _answered_node(self) -> str | None:

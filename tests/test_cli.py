@@ -329,3 +329,62 @@ def test_a_bad_ingest_token_is_refused_before_a_request_and_not_shown(tmp_path, 
             listener.accept()  # nothing connected
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == "ingest: INGEST_TOKEN is not a valid bearer token\n", result.stderr
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers 200 JSON, or a 302 to `redirect_to` when it is set; keeps
+    what each request carried."""
+    seen: list = []
+    redirect_to = None
+
+    def _answer(self):
+        type(self).seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if self.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", self.redirect_to + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b'{"result":"promoted","epoch":9}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def recorder(redirect_to=None):
+    handler = type("Handler", (_Recorder,), {"seen": [], "redirect_to": redirect_to})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_admin_commands_follow_no_redirect_and_send_the_token_only_to_promote(tmp_path):
+    # urllib followed a 3xx with the Authorization header: the admin token
+    # went to whatever host the answer named, and the POST became a GET
+    # whose 200 passed for a promotion.
+    token = "t0ken-" + "x" * 40
+    env = {**os.environ, "INGEST_TOKEN": token}
+    with recorder() as (elsewhere, stolen), recorder(redirect_to=elsewhere) as (url, seen):
+        result = subprocess.run([sys.executable, "-m", "ingest", "promote", "--url", url], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result.stdout
+        assert "answered 302, a redirect to" in result.stderr and "not followed" in result.stderr, result.stderr
+        assert token not in result.stderr and result.stdout == ""
+        assert seen == [("POST", "/v1/admin/promote", f"Bearer {token}")] and stolen == []
+    with recorder() as (url, seen):
+        result = subprocess.run([sys.executable, "-m", "ingest", "status", "--url", url], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert seen == [("GET", "/v1/status", None)]  # an open route: no token travels
