@@ -147,6 +147,12 @@ class Server:
             "serving on %s://%s:%d data=%s kernels=%s last_seq=%d role=%s",
             "https" if self.http_tls else "http", self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,
         )
+        if not self.config.access.tokens and not self.config.access.open_on_network:
+            # Loopback only (check_access), but a directory of mode 0700 does
+            # not keep this port from the host's other users.
+            log.warning("no [[access.tokens]]: every user and process on this host can read and write person "
+                        "data through %s:%d; on a shared host add tokens (`ingest token`, docs/operations.md)",
+                        self.host, self.port)
         tick = loop.create_task(self._tick())
         try:
             why = await self._stop

@@ -194,6 +194,15 @@ def test_loopback_addresses_need_no_tokens():
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.org", ""))
 
 
+def test_a_loopback_server_without_tokens_warns_that_the_hosts_users_can_reach_it(server_factory, guarded):
+    # Its data directory is the server's user's alone, but its port is
+    # every local user's: the shipped config's quick start is for one's own machine.
+    srv = server_factory(config=LABS_TOML)
+    warnings = [line for line in srv.stderr_text().splitlines() if "no [[access.tokens]]" in line]
+    assert len(warnings) == 1 and f"127.0.0.1:{srv.port}" in warnings[0] and "WARNING" in warnings[0]
+    assert "no [[access.tokens]]" not in guarded.stderr_text()
+
+
 def test_open_on_network_lets_a_server_behind_a_proxy_start(server_factory):
     # Bound to loopback here (the suite never listens beyond it); the check
     # it passes is the one a network address meets (test above).
