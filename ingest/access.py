@@ -9,7 +9,8 @@ file opens nothing. `ingest token` makes a token and the config lines for it
 Roles, by who holds them:
 
 - `scan`: the sampling endpoints (bindings, seal, void, boxes, hand-over);
-- `lab`: the labs (receipt of boxes, results);
+- `lab`: the labs (receipt of boxes, results); a token may be limited to
+  some labs (`labs`), checked against each event's `lab_id`;
 - `read`: the follow-up teams and dashboards (tubes, persons, boxes, the
   positives feed, statistics): every route that shows person data;
 - `admin`: the operators (promotion).
@@ -57,9 +58,11 @@ def is_loopback(host: str) -> bool:
 
 
 class Access:
-    def __init__(self, tokens: dict[str, frozenset[str]]):
-        """`tokens`: SHA-256 (hex) of each token -> its roles."""
+    def __init__(self, tokens: dict[str, frozenset[str]], labs: dict[str, frozenset[str]] | None = None):
+        """`tokens`: SHA-256 (hex) of each token -> its roles; `labs`: of
+        the tokens that act for some labs only, SHA-256 -> those lab ids."""
         self._roles_of = {bytes.fromhex(digest): roles for digest, roles in tokens.items()}
+        self._labs_of = {bytes.fromhex(digest): ids for digest, ids in (labs or {}).items()}
         self._seen: dict[bytes, frozenset[str]] = {}
 
     def roles(self, authorization: bytes | None) -> frozenset[str] | None:
@@ -80,3 +83,15 @@ class Access:
                 self._seen.clear()
             self._seen[authorization] = roles
         return roles
+
+    def labs(self, authorization: bytes | None) -> frozenset[str] | None:
+        """The lab ids a known token may act for; None: every lab (or no
+        known token, which roles() has refused already). Only the lab
+        routes ask: one hash per request there."""
+        if not self._labs_of or authorization is None:
+            return None
+        scheme, _, token = authorization.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        return self._labs_of.get(hashlib.sha256(token.strip(b" \t")).digest())
+

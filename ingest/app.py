@@ -84,7 +84,8 @@ class App(Reads, NodeRoutes):
         self.metrics = metrics
         self.schemes = tube_schemes(config.labs)
         # None: no token configured, every route open (loopback, or a proxy in front: server.check_access)
-        self.access = Access({t.sha256: frozenset(t.roles) for t in config.access.tokens}) \
+        self.access = Access({t.sha256: frozenset(t.roles) for t in config.access.tokens},
+                             {t.sha256: frozenset(t.labs) for t in config.access.tokens if t.labs is not None}) \
             if config.access.tokens else None
         self.draining = False
         # "primary" takes writes; "standby" follows one; "fenced": a former
@@ -273,7 +274,22 @@ class App(Reads, NodeRoutes):
         self._post_items(req, slot, decode_batch, self._binding_work)
 
     def post_results(self, req: Request, slot) -> None:
-        self._post_items(req, slot, decode_results, lambda ev: self._refusal(ev) or (ev, results.apply_result))
+        labs = self._token_labs(req)
+        self._post_items(req, slot, decode_results, lambda ev: self._outside(labs, ev, "post_results")
+                         or self._refusal(ev) or (ev, results.apply_result))
+
+    def _token_labs(self, req: Request) -> frozenset[str] | None:
+        """The labs the request's token acts for; None: every lab."""
+        return None if self.access is None else self.access.labs(req.authorization)
+
+    def _outside(self, labs: frozenset[str] | None, ev, name: str) -> Rejected | None:
+        """A lab event for a lab its token does not act for: access control,
+        so before everything else, a retry of a stored event too."""
+        if labs is None or ev.lab_id in labs:
+            return None
+        self.metrics.access_refused.labels(name, errors.FORBIDDEN.code).inc()
+        return Rejected(errors.FORBIDDEN, f"this token acts for lab {', '.join(sorted(labs))}, not for "
+                                          f"{ev.lab_id}", "lab_id")
 
     def _refusal(self, ev) -> Rejected | None:
         """A lifecycle event's refusals that need no write transaction: its
@@ -376,7 +392,11 @@ class App(Reads, NodeRoutes):
                             path_field)
                 return
             ev = msgspec.structs.replace(ev, **{path_field: path_value})
-        refusal = self._refusal(ev)
+        refusal = None
+        if kind is ReceiveEvent or kind is TubeReceiveEvent:
+            refusal = self._outside(self._token_labs(req), ev, "post_receive" if kind is ReceiveEvent
+                                    else "post_tube_receive")
+        refusal = refusal or self._refusal(ev)
         if refusal is not None:
             self._answer_one(slot, media, [refusal])
             return

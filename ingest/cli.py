@@ -284,6 +284,9 @@ def toml_string(text: str) -> str:
 def _token(args: argparse.Namespace) -> int:
     from ingest.access import new_token, token_sha256
 
+    if args.lab and "lab" not in args.role:
+        print("ingest: --lab limits a token's lab role: give --role lab too", file=sys.stderr)
+        return 2
     token = new_token()
     print("# the token: give it to the client, it is not shown again")
     print(token)
@@ -292,6 +295,8 @@ def _token(args: argparse.Namespace) -> int:
     print("[[access.tokens]]")
     print(f"name = {toml_string(args.name)}")
     print(f"roles = {json.dumps(sorted(set(args.role)))}")
+    if args.lab:
+        print(f"labs = [{', '.join(toml_string(lab) for lab in dict.fromkeys(args.lab))}]")
     print(f'sha256 = "{token_sha256(token)}"')
     return 0
 
@@ -395,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="who holds it (for the operator; kept in the config)")
     token.add_argument("--role", required=True, action="append", choices=ROLES,
                        help="a role it carries (repeat for several)")
+    token.add_argument("--lab", action="append", default=None, metavar="LAB_ID",
+                       help="with --role lab: a lab it acts for, as lab_id (repeat for several; default: every lab)")
     token.set_defaults(func=_token)
 
     promote = sub.add_parser("promote", help="turn a standby into the primary (raises the epoch; "

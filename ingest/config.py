@@ -88,6 +88,10 @@ class Token(Struct, forbid_unknown_fields=True):
     roles: Annotated[list[Role], Meta(min_length=1)]
     # The token's SHA-256 in hex: the config holds no token itself.
     sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    # The labs its holder acts for, as lab_id in receipts and results
+    # (ids of [[labs]]); none: every lab. A lab's token should name its own,
+    # or it may post another lab's results, positives included.
+    labs: Annotated[list[str], Meta(min_length=1)] | None = None
 
 
 class AccessSettings(Struct, forbid_unknown_fields=True):
@@ -251,6 +255,14 @@ def loads(text: str) -> Config:
     digests = [t.sha256 for t in config.access.tokens]
     if len(set(digests)) != len(digests):
         raise ConfigError("config: two [[access.tokens]] have the same sha256: one token, one entry")
+    lab_ids = {lab.id for lab in config.labs}
+    for t in config.access.tokens:
+        unknown = [lab for lab in t.labs or () if lab not in lab_ids]
+        if unknown:
+            raise ConfigError(f"config: access.tokens {t.name!r}: labs: {', '.join(map(repr, unknown))} is no "
+                              f"[[labs]] id (there are {', '.join(sorted(lab_ids))})")
+        if t.labs is not None and "lab" not in t.roles:
+            raise ConfigError(f"config: access.tokens {t.name!r}: labs is given, but the token has no lab role")
     if config.store.map_bytes_initial > config.store.map_bytes_max:
         raise ConfigError(f"config: store.map_bytes_initial ({_number(config.store.map_bytes_initial)}) exceeds "
                           f"store.map_bytes_max ({_number(config.store.map_bytes_max)})")

@@ -14,6 +14,7 @@ from ingest.access import ROLES, Access, is_loopback, new_token, token_sha256
 
 TOKENS = {role: new_token() for role in ("scan", "lab", "read", "admin")}
 BOTH = new_token()  # scan and read
+LUHN_LAB = new_token()  # lab, for DEMO-LUHN only
 
 
 def access_config(extra: str = "") -> str:
@@ -21,6 +22,8 @@ def access_config(extra: str = "") -> str:
         f'[[access.tokens]]\nname = "{role} client"\nroles = ["{role}"]\nsha256 = "{token_sha256(token)}"\n\n'
         for role, token in TOKENS.items())
     entries += f'[[access.tokens]]\nname = "both"\nroles = ["scan", "read"]\nsha256 = "{token_sha256(BOTH)}"\n\n'
+    entries += (f'[[access.tokens]]\nname = "luhn lab"\nroles = ["lab"]\nlabs = ["DEMO-LUHN"]\n'
+                f'sha256 = "{token_sha256(LUHN_LAB)}"\n\n')
     return "[access]\n" + extra + "\n" + entries + LABS_TOML
 
 
@@ -105,6 +108,46 @@ def test_lab_routes_need_the_lab_role(guarded):
     assert guarded.request("POST", "/v1/boxes/BOX-NONE/receive", receive, headers=bearer(TOKENS["scan"]))[0] == 403
     status, _, got = guarded.request("POST", "/v1/boxes/BOX-NONE/receive", receive, headers=bearer(TOKENS["lab"]))
     assert status != 403 and status != 401, got
+
+
+def test_a_lab_token_acts_only_for_its_labs(guarded):
+    # Without it any lab's token could receive another lab's boxes and post
+    # its results: a false positive sends a team to ten people.
+    def result(lab_id):
+        return {"event_id": fresh_event_id("res"), "lab_id": lab_id, "tube": fresh_tube(), "result": "positive",
+                "tested_at": now_ms()}
+
+    before = metric(guarded.metrics(), "ingest_access_refused_total", route="post_results", code="forbidden")
+    status, _, got = guarded.request("POST", "/v1/results", {"results": [result("DEMO-GS1"), result("DEMO-LUHN")]},
+                                     headers=bearer(LUHN_LAB))
+    assert status == 200, got
+    refused, allowed = got["results"]
+    assert (refused["status"], code(refused), refused["error"]["field"]) == (403, "forbidden", "lab_id"), refused
+    assert "acts for lab DEMO-LUHN, not for DEMO-GS1" in refused["error"]["message"]
+    assert allowed["status"] == 404 and code(allowed) == "unknown_tube"  # past access: the rules answer
+    assert metric(guarded.metrics(), "ingest_access_refused_total", route="post_results", code="forbidden") \
+        == before + 1
+    for path in ("/v1/boxes/BOX-NONE/receive", f"/v1/tubes/{fresh_tube()}/receive"):
+        body = {"event_id": fresh_event_id("rcv"), "lab_id": "DEMO-GS1", "received_at": now_ms()}
+        if "boxes" in path:
+            body["tubes"] = []
+        status, _, got = guarded.request("POST", path, body, headers=bearer(LUHN_LAB))
+        assert (status, code(got)) == (403, "forbidden"), got
+        status, _, got = guarded.request("POST", path, {**body, "lab_id": "DEMO-LUHN"}, headers=bearer(LUHN_LAB))
+        assert status not in (401, 403), got
+        status, _, got = guarded.request("POST", path, body, headers=bearer(TOKENS["lab"]))  # every lab's
+        assert status not in (401, 403), got
+
+
+@pytest.mark.parametrize(("labs", "roles", "says"), [
+    ('["DEMO-NONE"]', '["lab"]', "'DEMO-NONE' is no \\[\\[labs\\]\\] id"),
+    ('[]', '["lab"]', "labs"),
+    ('["DEMO-LUHN"]', '["scan"]', "no lab role"),
+])
+def test_a_token_s_labs_must_be_configured_labs_of_a_lab_token(labs, roles, says):
+    entry = f'[[access.tokens]]\nname = "x"\nroles = {roles}\nlabs = {labs}\nsha256 = "{token_sha256("t")}"\n\n'
+    with pytest.raises(config.ConfigError, match=says):
+        config.loads(entry + LABS_TOML)
 
 
 def test_promotion_needs_the_admin_role(guarded):
@@ -227,6 +270,17 @@ def test_ingest_token_prints_an_entry_the_server_accepts(server_factory):
     status, _, body = srv.request("GET", f"/v1/persons/{ev['person']}", headers=bearer(token))
     assert status == 200
     assert srv.request("POST", "/v1/admin/promote", {}, headers=bearer(token))[0] == 403
+
+
+def test_ingest_token_prints_the_labs_a_lab_token_acts_for():
+    out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "luhn lab", "--role", "lab",
+                          "--lab", "DEMO-LUHN", "--lab", "DEMO-M37", "--lab", "DEMO-LUHN"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    loaded = config.loads("\n".join(out.stdout.splitlines()[3:]) + "\n\n" + LABS_TOML)
+    assert loaded.access.tokens[0].labs == ["DEMO-LUHN", "DEMO-M37"]
+    out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "x", "--role", "scan", "--lab",
+                          "DEMO-LUHN"], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, "") and "give --role lab too" in out.stderr
 
 
 def test_every_route_has_a_role_or_is_open_by_name():
