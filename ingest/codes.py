@@ -124,6 +124,8 @@ class TubeScheme:
             refuse(f"check must be one of {sorted(_CHECKS)}")
         if self.check in ("luhn", "gs1") and self.charset != "digits":
             refuse(f"{self.check} needs charset 'digits'")
+        if self.check == "mod37_36" and self.charset != "alnum":
+            refuse("mod37_36 needs charset 'alnum' (its check character is one of 0-9A-Z)")
         if not self.prefix or not set(self.prefix) <= _ALLOWED[self.charset]:
             refuse(f"prefix must be non-empty and of charset {self.charset!r}")
         # Room for at least one character after the prefix; it is the check

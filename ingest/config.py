@@ -237,6 +237,11 @@ def _check_labs(labs: list[Lab]) -> None:
             raise ConfigError(f"config: lab {lab.id}: a digits scheme needs a digit prefix")
         if lab.check in ("luhn", "gs1") and lab.charset != "digits":
             raise ConfigError(f"config: lab {lab.id}: {lab.check} needs charset digits")
+        if lab.check == "mod37_36" and lab.charset != "alnum":
+            # Its check character is one of 0-9A-Z: with digits, about three
+            # barcodes in four the lab prints would be refused.
+            raise ConfigError(f"config: lab {lab.id}: mod37_36's check character is one of 0-9A-Z: it needs "
+                              "charset alnum")
     tube_schemes(labs)
 
 

@@ -45,6 +45,7 @@ def test_edit_refuses_a_setting_that_is_not_there(old, section, message):
     ("[nonsense]\n", "nonsense"),
     ("", "[[labs]]"),
     ("[[labs]]\nid='A'\nprefix='1'\nlength=5\ncharset='alnum'\ncheck='luhn'\n", "luhn needs charset digits"),
+    ("[[labs]]\nid='A'\nprefix='77'\nlength=10\ncharset='digits'\ncheck='mod37_36'\n", "it needs charset alnum"),
     ("[[labs]]\nid='A'\nprefix='12345'\nlength=5\ncharset='digits'\ncheck='luhn'\n", "prefix"),
 ])
 def test_bad_config_names_the_problem(text, needle):
