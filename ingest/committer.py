@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from ingest import errors
+from ingest.logthrottle import Throttled
 from ingest.metrics import Metrics
 from ingest.rules import Rejected
 from ingest.store import Store
@@ -67,6 +68,10 @@ class Committer:
         self._events_max = events_max
         self._metrics = metrics
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # A full or failing store refuses every commit under load: a line
+        # each flooded the log (and the full disk); logthrottle.py.
+        self._log_full = Throttled(log)
+        self._log_failed = Throttled(log)
         # Called on the loop after each commit (replication sends the new
         # entries on), and, in sync mode, the gate that holds answers until a
         # standby has the entries (replication/syncgate.py).
@@ -134,12 +139,12 @@ class Committer:
         try:
             return self._store.write(apply_all)
         except StoreFull as exc:
-            log.error("store full, %d events refused: %s", n, exc)
+            self._log_full(logging.ERROR, "store full, %d events refused: %s", n, exc)
             return self._fail(batch, Rejected(errors.INSUFFICIENT_STORAGE, f"store is full: {exc}"))
         except Exception:
             if len(batch) > 1:
                 return None
-            log.exception("write transaction failed, %d events refused", n)
+            self._log_failed(logging.ERROR, "write transaction failed, %d events refused", n, exc_info=True)
             return self._fail(batch, Rejected(errors.STORE_ERROR, "the store failed; nothing was written"))
 
     @staticmethod

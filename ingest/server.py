@@ -3,9 +3,10 @@
 start:    open the store, start the committer, listen.
 tick:     twice a second refresh the clock and the Date header, close
           connections whose request or keep-alive time ran out.
-shutdown: on SIGTERM/SIGINT stop listening, answer what is in flight after
-          its commit (new requests get 503 shutting_down), close every
-          connection, stop the committer, close the store, exit 0.
+shutdown: on SIGTERM/SIGINT stop listening, answer what is in flight
+          after its commit (new requests get 503 shutting_down), close
+          every connection, stop the committer, close the store, exit 0.
+          SIGHUP is ignored (logged): there is nothing to reload.
           A store that closed under the server (store.StoreClosed) stops it
           the same way, with exit 1.
 """
@@ -143,6 +144,10 @@ class Server:
         self.port = listener.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # A logrotate postrotate or a closed terminal sends it; its default
+        # ended the process at once, in-flight answers lost, without a word.
+        loop.add_signal_handler(signal.SIGHUP, log.warning,
+                                "SIGHUP: ignored (nothing to reload: the log is stderr); SIGTERM drains and stops")
         log.info(
             "serving on %s://%s:%d data=%s kernels=%s last_seq=%d role=%s",
             "https" if self.http_tls else "http", self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,

@@ -135,6 +135,18 @@ def test_sigkill_under_load_loses_no_acknowledged_event(server_factory):
     verify_present(restarted, acked)
 
 
+def test_sighup_is_ignored_and_said_so(server_factory):
+    # A logrotate postrotate or a closed terminal: its default ended the
+    # server at once, in-flight answers lost, with nothing in the log.
+    server = server_factory()
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "SIGHUP: ignored" not in server.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "SIGHUP: ignored" in server.stderr_text()
+    assert server.proc.poll() is None and server.post(event(fresh_tube()))[0] == 201
+
+
 def test_sigterm_drains_in_flight_requests(server_factory):
     server = server_factory()
     load = Load(server.port).start()
@@ -288,6 +300,10 @@ def test_store_full_answers_507_and_loses_nothing(server_factory):
             break
     assert acked and refused, "the small map never filled up"
     assert "store full" in server.stderr_text()
+    for _ in range(20):  # refused again and again, as under load: logged once a minute, not each time
+        body = server.batch(refused)[2]
+        assert {r["status"] for r in body["results"]} == {507}
+    assert server.stderr_text().count("store full") == 1
     # Still serving reads, and nothing refused was half-written.
     assert server.request("GET", "/livez")[0] == 200
     assert server.last_seq() == len(acked)

@@ -170,3 +170,23 @@ def test_answers_that_show_the_epoch_is_known():
     older = wire.encode(wire.Type.REFUSE, 1, 0, wire.refuse("self", "x"))
     assert not standby_module._knows_epoch(older, 2)
     assert not standby_module._knows_epoch(b"", 2) and not standby_module._knows_epoch(b"HTTP/1.1 400", 2)
+
+
+def test_stray_connections_to_the_replication_port_do_not_flood_the_log(server_factory):
+    # A port scan or a load balancer's health check: a line or two per
+    # connection was an easy way to fill a disk.
+    primary = server_factory(args=("--replication-port", "0"))
+    port = replication_port(primary)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10)
+            for _ in range(primary_module.SESSIONS_MAX + 5)]
+    for sock in held:
+        sock.close()
+    for _ in range(10):
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    deadline = time.monotonic() + 10
+    while "sessions already" not in primary.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert primary.request("GET", "/livez")[0] == 200
+    log = primary.stderr_text()
+    assert log.count("sessions already") == 1, log
+    assert "disconnected" not in log, log

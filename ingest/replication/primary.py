@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ingest.logthrottle import Throttled
 from ingest.replication import protocol
 from ingest.store import SNAPSHOT_OUT_PREFIX, Store
 from ingest.tls import HANDSHAKE_TIMEOUT_S
@@ -76,7 +77,8 @@ class Session(asyncio.Protocol):
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
         if len(self.hub.sessions) >= SESSIONS_MAX:
-            log.warning("replication connection from %s refused: %d sessions already", self.peer, SESSIONS_MAX)
+            self.hub.log_busy(logging.WARNING, "replication connection from %s refused: %d sessions already",
+                              self.peer, SESSIONS_MAX)
             transport.write(self.proto.refuse("busy", f"this primary serves at most {SESSIONS_MAX} sessions"))
             self.ended = True
             transport.close()
@@ -87,7 +89,10 @@ class Session(asyncio.Protocol):
         self.hub.sessions.discard(self)
         self.transport = None
         self._writable.set()  # a snapshot waiting to send sees the end and stops
-        log.info("standby %s (%s) disconnected", self.node or "?", self.peer)
+        # A connection that never said hello (a port scan, a load
+        # balancer's health check) is no standby: not worth a line each.
+        log.log(logging.INFO if self.node else logging.DEBUG, "standby %s (%s) disconnected", self.node or "?",
+                self.peer)
 
     def data_received(self, data: bytes) -> None:
         if self.ended:
@@ -314,6 +319,7 @@ class Hub:
                  closed_to_standbys: Callable[[], str | None] = lambda: None):
         self.store = store
         self.sessions: set[Session] = set()
+        self.log_busy = Throttled(log)  # anyone may open connections to this port
         self.on_fence = on_fence
         self.on_ack = on_ack
         # Why no standby may follow this node now (a fenced former primary:
