@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import time
 from email.utils import formatdate
@@ -297,6 +298,34 @@ class Server:
             conn.close()
 
 
+# Descriptors beyond the connections: the store (environment, lock, data
+# file), standby sessions, a snapshot's files, the log, the executors.
+FILES_RESERVE = 100
+
+
+def raise_open_files(connections_max: int) -> None:
+    """Lift the soft limit on open files to the hard one, and say so when
+    even that cannot hold limits.connections_max connections: past it new
+    connections are reset without an answer or a log line (systemd's
+    default soft limit is 1024; limits.connections_max 20,000)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections_max + FILES_RESERVE
+    if hard == resource.RLIM_INFINITY:
+        target = max(soft, want) if soft != resource.RLIM_INFINITY else soft
+    else:
+        target = hard
+    if soft != target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        log.warning("open files limit %d is below limits.connections_max (%d) + %d for the store and replication: "
+                    "connections beyond it are reset unanswered; raise it (LimitNOFILE= in systemd, ulimit -n) or "
+                    "lower limits.connections_max", soft, connections_max, FILES_RESERVE)
+
+
 def tune_gc() -> None:
     """Keep the cycle collector off the request path.
 
@@ -316,5 +345,6 @@ def run(config: Config, data_dir: str, host: str, port: int, follow: str | None 
     import uvloop
 
     server = Server(config, data_dir, host, port, follow, replication_port)  # ConfigError before anything opens
+    raise_open_files(config.limits.connections_max)
     tune_gc()
     uvloop.run(server.serve())

@@ -56,6 +56,7 @@ class Store:
         # Trimmed inside write transactions (`_trim`), on every node alike.
         self.log_keep = log_keep
         self._data_file = os.path.join(path, "data.mdb")
+        self._data_fd = -1
         # LMDB may only change the map size while this process has no open
         # transaction; every transaction passes this gate. A hot copy holds
         # a read transaction for its whole length without holding the gate
@@ -109,11 +110,18 @@ class Store:
         )
         # LMDB creates the file (a new one must be its own); nothing has been
         # written through the map yet when its blocks are allocated here.
+        # Held open for the map's growth (_allocate): a growth must not need
+        # a free descriptor when thousands of connections hold them all.
+        try:
+            self._data_fd = os.open(self._data_file, os.O_RDWR)
+        except BaseException:
+            self.env.close()
+            raise
         try:
             self._allocate(self.env.info()["map_size"])
             self._load(new)
         except BaseException:
-            self.env.close()
+            self._close_env()
             raise
         self._clear_dead_readers()
 
@@ -164,7 +172,7 @@ class Store:
             # A hot copy's transaction must end before the environment does.
             if not self._copies_done.wait_for(lambda: self._copies == 0, timeout=CLOSE_WAIT_S):
                 return  # the process is exiting; closing under the copy would crash it
-            self.env.close()
+            self._close_env()
             self._unlock()  # after the environment: no write may follow the next opener's
 
     def _unlock(self) -> None:
@@ -232,13 +240,16 @@ class Store:
 
     def _allocate(self, size: int) -> None:
         """Give data.mdb real disk blocks up to `size` bytes, or raise StoreFull."""
-        fd = os.open(self._data_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
-            os.posix_fallocate(fd, 0, size)
+            os.posix_fallocate(self._data_fd, 0, size)
         except OSError as exc:
             raise StoreFull(f"cannot allocate {size} bytes for {self._data_file}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+
+    def _close_env(self) -> None:
+        self.env.close()  # closing a closed environment is nothing
+        if self._data_fd >= 0:
+            os.close(self._data_fd)
+            self._data_fd = -1  # a second close would close whatever reused the number
 
     def set_epoch(self, epoch: int) -> None:
         """Store a higher epoch durably: on promotion, or adopted from the
@@ -402,7 +413,7 @@ class Store:
             check.close()
         with self._gate:
             self._copies_done.wait_for(lambda: self._copies == 0)
-            self.env.close()
+            self._close_env()
             os.replace(path, self._data_file)
             dir_fd = os.open(self.path, os.O_RDONLY)
             try:

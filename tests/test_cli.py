@@ -388,3 +388,38 @@ def test_admin_commands_follow_no_redirect_and_send_the_token_only_to_promote(tm
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert seen == [("GET", "/v1/status", None)]  # an open route: no token travels
+
+
+def serve_with_open_files(tmp_path, soft: int, hard: int) -> tuple[str, str]:
+    """Start `ingest serve` under that limit on open files; its log up to
+    "serving on" and its "Max open files" line of /proc/PID/limits."""
+    import resource
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "serve", "--data", str(tmp_path / "data"), "--port", "0"], cwd=tmp_path,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    try:
+        log = ""
+        deadline = time.monotonic() + 30
+        while "serving on" not in log and time.monotonic() < deadline:
+            log += proc.stderr.readline()
+        limits = next(line for line in open(f"/proc/{proc.pid}/limits") if line.startswith("Max open files"))
+        return log, limits
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_serve_lifts_the_open_files_limit_and_warns_when_it_cannot_hold_the_connections(tmp_path):
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # what this machine lets a process have
+    if hard == resource.RLIM_INFINITY or hard < 1024:
+        pytest.skip(f"a hard limit of {hard} open files")
+    log, limits = serve_with_open_files(tmp_path, 256, hard)
+    assert limits.split()[3:5] == [str(hard)] * 2, limits  # the soft limit raised to the hard one
+    assert ("open files limit" in log) == (hard < 20_000 + 100), log
+    log, limits = serve_with_open_files(tmp_path, 256, 256)
+    assert "open files limit 256 is below limits.connections_max (20000) + 100" in log, log

@@ -316,3 +316,48 @@ def test_store_full_answers_507_and_loses_nothing(server_factory):
     status, _, body = bigger.batch(refused)
     assert [r["status"] for r in body["results"]] == [201] * len(refused)
     assert bigger.last_seq() == len(acked) + len(refused)
+
+
+def test_the_map_grows_while_connections_hold_every_descriptor(tmp_path):
+    # A growth opened data.mdb anew: with every descriptor taken by idle
+    # connections it failed, and every write was a 500 store_error.
+    import resource
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import SERVING
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config_with(store={"map_bytes_initial": 262_144, "map_bytes_max": 16 << 20}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "serve", "--data", str(tmp_path / "d"), "--port", "0", "--config", str(cfg)],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    idle = []
+    try:
+        log = ""
+        deadline = time.monotonic() + 30
+        while not SERVING.search(log) and time.monotonic() < deadline:
+            log += proc.stderr.readline()
+        port = int(SERVING.search(log).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        for _ in range(200):  # more than the server has descriptors left
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(0.5)  # accepted, as far as descriptors go
+        statuses = []
+        for _ in range(30):  # ~3000 events: the 256 KiB map doubles several times
+            evs = [event(pool_size=1) for _ in range(100)]
+            conn.request("POST", "/v1/bindings/batch", json.dumps({"events": evs}),
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            statuses += [r["status"] for r in body["results"]]
+        assert set(statuses) == {201}, {s: statuses.count(s) for s in set(statuses)}
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    assert "Too many open files" not in log + rest, rest[-2000:]
