@@ -325,6 +325,8 @@ class Store:
         return self._read(scan)
 
     def _grow(self) -> None:
+        if self.reader_check():
+            return  # pages a dead reader held may be reused: try the write again first
         size = self.env.info()["map_size"]
         if size >= self.map_bytes_max:
             raise StoreFull(f"map is at store.map_bytes_max ({self.map_bytes_max} bytes)")
