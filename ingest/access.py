@@ -35,6 +35,10 @@ ROLES: tuple[str, ...] = get_args(Role)
 # verified are kept, so a client guessing tokens cannot grow it; it is
 # emptied when full.
 SEEN_MAX = 4096
+# ... and only values of a sensible length ("Bearer " and 43 characters is
+# 50): padded with blanks, one valid token could fill the cache with 4096
+# values of up to a header's size each.
+SEEN_VALUE_BYTES_MAX = 256
 
 
 def new_token() -> str:
@@ -78,7 +82,7 @@ class Access:
         if scheme.lower() != b"bearer" or not token:  # RFC 9110 11.1: the scheme is case-insensitive
             return None
         roles = self._roles_of.get(hashlib.sha256(token).digest())
-        if roles is not None:
+        if roles is not None and len(authorization) <= SEEN_VALUE_BYTES_MAX:
             if len(self._seen) >= SEEN_MAX:
                 self._seen.clear()
             self._seen[authorization] = roles

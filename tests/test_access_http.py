@@ -83,6 +83,14 @@ def test_a_token_without_the_role_is_403_naming_the_role(guarded):
     assert status == 403 and "read role" in body["error"]["message"]
 
 
+def test_person_data_answers_are_not_to_be_cached(guarded):
+    ev = event()
+    assert guarded.post(ev, headers=bearer(TOKENS["scan"]))[0] == 201
+    for path in (f"/v1/tubes/{ev['tube']}", f"/v1/persons/{ev['person']}", "/v1/positives", "/v1/stats"):
+        status, headers, _ = guarded.request("GET", path, headers=bearer(TOKENS["read"]))
+        assert status == 200 and headers.get("cache-control") == "no-store", (path, headers)
+
+
 def test_person_data_needs_the_read_role(guarded):
     ev = event()
     assert guarded.post(ev, headers=bearer(TOKENS["scan"]))[0] == 201
@@ -318,6 +326,8 @@ def test_access_remembers_only_tokens_that_verified():
         assert access.roles(f"Bearer guess-{i}".encode()) is None
     assert list(access._seen) == [f"Bearer {token}".encode()]
     assert access.roles(None) is None and access.roles(b"") is None
+    padded = f"Bearer {token}".encode() + b" " * 8000  # valid, but kept would cost 8 KB a variant
+    assert access.roles(padded) == {"scan"} and padded not in access._seen
 
 
 def test_tokens_are_random_and_url_safe():
