@@ -3,7 +3,8 @@
 A value is checked whole against its format (fullmatch: "$" would let a
 final newline through); a malformed one is `events.Malformed` naming the
 parameter, for the `400 malformed` answer. Blank values count as given:
-"?since=" is a malformed since, not an absent one.
+"?since=" is a malformed since, not an absent one. A parameter the route
+does not take, or one given twice, is malformed too.
 """
 from __future__ import annotations
 
@@ -19,8 +20,18 @@ DIGITS = re.compile(r"[0-9]{1,20}")
 HOUR = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}")  # a stats hour label, as keys.HourLabels makes them
 
 
-def parse(text: str) -> dict[str, list[str]]:
-    return parse_qs(text, keep_blank_values=True)
+def parse(text: str, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+    """The parameters of a query string; Malformed for one the route does
+    not take (a misspelt `sinse` read the feed from 0, silently) or one
+    given twice (which one counts would be a guess)."""
+    query = parse_qs(text, keep_blank_values=True)
+    for name, values in query.items():
+        if name not in allowed:
+            raise Malformed(f"unknown query parameter {name[:40]!r}; this route takes {', '.join(allowed)}",
+                            name[:40])
+        if len(values) > 1:
+            raise Malformed(f"{name} is given {len(values)} times", name)
+    return query
 
 
 def param(query: dict[str, list[str]], name: str, pattern: re.Pattern, what: str) -> str | None:

@@ -84,8 +84,8 @@ class Reads:
         slot.respond(200, encode_json(body), extra=_PRIVATE)
 
     def get_positives(self, req: Request, slot) -> None:
-        q = query.parse(req.query)
         try:
+            q = query.parse(req.query, ("since", "limit"))
             since = query.number(q, "since", 0, 0, SEQ_MAX)
             limit = query.number(q, "limit", 100, 1, 1000)
         except Malformed as m:
@@ -126,8 +126,8 @@ class Reads:
 
     def _stats(self, req: Request, slot, scope: str) -> None:
         """Counters kept as events are applied: no scan of the store."""
-        q = query.parse(req.query)
         try:
+            q = query.parse(req.query, ("from", "to"))
             start = query.param(q, "from", query.HOUR, "an hour label, YYYY-MM-DDTHH") or ""
             end = query.param(q, "to", query.HOUR, "an hour label, YYYY-MM-DDTHH") or "~"
         except Malformed as m:

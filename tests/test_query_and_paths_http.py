@@ -74,6 +74,17 @@ def test_a_parameter_without_a_value_is_malformed(server, query, field):
     assert_malformed(server.request("GET", f"/v1/positives?{query}"), field)
 
 
+@pytest.mark.parametrize("path,query,field", [
+    ("/v1/positives", "sinse=5", "sinse"),       # a misspelling read the whole feed from 0
+    ("/v1/positives", "since=5&since=9", "since"),  # which one? a guess either way
+    ("/v1/positives", "since=5&format=csv", "format"),
+    ("/v1/stats", "from=2026-11-22T08&form=2026-11-22T09", "form"),
+    ("/v1/sites/S-Q/stats", "to=2026-11-22T08&to=2026-11-22T09", "to"),
+])
+def test_an_unknown_or_repeated_parameter_is_malformed(server, path, query, field):
+    assert_malformed(server.request("GET", f"{path}?{query}"), field)
+
+
 @pytest.mark.parametrize("limit", ["0", "1001"])
 def test_a_limit_out_of_range_names_limit(server, limit):
     assert_malformed(server.request("GET", f"/v1/positives?since=0&limit={limit}"), "limit")
