@@ -111,6 +111,7 @@ class Server:
         self.draining = False
         self._stop = None
         self._reader_check_at = self.now + READER_CHECK_S
+        self.open_files_short: int | None = None  # set by run(): the open-files limit, when too low
         self.store: Store | None = None
         self.committer: Committer | None = None
         self.metrics: Metrics | None = None
@@ -153,6 +154,11 @@ class Server:
             "serving on %s://%s:%d data=%s kernels=%s last_seq=%d role=%s",
             "https" if self.http_tls else "http", self.host, self.port, self.data_dir, codes.IMPLEMENTATION, self.store.last_seq, self.app.role,
         )
+        if self.open_files_short is not None:
+            log.warning("open files limit %d is below limits.connections_max (%d): connections beyond about %d are "
+                        "reset unanswered; raise it (LimitNOFILE= in systemd, ulimit -n) or lower "
+                        "limits.connections_max", self.open_files_short, self.config.limits.connections_max,
+                        self.open_files_short - FILES_RESERVE)
         if not self.config.access.tokens and not self.config.access.open_on_network:
             # Loopback only (check_access), but a directory of mode 0700 does
             # not keep this port from the host's other users.
@@ -303,27 +309,21 @@ class Server:
 FILES_RESERVE = 100
 
 
-def raise_open_files(connections_max: int) -> None:
-    """Lift the soft limit on open files to the hard one, and say so when
-    even that cannot hold limits.connections_max connections: past it new
-    connections are reset without an answer or a log line (systemd's
-    default soft limit is 1024; limits.connections_max 20,000)."""
+def raise_open_files(connections_max: int) -> int | None:
+    """Lift the soft limit on open files to the hard one (systemd's default
+    soft limit is 1024; limits.connections_max 20,000). Returns the limit
+    when even that cannot hold connections_max connections, None when it
+    can: past it new connections are reset without an answer or a line."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = connections_max + FILES_RESERVE
-    if hard == resource.RLIM_INFINITY:
-        target = max(soft, want) if soft != resource.RLIM_INFINITY else soft
-    else:
-        target = hard
-    if soft != target:
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, want)
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
         except (ValueError, OSError):
             pass
-    if soft != resource.RLIM_INFINITY and soft < want:
-        log.warning("open files limit %d is below limits.connections_max (%d) + %d for the store and replication: "
-                    "connections beyond it are reset unanswered; raise it (LimitNOFILE= in systemd, ulimit -n) or "
-                    "lower limits.connections_max", soft, connections_max, FILES_RESERVE)
+    return soft if soft != resource.RLIM_INFINITY and soft < connections_max else None
 
 
 def tune_gc() -> None:
@@ -345,6 +345,6 @@ def run(config: Config, data_dir: str, host: str, port: int, follow: str | None 
     import uvloop
 
     server = Server(config, data_dir, host, port, follow, replication_port)  # ConfigError before anything opens
-    raise_open_files(config.limits.connections_max)
+    server.open_files_short = raise_open_files(config.limits.connections_max)
     tune_gc()
     uvloop.run(server.serve())
