@@ -101,8 +101,13 @@ def record(groups, window_ms: int) -> tuple[list[dict], str]:
             ops = {slot: ([], []) for slot in CURSORS}
 
             def hook(tx: WriteTx) -> None:
+                # Store.write runs the function again after growing the map:
+                # only the attempt that commits may stay recorded.
                 for slot in CURSORS:
-                    setattr(tx, slot, Recorder(getattr(tx, slot), *ops[slot]))
+                    reads, writes = ops[slot]
+                    reads.clear()
+                    writes.clear()
+                    setattr(tx, slot, Recorder(getattr(tx, slot), reads, writes))
 
             outcomes = store.write(apply_group(group, window_ms, hook), AT_MS)
             if not all(isinstance(o, rules.Bound) for o in outcomes):
