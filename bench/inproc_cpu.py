@@ -113,6 +113,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.events < 1 or args.group < 1:
         parser.error("events and --group must be at least 1")
+    if args.batch and args.events < args.batch:
+        # only whole batches are sent: fewer events than one would send none
+        parser.error(f"events ({args.events}) must be at least --batch ({args.batch})")
     protocol = importlib.import_module(
         {"selected": "ingest.protocol", "cython": "ingest._protocol", "python": "ingest._protocol_py"}[args.protocol])
 

@@ -82,6 +82,14 @@ def test_inproc_cpu_binds_every_event_of_its_batches():
     assert re.fullmatch(r"[\d.]+ us CPU per event, group 2, batch 100, 300 bound\n", out), out
 
 
+def test_inproc_cpu_refuses_fewer_events_than_one_batch():
+    proc = subprocess.run([sys.executable, "bench/inproc_cpu.py", "50", "--batch", "100"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "inproc_cpu.py: error: events (50) must be at least --batch (100)"
+    assert "Traceback" not in proc.stderr
+
+
 def bench_ingest():
     sys.path.insert(0, str(ROOT / "bench"))
     try:
