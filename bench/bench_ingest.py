@@ -7,7 +7,10 @@ no-op ceiling of the same HTTP stack, in one run.
 The server under test is pinned to CPU 0 and wrk to CPU 1 (taskset), on
 loopback, over keep-alive connections. Every request of the single-event
 scenario is a new valid binding (bench/wrk_bindings.lua), so each 201 is a
-fresh event synced to disk. Needs wrk: `apt-get install wrk`.
+fresh event synced to disk; events/s counts the events the server bound,
+and a run in which wrk went round its prepared requests (the server answers
+the repeats 200 duplicate) fails: raise --expect-per-s (--batch-expect-per-s).
+Needs wrk: `apt-get install wrk`.
 Prints events/s, p50/p99 latency, the server's CPU use (and per event, split
 between the event loop's thread and the committer's) and the ratio of
 durable single-event throughput to the no-op ceiling.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -112,22 +116,55 @@ def parse_wrk(out: str) -> dict:
     }
 
 
-def answered(port: int) -> float:
-    """Requests the server has answered on its write routes (from /metrics)."""
+def counters(port: int) -> dict:
+    """What the benchmarks follow in /metrics: requests answered on the write
+    routes, events bound and answered as duplicates, and the write routes'
+    latency histogram (cumulative count per upper bound, in seconds)."""
     with get(port, "/metrics", timeout=5) as r:
         text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("ingest_http_request_duration_seconds_count")
-        and ('route="noop"' in line or 'route="post_' in line)
-    )
+    answered = bound = duplicate = 0.0
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("ingest_http_request_duration_seconds") and ('route="noop"' in name
+                                                                       or 'route="post_' in name):
+            if name.startswith("ingest_http_request_duration_seconds_count"):
+                answered += float(value)
+            elif name.startswith("ingest_http_request_duration_seconds_bucket"):
+                le = name.split('le="', 1)[1].split('"', 1)[0]
+                upper_s = math.inf if le == "+Inf" else float(le)
+                buckets[upper_s] = buckets.get(upper_s, 0.0) + float(value)
+        elif name.startswith("ingest_events_total") and 'outcome="bound"' in name:
+            bound += float(value)
+        elif name.startswith("ingest_events_total") and 'outcome="duplicate"' in name:
+            duplicate += float(value)
+    return {"answered": answered, "bound": bound, "duplicate": duplicate, "buckets": buckets}
+
+
+def check_bound(name: str, before: dict, after: dict, batch: int) -> None:
+    """Every event answered between two scrapes must have been bound: each
+    request wrk sends is a fresh valid binding, and the server counts an
+    event and its answer in the same step (so no tolerance at the edges)."""
+    answered = (after["answered"] - before["answered"]) * (batch or 1)
+    bound = after["bound"] - before["bound"]
+    if bound >= answered:
+        return
+    if after["duplicate"] > before["duplicate"]:
+        # wrk went round its prepared requests again: the repeats are
+        # answered 200 duplicate, which wrk counts as successes.
+        option = "--batch-expect-per-s" if batch else "--expect-per-s"
+        raise RuntimeError(f"{name}: the prepared request pool ran out ({bound:,.0f} bound of {answered:,.0f} "
+                           f"answered): raise {option}")
+    raise RuntimeError(f"{name}: the server refused events ({bound:,.0f} bound of {answered:,.0f} answered)")
 
 
 def wrk_env(expect_per_s: int, duration: int, threads: int, batch: int) -> dict:
-    """wrk_bindings.lua's settings: enough distinct requests that no thread wraps around within the run."""
-    per_s = expect_per_s if not batch else max(expect_per_s // batch, 100)
-    count = int(per_s * duration * 1.3 / threads) + 1000
+    """wrk_bindings.lua's settings: enough distinct requests that no thread
+    wraps around within the run at up to 1.3 times the expected events/s
+    (if it does, check_bound says so)."""
+    count = math.ceil((expect_per_s * duration * 1.3 + 1000) / (batch or 1) / threads)
     return {"COUNT": str(count), "BATCH": str(batch), "RUN_ID": str(int(time.time()) % 90000 + 1)}
 
 
@@ -147,19 +184,21 @@ def run_wrk(port: int, path: str, duration: int, connections: int, threads: int,
     # window is found from the server's own answer count, and both processes'
     # CPU is sampled in it. wrk at 100% means the generator set the figure.
     window = {}
-    baseline = answered(port)  # the readiness probe may have been counted
-    while proc.poll() is None and answered(port) <= baseline:
+    baseline = counters(port)["answered"]  # the readiness probe may have been counted
+    while proc.poll() is None and counters(port)["answered"] <= baseline:
         time.sleep(0.1)
     if proc.poll() is None:
         time.sleep(duration * 0.2)
-        c0, t0 = answered(port), time.monotonic()
+        c0, t0 = counters(port), time.monotonic()
         s0, l0, w0 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
         time.sleep(duration * 0.5)
-        c1, t1 = answered(port), time.monotonic()
+        c1, t1 = counters(port), time.monotonic()
         s1, l1, w1 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
         dt = t1 - t0
-        window = {"window_requests_per_s": (c1 - c0) / dt, "server_cpu": (s1 - s0) / dt, "wrk_cpu": (w1 - w0) / dt,
-                  "loop_cpu": (l1 - l0) / dt}
+        window = {"window_requests_per_s": (c1["answered"] - c0["answered"]) / dt,
+                  "window_bound_per_s": (c1["bound"] - c0["bound"]) / dt,
+                  "server_cpu": (s1 - s0) / dt, "wrk_cpu": (w1 - w0) / dt, "loop_cpu": (l1 - l0) / dt,
+                  "_window": (c0, c1)}
     out, err = proc.communicate(timeout=duration + 120)
     if proc.returncode != 0 or not window:
         raise RuntimeError(f"wrk failed: {err or out}")
@@ -247,7 +286,7 @@ def config_file(directory: str, mode: str = "async", token: str | None = None,
 
 def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int = 0, real: bool = True,
              standby: list[str] | None = None) -> dict:
-    env = wrk_env(args.expect_per_s, args.duration, args.threads, batch)
+    env = wrk_env(args.batch_expect_per_s if batch else args.expect_per_s, args.duration, args.threads, batch)
     if args.token:
         env["TOKEN"] = args.token  # the no-op server reads the header and ignores it: the same bytes
     proc = start(cmd, port)
@@ -260,13 +299,19 @@ def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int =
             wait_ready(port + 1)  # the standby listens right above the primary
             wait_following(port + 1)
         res = run_wrk(port, path, args.duration, args.connections, args.threads, env, proc.pid)
-        res["events_per_s"] = res["window_requests_per_s"] * (batch or 1)
+        window = res.pop("_window")
+        if real:
+            # Durable events are the ones bound: a 2xx may be a duplicate.
+            check_bound(name, *window, batch)
+            res["events_per_s"] = res["window_bound_per_s"]
+        else:
+            res["events_per_s"] = res["window_requests_per_s"]  # the no-op binds nothing
         # Where each event's core time went: the event loop's thread (HTTP,
         # decoding, checks, answers) and the rest (the committer: apply, commit).
         res["loop_us_per_event"] = res["loop_cpu"] / res["events_per_s"] * 1e6
         res["rest_us_per_event"] = (res["server_cpu"] - res["loop_cpu"]) / res["events_per_s"] * 1e6
         if real:
-            res["bound"] = metric(port, 'ingest_events_total{code="",outcome="bound"}')
+            res["bound"] = counters(port)["bound"]
             res["commits"] = metric(port, "ingest_commit_batch_events_count")
             res["events_per_commit"] = res["bound"] / res["commits"] if res["commits"] else 0.0
     finally:
@@ -287,7 +332,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1000, help="events per batch request")
     parser.add_argument("--batch-connections", type=int, default=16)
-    parser.add_argument("--expect-per-s", type=int, default=90_000, help="sizes the pre-built request pool")
+    parser.add_argument("--expect-per-s", type=int, default=90_000,
+                        help="events/s the single-event scenarios may reach: sizes wrk's pre-built request pool")
+    # Batches bind several times more events per second than single requests.
+    parser.add_argument("--batch-expect-per-s", type=int, default=150_000,
+                        help="events/s the batch scenario may reach: sizes its pool")
     parser.add_argument("--port", type=int, default=18900)
     parser.add_argument("--only", choices=["noop", "single", "batch", "async", "sync"], action="append",
                         help="scenarios (default: noop, single, batch); async/sync add a standby")
@@ -343,6 +392,9 @@ def main() -> int:
             b_args = argparse.Namespace(**{**vars(args), "connections": args.batch_connections})
             results.append(scenario(f"durable batch of {args.batch}", single + ["--data", f"{data}/batch"],
                                     args.port + 1, "/v1/bindings/batch", b_args, batch=args.batch))
+    except RuntimeError as exc:  # a server that did not start, wrk failed, the pool ran out
+        print(f"bench_ingest: {exc}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
@@ -353,9 +405,10 @@ def main() -> int:
     if args.replication_tls:
         print("replication TLS: primary and standby authenticate each other (a CA and a P-256 certificate "
               "made for the run).")
-    print("events/s and CPU are measured by the server's own counters in the middle half of the run;")
-    print("req/s is wrk's figure over its whole run. loop and rest: the server's CPU per event (per request")
-    print("for the no-op) on the event loop's thread and on its other threads (the committer), in µs.")
+    print("events/s: events bound (answers for the no-op), counted by the server itself (/metrics), and CPU,")
+    print("from /proc, over 20-70% of the run; req/s is wrk's figure over its whole run. loop and rest: the")
+    print("server's CPU per event (per request for the no-op) on the event loop's thread and on its other")
+    print("threads (the committer), in µs.")
     print(f"{'scenario':28s} {'events/s':>10s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'srv CPU':>8s} {'wrk CPU':>8s} {'ev/commit':>9s} {'non-2xx':>8s} {'loop':>6s} {'rest':>6s}")
     for r in results:

@@ -19,7 +19,9 @@ scenario; latency percentiles are wrk's, over the whole scenario; the
 per-second p99 in the chart is the server's own histogram (the upper bound
 of the bucket holding the 99th percentile). A scenario whose wrk used more
 than 90% of its core is marked generator-bound: its figure is a lower bound
-on the server, not the server's.
+on the server, not the server's. Events/s are the events bound: if wrk went
+round its prepared requests (the server answers the repeats 200 duplicate)
+the run fails; raise --expect-per-s or --batch-expect-per-s, as it says.
 
 The campaign (people, hours, peak factor; the day shape of loadtest/day.py)
 is an input: the report computes the peak rate it needs, whether each
@@ -38,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,29 +50,6 @@ from campaign import Campaign  # noqa: E402
 
 GENERATOR_BOUND_CPU = 0.90
 WARMUP_SHARE, TAIL_SHARE = 0.2, 0.1  # of each scenario: not in the steady window
-
-
-def scrape(port: int) -> dict:
-    """The counters the report follows: answers, events bound, the write routes' latency histogram."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    answered = bound = 0.0
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        if name.startswith("ingest_http_request_duration_seconds") and ('route="noop"' in name
-                                                                       or 'route="post_' in name):
-            if name.startswith("ingest_http_request_duration_seconds_count"):
-                answered += float(value)
-            elif name.startswith("ingest_http_request_duration_seconds_bucket"):
-                le = name.split('le="', 1)[1].split('"', 1)[0]
-                bound_s = math.inf if le == "+Inf" else float(le)
-                buckets[bound_s] = buckets.get(bound_s, 0.0) + float(value)
-        elif name.startswith("ingest_events_total") and 'outcome="bound"' in name:
-            bound += float(value)
-    return {"answered": answered, "bound": bound, "buckets": buckets}
 
 
 def p99_of(before: dict, after: dict) -> float:
@@ -88,7 +66,7 @@ def p99_of(before: dict, after: dict) -> float:
 
 def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress, batch: int = 0,
                  standby: list[str] | None = None, standby_port: int | None = None) -> dict:
-    env = bi.wrk_env(args.expect_per_s, args.duration, 1, batch)
+    env = bi.wrk_env(args.batch_expect_per_s if batch else args.expect_per_s, args.duration, 1, batch)
     server = bi.start(cmd, port)
     follower = None
     try:
@@ -98,52 +76,62 @@ def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress
             bi.wait_ready(standby_port)
             bi.wait_following(standby_port)
         wrk = bi.start_wrk(port, path, args.duration, args.batch_connections if batch else args.connections, 1, env)
-        # wrk builds its requests before its clock starts: time 0 is the first answer.
-        first = scrape(port)
-        while wrk.poll() is None and scrape(port)["answered"] <= first["answered"]:
-            time.sleep(0.05)
-        samples = []
-        t0 = time.monotonic()
-        prev = scrape(port)
-        prev_t, prev_s, prev_w = t0, bi.cpu_seconds(server.pid), bi.cpu_seconds(wrk.pid)
-        while wrk.poll() is None:
-            time.sleep(1.0)
-            try:
-                now, cur_s, cur_w = time.monotonic(), bi.cpu_seconds(server.pid), bi.cpu_seconds(wrk.pid)
-            except (FileNotFoundError, ProcessLookupError):
-                break  # wrk ended between the poll and the read
-            cur = scrape(port)
-            dt = now - prev_t
-            samples.append({
-                "t": round(now - t0, 2),
-                "events_per_s": ((cur["bound"] - prev["bound"]) if name != "generator ceiling"
-                                 else (cur["answered"] - prev["answered"])) / dt,
-                "p99_ms": p99_of(prev, cur),
-                "server_cpu": (cur_s - prev_s) / dt, "wrk_cpu": (cur_w - prev_w) / dt,
-                "_events": cur["bound"] if name != "generator ceiling" else cur["answered"],
-            })
-            prev, prev_t, prev_s, prev_w = cur, now, cur_s, cur_w
-            progress.update(1)
-        out, err = wrk.communicate(timeout=60)
-        if wrk.returncode != 0:
-            raise RuntimeError(f"wrk failed: {err or out}")
+        out, samples = _follow(name, server, wrk, port, progress)
     finally:
         bi.stop(server)
         if follower is not None:
             bi.stop(follower)
     res = {"name": name, **bi.parse_wrk(out), **_latency_line(out), "series": samples}
     steady = [s for s in samples if args.duration * WARMUP_SHARE <= s["t"] <= args.duration * (1 - TAIL_SHARE)]
-    if len(steady) >= 2:
-        span = steady[-1]["t"] - steady[0]["t"]
-        res["events_per_s"] = (steady[-1]["_events"] - steady[0]["_events"]) / span if span else 0.0
-        res["server_cpu"] = sum(s["server_cpu"] for s in steady[1:]) / (len(steady) - 1)
-        res["wrk_cpu"] = sum(s["wrk_cpu"] for s in steady[1:]) / (len(steady) - 1)
-    else:
+    if len(steady) < 2:
         raise RuntimeError(f"{name}: too short to find a steady window; use a longer --duration")
+    first, last = steady[0].pop("_counters"), steady[-1].pop("_counters")
+    if name != "generator ceiling":  # the no-op binds nothing
+        bi.check_bound(name, first, last, batch)
+    span = steady[-1]["t"] - steady[0]["t"]
+    counted = "answered" if name == "generator ceiling" else "bound"
+    res["events_per_s"] = (last[counted] - first[counted]) / span if span else 0.0
+    res["server_cpu"] = sum(s["server_cpu"] for s in steady[1:]) / (len(steady) - 1)
+    res["wrk_cpu"] = sum(s["wrk_cpu"] for s in steady[1:]) / (len(steady) - 1)
     for s in samples:
-        del s["_events"]
+        s.pop("_counters", None)
     res["generator_bound"] = res["wrk_cpu"] > GENERATOR_BOUND_CPU
     return res
+
+
+def _follow(name: str, server, wrk, port: int, progress) -> tuple[str, list[dict]]:
+    """A sample of the server's counters and both processes' CPU every second
+    until wrk ends; wrk's output and the samples."""
+    # wrk builds its requests before its clock starts: time 0 is the first answer.
+    first = bi.counters(port)
+    while wrk.poll() is None and bi.counters(port)["answered"] <= first["answered"]:
+        time.sleep(0.05)
+    samples = []
+    t0 = time.monotonic()
+    prev = bi.counters(port)
+    prev_t, prev_s, prev_w = t0, bi.cpu_seconds(server.pid), bi.cpu_seconds(wrk.pid)
+    while wrk.poll() is None:
+        time.sleep(1.0)
+        try:
+            now, cur_s, cur_w = time.monotonic(), bi.cpu_seconds(server.pid), bi.cpu_seconds(wrk.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            break  # wrk ended between the poll and the read
+        cur = bi.counters(port)
+        dt = now - prev_t
+        samples.append({
+            "t": round(now - t0, 2),
+            "events_per_s": ((cur["bound"] - prev["bound"]) if name != "generator ceiling"
+                             else (cur["answered"] - prev["answered"])) / dt,
+            "p99_ms": p99_of(prev, cur),
+            "server_cpu": (cur_s - prev_s) / dt, "wrk_cpu": (cur_w - prev_w) / dt,
+            "_counters": cur,
+        })
+        prev, prev_t, prev_s, prev_w = cur, now, cur_s, cur_w
+        progress.update(1)
+    out, err = wrk.communicate(timeout=60)
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk failed: {err or out}")
+    return out, samples
 
 
 def _latency_line(out: str) -> dict:
@@ -330,7 +318,11 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=256, help="wrk connections, single events")
     p.add_argument("--batch", type=int, default=1000, help="events per batch request")
     p.add_argument("--batch-connections", type=int, default=16)
-    p.add_argument("--expect-per-s", type=int, default=90_000, help="sizes wrk's pre-built request pool")
+    p.add_argument("--expect-per-s", type=int, default=90_000,
+                   help="events/s the single-event scenarios may reach: sizes wrk's pre-built request pool")
+    # Batches bind several times more events per second than single requests.
+    p.add_argument("--batch-expect-per-s", type=int, default=150_000,
+                   help="events/s the batch scenarios may reach: sizes their pools")
     p.add_argument("--port", type=int, default=18950)
     p.add_argument("--out", default="capacity-report", help="directory for capacity.{json,md,png}")
     p.add_argument("--compare", default=None, help="an earlier capacity.json to set beside this run")
@@ -343,8 +335,12 @@ def main() -> int:
     campaign = Campaign(args.people, args.hours, args.peak_factor)
     compare = json.loads(Path(args.compare).read_text()) if args.compare else None
     command = "python bench/capacity.py " + " ".join(sys.argv[1:])
-    with tqdm(total=5 * args.duration, unit="s", desc="capacity", dynamic_ncols=True) as progress:
-        results = measure(args, progress)
+    try:
+        with tqdm(total=5 * args.duration, unit="s", desc="capacity", dynamic_ncols=True) as progress:
+            results = measure(args, progress)
+    except RuntimeError as exc:  # a server that did not start, wrk failed, the pool ran out
+        print(f"capacity: {exc}", file=sys.stderr)
+        return 1
     report = build_report(results, campaign, command)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@
 --      COUNT=N requests are built per thread in init(), before wrk starts its
 --      clock, so that Lua string building does not cap the measured rate;
 --      after N requests a thread starts over (the server then answers
---      200 duplicate). bench_ingest.py sizes COUNT from the expected rate.
+--      200 duplicate). bench_ingest.py sizes COUNT from the expected rate,
+--      and fails the run if fewer events were bound than answered.
 
 local ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 local threads = {}

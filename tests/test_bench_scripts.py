@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
+import os
 import re
 import shutil
 import ssl
@@ -130,3 +132,46 @@ def test_bench_ingest_pair_certificates_complete_a_mutual_handshake(tmp_path):
                     pass
     assert done == {"client", "server"}
     assert server.getpeercert()["subject"] == ((("commonName", "bench-node"),),)
+
+
+# -- the wrk benchmarks (tiny runs: they check what the tools say, not how fast) ---
+
+
+needs_wrk = pytest.mark.skipif(not (shutil.which("wrk") and shutil.which("taskset")),
+                               reason="the wrk benchmarks need wrk and taskset")
+
+
+def bench(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+@needs_wrk
+def test_bench_ingest_counts_the_events_bound(tmp_path):
+    proc = bench("bench_ingest.py", "--only", "single", "--duration", "3", "--expect-per-s", "30000",
+                 "--port", "25010", "--json", str(tmp_path / "out.json"))
+    assert proc.returncode == 0, proc.stderr
+    [single] = json.loads((tmp_path / "out.json").read_text())
+    assert single["events_per_s"] == single["window_bound_per_s"] > 0
+    assert single["non_2xx"] == 0
+
+
+@needs_wrk
+def test_bench_ingest_fails_when_wrk_runs_out_of_prepared_requests():
+    """Past its pool wrk sends the same requests again; the server answers
+    them 200 duplicate, which wrk counts as successes: the figure would be
+    answers, not durable events."""
+    proc = bench("bench_ingest.py", "--only", "single", "--duration", "4", "--expect-per-s", "1", "--port", "25020")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.fullmatch(r"bench_ingest: durable single-event: the prepared request pool ran out \(0 bound of "
+                        r"[\d,]+ answered\): raise --expect-per-s\n", proc.stderr), proc.stderr
+
+
+@needs_wrk
+def test_capacity_fails_when_wrk_runs_out_of_prepared_requests(tmp_path):
+    proc = bench("capacity.py", "--duration", "4", "--expect-per-s", "1", "--port", "25030",
+                 "--out", str(tmp_path / "report"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.fullmatch(r"capacity: single-event, no standby: the prepared request pool ran out \(0 bound of "
+                        r"[\d,]+ answered\): raise --expect-per-s", proc.stderr.splitlines()[-1]), proc.stderr
+    assert not (tmp_path / "report").exists()
