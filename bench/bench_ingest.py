@@ -178,28 +178,40 @@ def start_wrk(port: int, path: str, duration: int, connections: int, threads: in
                             text=True)
 
 
+def end(proc: subprocess.Popen) -> None:
+    """Kill wrk if it still runs (the scenario failed or was interrupted):
+    it ignores SIGINT while it builds its requests, and left running it
+    would load the next scenario's server."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def run_wrk(port: int, path: str, duration: int, connections: int, threads: int, env: dict, server_pid: int) -> dict:
     proc = start_wrk(port, path, duration, connections, threads, env)
-    # wrk builds its request pool before its clock starts; the steady-state
-    # window is found from the server's own answer count, and both processes'
-    # CPU is sampled in it. wrk at 100% means the generator set the figure.
-    window = {}
-    baseline = counters(port)["answered"]  # the readiness probe may have been counted
-    while proc.poll() is None and counters(port)["answered"] <= baseline:
-        time.sleep(0.1)
-    if proc.poll() is None:
-        time.sleep(duration * 0.2)
-        c0, t0 = counters(port), time.monotonic()
-        s0, l0, w0 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
-        time.sleep(duration * 0.5)
-        c1, t1 = counters(port), time.monotonic()
-        s1, l1, w1 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
-        dt = t1 - t0
-        window = {"window_requests_per_s": (c1["answered"] - c0["answered"]) / dt,
-                  "window_bound_per_s": (c1["bound"] - c0["bound"]) / dt,
-                  "server_cpu": (s1 - s0) / dt, "wrk_cpu": (w1 - w0) / dt, "loop_cpu": (l1 - l0) / dt,
-                  "_window": (c0, c1)}
-    out, err = proc.communicate(timeout=duration + 120)
+    try:
+        # wrk builds its request pool before its clock starts; the steady-state
+        # window is found from the server's own answer count, and both processes'
+        # CPU is sampled in it. wrk at 100% means the generator set the figure.
+        window = {}
+        baseline = counters(port)["answered"]  # the readiness probe may have been counted
+        while proc.poll() is None and counters(port)["answered"] <= baseline:
+            time.sleep(0.1)
+        if proc.poll() is None:
+            time.sleep(duration * 0.2)
+            c0, t0 = counters(port), time.monotonic()
+            s0, l0, w0 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
+            time.sleep(duration * 0.5)
+            c1, t1 = counters(port), time.monotonic()
+            s1, l1, w1 = cpu_seconds(server_pid), loop_cpu_seconds(server_pid), cpu_seconds(proc.pid)
+            dt = t1 - t0
+            window = {"window_requests_per_s": (c1["answered"] - c0["answered"]) / dt,
+                      "window_bound_per_s": (c1["bound"] - c0["bound"]) / dt,
+                      "server_cpu": (s1 - s0) / dt, "wrk_cpu": (w1 - w0) / dt, "loop_cpu": (l1 - l0) / dt,
+                      "_window": (c0, c1)}
+        out, err = proc.communicate(timeout=duration + 120)
+    finally:
+        end(proc)
     if proc.returncode != 0 or not window:
         raise RuntimeError(f"wrk failed: {err or out}")
     return {**parse_wrk(out), **window}
@@ -220,6 +232,9 @@ def start(cmd: list[str], port: int) -> subprocess.Popen:
     except RuntimeError:
         proc.kill()
         raise RuntimeError(f"{' '.join(cmd)} did not start: {proc.stderr.read().decode()[-2000:]}") from None
+    except BaseException:  # SIGTERM: the caller never gets the process to stop
+        proc.kill()
+        raise
     return proc
 
 
@@ -322,7 +337,18 @@ def scenario(name: str, cmd: list[str], port: int, path: str, args, batch: int =
     return res
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a timeout, a cancelled CI job) as SystemExit: Python's default
+    ends the process at once, leaving the servers, wrk and the temporary data
+    directories behind; an exception runs the `finally` blocks that stop and
+    remove them."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> int:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=256)

@@ -76,7 +76,10 @@ def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress
             bi.wait_ready(standby_port)
             bi.wait_following(standby_port)
         wrk = bi.start_wrk(port, path, args.duration, args.batch_connections if batch else args.connections, 1, env)
-        out, samples = _follow(name, server, wrk, port, progress)
+        try:
+            out, samples = _follow(name, server, wrk, port, progress)
+        finally:
+            bi.end(wrk)
     finally:
         bi.stop(server)
         if follower is not None:
@@ -310,6 +313,7 @@ def chart(report: dict, path: Path) -> None:
 
 
 def main() -> int:
+    bi.exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=30, help="seconds per scenario (default 30)")
     p.add_argument("--people", type=int, default=35_000_000)

@@ -12,9 +12,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ import pytest
 from ingest import config, kernels, tls
 from ingest.access import token_sha256
 from ingest.store import Store
+from test_loadtest import kill_leftovers, pids_mentioning
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,3 +178,34 @@ def test_capacity_fails_when_wrk_runs_out_of_prepared_requests(tmp_path):
     assert re.fullmatch(r"capacity: single-event, no standby: the prepared request pool ran out \(0 bound of "
                         r"[\d,]+ answered\): raise --expect-per-s", proc.stderr.splitlines()[-1]), proc.stderr
     assert not (tmp_path / "report").exists()
+
+
+@needs_wrk
+@pytest.mark.parametrize(("script", "args", "wrk_port"), [
+    ("bench_ingest.py", ["--only", "single", "--port", "25040"], 25041),
+    ("capacity.py", ["--port", "25050"], 25050),
+])
+def test_sigterm_stops_servers_and_wrk_and_removes_the_data(tmp_path, script, args, wrk_port):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, f"bench/{script}", "--duration", "20", "--expect-per-s", "20000",
+                             "--out" if script == "capacity.py" else "--json", str(tmp_path / "out"), *args],
+                            cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wrk = f"127.0.0.1:{wrk_port}/v1/bindings"
+    started = (wrk, f"--port {wrk_port}", str(tmp))  # wrk, the server it loads, any server with data
+    try:
+        deadline = time.monotonic() + 60
+        while not pids_mentioning(wrk):
+            assert proc.poll() is None and time.monotonic() < deadline, "no wrk started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+        left = [pid for text in started for pid in pids_mentioning(text)]
+    finally:
+        proc.kill()
+        for text in started:
+            kill_leftovers(text)
+    assert proc.returncode == 143, proc.stderr.read()
+    assert left == []
+    assert list(tmp.iterdir()) == []

@@ -7,9 +7,11 @@ import datetime
 import json
 import os
 import random
-import time
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +230,28 @@ def test_the_headless_run_fails_when_the_server_breaks_a_rule(tmp_path):
     assert any("expected 409 person_in_other_tube, got 201 bound" in k for k in kinds), kinds
     assert sum(v["missing"] for v in summary["store"].values()) == 0
     assert (out / "report.html").exists() and (out / "locust_stats.csv").exists()
+
+
+# -- processes a tool under test started ----------------------------------------
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line holds `text` (a test's own path or port):
+    what a tool under test started and must have stopped."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass  # ended meanwhile
+    return pids
+
+
+def kill_leftovers(text: str) -> None:
+    for pid in pids_mentioning(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
