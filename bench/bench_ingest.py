@@ -10,7 +10,7 @@ scenario is a new valid binding (bench/wrk_bindings.lua), so each 201 is a
 fresh event synced to disk; events/s counts the events the server bound,
 and a run in which wrk went round its prepared requests (the server answers
 the repeats 200 duplicate) fails: raise --expect-per-s (--batch-expect-per-s).
-Needs wrk: `apt-get install wrk`.
+Needs wrk and taskset: `apt-get install wrk util-linux`.
 Prints events/s, p50/p99 latency, the server's CPU use (and per event, split
 between the event loop's thread and the committer's) and the ratio of
 durable single-event throughput to the no-op ceiling.
@@ -376,8 +376,8 @@ def main() -> int:
                              "certificate made for the run (needs the openssl command)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench_ingest: wrk is not installed (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        print("bench_ingest: needs wrk and taskset (Debian/Ubuntu: apt-get install wrk util-linux)", file=sys.stderr)
         return 2
     only = set(args.only or ["noop", "single", "batch"])
     from ingest.access import new_token

@@ -209,3 +209,11 @@ def test_sigterm_stops_servers_and_wrk_and_removes_the_data(tmp_path, script, ar
     assert proc.returncode == 143, proc.stderr.read()
     assert left == []
     assert list(tmp.iterdir()) == []
+
+
+@needs_wrk
+def test_bench_ingest_needs_taskset(tmp_path):
+    (tmp_path / "wrk").symlink_to(shutil.which("wrk"))  # wrk, and no taskset
+    proc = bench("bench_ingest.py", env={"PATH": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr == "bench_ingest: needs wrk and taskset (Debian/Ubuntu: apt-get install wrk util-linux)\n"
