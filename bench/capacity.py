@@ -278,7 +278,8 @@ def markdown(report: dict, compare: dict | None) -> str:
         "The verdict uses the most demanding realistic case: single events with a sync standby.",
         "- Remake it: `pip install -e '.[bench]'`, `apt-get install wrk`, then the command at the top; "
         "`--people/--hours/--peak-factor` change the campaign, `--compare OLD/capacity.json` sets a new run "
-        "beside an old one. The load test that checks every answer under a campaign day is in "
+        "beside an old one (`--out docs --compare docs/capacity.json`: the report the run replaces, read "
+        "before it is). The load test that checks every answer under a campaign day is in "
         "[loadtest.md](loadtest.md).", "",
     ]
     return "\n".join(lines)
@@ -312,6 +313,15 @@ def chart(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def read_compare(path: str) -> dict:
+    """The earlier report, read before the run: a wrong path should not cost one."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"capacity: cannot read --compare {path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> int:
     bi.exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,7 +347,7 @@ def main() -> int:
     from tqdm import tqdm
 
     campaign = Campaign(args.people, args.hours, args.peak_factor)
-    compare = json.loads(Path(args.compare).read_text()) if args.compare else None
+    compare = read_compare(args.compare) if args.compare else None
     command = "python bench/capacity.py " + " ".join(sys.argv[1:])
     try:
         with tqdm(total=5 * args.duration, unit="s", desc="capacity", dynamic_ncols=True) as progress:

@@ -217,3 +217,10 @@ def test_bench_ingest_needs_taskset(tmp_path):
     proc = bench("bench_ingest.py", env={"PATH": str(tmp_path)})
     assert proc.returncode == 2
     assert proc.stderr == "bench_ingest: needs wrk and taskset (Debian/Ubuntu: apt-get install wrk util-linux)\n"
+
+
+@needs_wrk
+def test_capacity_says_when_the_run_to_compare_is_missing(tmp_path):
+    proc = bench("capacity.py", "--compare", str(tmp_path / "capacity-old.json"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr == f"capacity: cannot read --compare {tmp_path / 'capacity-old.json'}: No such file or directory\n"
