@@ -103,20 +103,26 @@ class Exhausted(Exception):
     """A user used up its block of a lab's barcodes."""
 
 
+# A slot per (worker, user): users are numbered from 1 in each worker, in the
+# order they start (a stopped user's number is not reused).
+WORKERS_MAX, USERS_MAX = 16, 4095
+
+
 class CodeMaker:
     """Fresh codes for one simulated user: distinct across users, workers and scans of a run.
 
-    Up to 16 Locust workers of 4096 users each get disjoint blocks (a slot
-    each). The run number moves the blocks, so that runs against the same
-    store rarely meet; a fresh store per run (loadtest/run.py) never does.
+    Up to WORKERS_MAX Locust workers of USERS_MAX users each get disjoint
+    blocks (a slot each), as long as they share the run number: it moves the
+    blocks, so that runs against the same store rarely meet; a fresh store
+    per run (loadtest/run.py) never does.
     """
 
-    SLOTS = 16 * 4096
+    SLOTS = WORKERS_MAX * (USERS_MAX + 1)
 
     def __init__(self, run: int, worker: int, user: int):
-        if worker >= 16 or user >= 4096:
-            raise ValueError("codes are distinct for up to 16 workers of 4096 users each")
-        self.slot = worker * 4096 + user
+        if not (0 <= worker < WORKERS_MAX and 0 <= user <= USERS_MAX):
+            raise ValueError(f"codes are distinct for up to {WORKERS_MAX} workers of {USERS_MAX} users each")
+        self.slot = worker * (USERS_MAX + 1) + user
         self.run = run
         self.people = 0
         self.tubes = {lab: 0 for lab in LABS}

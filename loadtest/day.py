@@ -32,3 +32,10 @@ def peak_to_mean(hours_per_day: int = 24) -> float:
     """The shape's own peak factor: peak hour's rate over the day's mean rate (closed hours count as 0)."""
     shares = [s for _, s in DAY_SHAPE]
     return max(shares) / (sum(shares) / hours_per_day)
+
+
+def starts_per_peak() -> float:
+    """Users the day starts per user of its peak: Locust stops users as the
+    shape falls and starts new ones as it rises again."""
+    shares = [s for _, s in DAY_SHAPE]
+    return shares[0] + sum(max(0.0, b - a) for a, b in zip(shares, shares[1:]))

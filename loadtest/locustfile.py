@@ -26,7 +26,8 @@ be); a wrong answer is a Locust failure named by its kind, even when it is a
     INGEST_LOAD_BOX_TUBES     sealed tubes per box (5)
     INGEST_LOAD_ACKS          directory: every acknowledged event is written
                               there (acks-<pid>.jsonl) for the end-of-run check
-    INGEST_LOAD_RUN           run number, keeps codes of runs apart (random)
+    INGEST_LOAD_RUN           run number, keeps codes of runs apart (random); in
+                              distributed mode the master's reaches every worker
     INGEST_LOAD_SUMMARY       file: the final figures as JSON, written on quitting
                               (Locust's CSV files lag by up to 2 s; this does not)
     INGEST_TOKEN              a bearer token with the scan, lab and read roles, for
@@ -91,6 +92,22 @@ class Acks:
 
 
 ACKS = Acks()
+
+
+@events.init_command_line_parser.add_listener
+def _run_option(parser) -> None:
+    # Locust hands a master's custom options to its workers with every spawn
+    # message, before they start users: workers that drew their own run
+    # numbers could make the same tubes (codes.py keeps workers apart only
+    # within one run), so the master's is the one used.
+    parser.add_argument("--ingest-run", type=int, default=RUN, include_in_web_ui=False,
+                        help="run number that keeps codes of runs apart (default: INGEST_LOAD_RUN, or random); "
+                             "the master's reaches every worker")
+
+
+def _run_of(user) -> int:
+    """The run number: the master's when distributed (see _run_option)."""
+    return getattr(user.environment.parsed_options, "ingest_run", None) or RUN
 
 
 @events.test_stop.add_listener
@@ -209,9 +226,10 @@ class SiteUser(FastHttpUser):
         worker = _worker_index(self)
         _user_numbers[worker] += 1
         self.no = _user_numbers[worker]
-        self.rng = random.Random(f"{RUN}-{worker}-{self.no}")
-        self.codes = codes.CodeMaker(RUN, worker, self.no)
-        self.site = f"S-{RUN}-{worker}-{self.no}"
+        run = _run_of(self)
+        self.rng = random.Random(f"{run}-{worker}-{self.no}")
+        self.codes = codes.CodeMaker(run, worker, self.no)
+        self.site = f"S-{run}-{worker}-{self.no}"
         self.device = f"phone-{self.no}"
         self.lab = self.rng.choice(codes.LABS)
         self.offline = self.rng.random() < OFFLINE_SHARE

@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -137,13 +138,23 @@ class Pair:
         stop(self.primary)
 
 
-def run_locust(args, url: str, out: Path, extra: list[str]) -> int:
+def run_number() -> int:
+    """The run number every Locust process is given (INGEST_LOAD_RUN, or a
+    fresh one): processes that drew their own could make the same tubes
+    (loadtest/codes.py keeps workers apart only within one run)."""
+    value = os.environ.get("INGEST_LOAD_RUN") or str(random.SystemRandom().randrange(1, 2**16))
+    if not value.isdigit():
+        raise SystemExit(f"run.py: INGEST_LOAD_RUN must be a whole number, not {value!r}")
+    return int(value)
+
+
+def run_locust(args, url: str, out: Path, extra: list[str], run: int) -> int:
     files = str(HERE / "locustfile.py")
     if args.shape == "day":
         files += "," + str(HERE / "day_shape.py")
     common = ["-f", files, "--host", url]
     env = {**os.environ, "INGEST_LOAD_ACKS": str(out / "acks"), "INGEST_LOAD_SUMMARY": str(out / "locust-summary.json"),
-           "PYTHONUNBUFFERED": "1"}
+           "INGEST_LOAD_RUN": str(run), "PYTHONUNBUFFERED": "1"}
     head = [PY, "-m", "locust", *common, "--headless", "-u", str(args.users), "-r", str(args.spawn_rate),
             "-t", f"{args.time}s", "--stop-timeout", "10", "--csv", str(out / "locust"),
             "--html", str(out / "report.html"), *extra]
@@ -279,6 +290,19 @@ def write_summary(out: Path, summary: dict) -> None:
     (out / "summary.md").write_text("\n".join(lines))
 
 
+def check_limits(parser: argparse.ArgumentParser, args) -> None:
+    """What loadtest/codes.py keeps apart: past it a user could not start."""
+    from loadtest.codes import USERS_MAX, WORKERS_MAX
+    from loadtest.day import starts_per_peak
+
+    if not 0 <= args.workers <= WORKERS_MAX:
+        parser.error(f"--workers: from 0 to {WORKERS_MAX} (loadtest/codes.py keeps their codes apart)")
+    started = args.users * (starts_per_peak() if args.shape == "day" else 1) / max(args.workers, 1)
+    if started > USERS_MAX:
+        parser.error(f"--users: at most {USERS_MAX} users started per Locust process (a day shape starts "
+                     f"{starts_per_peak():g} times its peak); add --workers")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python loadtest/run.py", *argv])
@@ -298,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="server configuration (default: the shipped one); the model expects its rules")
     p.add_argument("--keep-data", action="store_true", help="keep the data directories")
     args = p.parse_args(argv)
+    check_limits(p, args)
+    run = run_number()
 
     out = Path(args.out or HERE / "results" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -310,14 +336,14 @@ def main(argv: list[str] | None = None) -> int:
         pair.start()
         print(f"loadtest: primary on 127.0.0.1:{pair.port}"
               + (f", {args.standby} standby on 127.0.0.1:{pair.standby_port}" if pair.standby else ""), flush=True)
-        code = run_locust(args, f"http://127.0.0.1:{pair.port}", out, extra)
+        code = run_locust(args, f"http://127.0.0.1:{pair.port}", out, extra, run)
         primary_status = pair.settle()
     finally:
         pair.stop()
     print("loadtest: checking every acknowledged event against the store", flush=True)
     store = check_store(out / "data-primary", read_acks(out / "acks"), out)
     summary = {
-        "command": command,
+        "command": command, "run": run,
         "seconds": args.time, "users": args.users, "shape": args.shape, "standby": args.standby,
         "workers": args.workers, "locust_exit": code, "last_seq": primary_status["last_seq"],
         "replication": primary_status.get("replication"),

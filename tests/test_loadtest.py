@@ -73,6 +73,32 @@ def test_made_codes_are_valid_distinct_and_bad_ones_are_bad():
     assert DEMO_SCHEMES.classify(codes.unknown_lab_tube(5)) == UNKNOWN_LAB
 
 
+def test_every_worker_and_user_of_a_run_gets_its_own_tubes():
+    """docs/loadtest.md: distinct for up to 16 workers of 4095 users each,
+    within one run (with its own run number each, two workers' blocks of
+    the short barcodes can meet)."""
+    slots = [(w, u) for w in range(codes.WORKERS_MAX) for u in range(1, codes.USERS_MAX + 1)]
+    for lab in codes.LABS:
+        tubes = {codes.CodeMaker(run=40_000, worker=w, user=u).tube(lab) for w, u in slots}
+        assert len(tubes) == len(slots), lab
+    with pytest.raises(ValueError):
+        codes.CodeMaker(run=1, worker=codes.WORKERS_MAX, user=1)
+    with pytest.raises(ValueError):
+        codes.CodeMaker(run=1, worker=0, user=codes.USERS_MAX + 1)
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--workers", "17"], "--workers: from 0 to 16"),
+    (["--users", "4096"], "--users: at most 4095 users started per Locust process"),
+    (["--users", "3000", "--shape", "day"], "--users: at most 4095 users started per Locust process"),
+])
+def test_run_py_refuses_more_workers_or_users_than_codes_keep_apart(tmp_path, args, error):
+    proc = subprocess.run([sys.executable, str(REPO / "loadtest" / "run.py"), *args, "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and error in proc.stderr.splitlines()[-1], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_user_that_used_up_its_short_barcodes_is_told():
     maker = codes.CodeMaker(run=1, worker=0, user=1)
     maker.tubes["DEMO-LUHN"] = 10**9 // codes.CodeMaker.SLOTS - 1
@@ -255,3 +281,54 @@ def kill_leftovers(text: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# -- one run number for every Locust process ------------------------------------
+
+
+def acked_runs(acks: Path) -> set[tuple[str, str]]:
+    """(run, worker) of every acknowledged binding: its event id starts with its site, S-<run>-<worker>-<user>."""
+    runs = set()
+    for path in acks.glob("acks-*.jsonl"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record[0] == "binding":
+                runs.add(tuple(record[1].split("-")[1:3]))
+    return runs
+
+
+def test_distributed_workers_take_the_masters_run_number(server_factory, tmp_path):
+    """Workers started with their own INGEST_LOAD_RUN (or none: a random one)
+    could make the same tubes; the master's run number reaches them all."""
+    server = server_factory()
+    acks = tmp_path / "acks"
+    locust = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")]
+    env = {**os.environ, "INGEST_LOAD_ACKS": str(acks), "INGEST_LOAD_PACE_S": "0.02"}
+    workers = [subprocess.Popen(locust + ["--worker", "--master-host", "127.0.0.1", "--master-port", "25200"],
+                                env={**env, "INGEST_LOAD_RUN": run}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for run in ("5", "9")]
+    try:
+        master = subprocess.run(
+            locust + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", "25200",
+                      "--expect-workers", "2", "--headless", "-u", "6", "-r", "6", "-t", "3s", "--host", server.url,
+                      "--loglevel", "WARNING"],
+            env={**env, "INGEST_LOAD_RUN": "7"}, capture_output=True, text=True, timeout=60)
+        assert master.returncode == 0, master.stderr[-3000:]
+    finally:
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    assert acked_runs(acks) == {("7", "0"), ("7", "1")}
+
+
+def test_run_py_gives_its_workers_one_run_number(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "loadtest" / "run.py"), "--time", "3", "--users", "6", "--standby", "none",
+         "--workers", "2", "--out", str(out), "--", "--loglevel", "WARNING"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "INGEST_LOAD_PACE_S": "0.02"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = str(json.loads((out / "summary.json").read_text())["run"])
+    assert acked_runs(out / "acks") == {(run, "0"), (run, "1")}
