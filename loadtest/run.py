@@ -125,13 +125,26 @@ class Pair:
                 raise SystemExit(f"gave up waiting for {what} after {timeout:.0f}s")
             time.sleep(0.2)
 
-    def settle(self) -> dict:
-        """Wait for the standby to apply the primary's whole log; the primary's status at the end."""
-        primary = status(self.port)
-        if self.standby is not None:
-            self._wait(lambda: status(self.standby_port)["last_seq"] >= status(self.port)["last_seq"],
-                       "the standby to catch up", timeout=120)
-        return primary
+    def settle(self, timeout: float = 120.0) -> tuple[dict, str | None]:
+        """Wait for the standby to apply the primary's whole log. The
+        primary's status at the end ({} if it did not answer) and the node
+        that stopped answering (None if both did): a server may die under
+        load, and the run must still be checked and reported."""
+        try:
+            primary = status(self.port)
+        except OSError:
+            return {}, "primary"
+        deadline = time.monotonic() + timeout
+        while self.standby is not None:
+            try:
+                if status(self.standby_port)["last_seq"] >= primary["last_seq"]:
+                    break
+            except OSError:
+                return primary, "standby"
+            if time.monotonic() > deadline:
+                break  # alive but behind: the digests will differ and say so
+            time.sleep(0.2)
+        return primary, None
 
     def stop(self) -> None:
         stop(self.standby)
@@ -284,7 +297,13 @@ def write_summary(out: Path, summary: dict) -> None:
                   "run longer, or with more users: one in 21 is a LabUser).", ""]
     lines += [f"Server warnings and errors logged: primary {logs.get('primary', 0)}, "
               f"standby {logs.get('standby', 0)} (see primary.log, standby.log).", ""]
-    if summary.get("standby") != "none":
+    if summary.get("lost"):
+        lines += [f"The {summary['lost']} stopped answering before the end-of-run checks (see "
+                  f"{summary['lost']}.log); the acknowledged events were looked up in the primary's data "
+                  "directory as it was left.", ""]
+    if summary.get("store_error"):
+        lines += [f"The store check could not run: {summary['store_error']}.", ""]
+    if summary.get("digests_equal") is not None:
         lines += [f"Primary and standby digests: {'equal' if summary['digests_equal'] else 'DIFFERENT'} "
                   f"(last sequence number {summary['last_seq']}).", ""]
     (out / "summary.md").write_text("\n".join(lines))
@@ -337,26 +356,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loadtest: primary on 127.0.0.1:{pair.port}"
               + (f", {args.standby} standby on 127.0.0.1:{pair.standby_port}" if pair.standby else ""), flush=True)
         code = run_locust(args, f"http://127.0.0.1:{pair.port}", out, extra, run)
-        primary_status = pair.settle()
+        primary_status, lost = pair.settle()
     finally:
         pair.stop()
+    if lost:
+        print(f"loadtest: the {lost} stopped answering; checking what the primary's data directory holds",
+              file=sys.stderr, flush=True)
     print("loadtest: checking every acknowledged event against the store", flush=True)
-    store = check_store(out / "data-primary", read_acks(out / "acks"), out)
+    store, store_error = {}, None
+    try:
+        store = check_store(out / "data-primary", read_acks(out / "acks"), out)
+    except subprocess.CalledProcessError:
+        store_error = "ingest export failed on the primary's data directory (its error is above)"
     summary = {
         "command": command, "run": run,
         "seconds": args.time, "users": args.users, "shape": args.shape, "standby": args.standby,
-        "workers": args.workers, "locust_exit": code, "last_seq": primary_status["last_seq"],
-        "replication": primary_status.get("replication"),
+        "workers": args.workers, "locust_exit": code, "last_seq": primary_status.get("last_seq"),
+        "replication": primary_status.get("replication"), "lost": lost, "store_error": store_error,
         "locust": _locust_figures(out), "store": store,
     }
     # At WARNING level a server logs only what an operator must see (a sync
     # standby lost and the fall back to async, a store error): count them.
     summary["server_log_lines"] = {name: _lines(out / f"{name}.log") for name in ("primary", "standby")}
-    if pair.standby is not None:
-        summary["digests_equal"] = digest(out / "data-primary") == digest(out / "data-standby")
-    lost = sum(v["missing"] for v in store.values())
-    ok = (code == 0 and summary["locust"]["failures"] == 0 and lost == 0
-          and summary.get("digests_equal", True) and summary["locust"]["requests"] > 0)
+    # A lost node's store is not the other's: there is nothing to compare.
+    summary["digests_equal"] = (digest(out / "data-primary") == digest(out / "data-standby")
+                                if pair.standby is not None and not lost else None)
+    missing = sum(v["missing"] for v in store.values())
+    ok = (code == 0 and summary["locust"]["failures"] == 0 and missing == 0 and not lost and not store_error
+          and summary["digests_equal"] is not False and summary["locust"]["requests"] > 0)
     summary["verdict"] = "pass" if ok else "FAIL"
     write_summary(out, summary)
     if not args.keep_data:

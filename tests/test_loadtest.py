@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, config_with
+from helpers import REPO, config_with, http_request
 from ingest.codes import INVALID_TUBE, UNKNOWN_LAB
 from loadtest import codes
 from loadtest.model import ANY, Expect, SiteModel, error, item_expect, mismatch
@@ -332,3 +332,48 @@ def test_run_py_gives_its_workers_one_run_number(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = str(json.loads((out / "summary.json").read_text())["run"])
     assert acked_runs(out / "acks") == {(run, "0"), (run, "1")}
+
+
+# -- a server lost, a run stopped -----------------------------------------------
+
+
+def _start_run(out: Path, seconds: int, standby: str) -> tuple[subprocess.Popen, int]:
+    """run.py in the background; once its primary has bound events: the process and the primary's port."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "loadtest" / "run.py"), "--time", str(seconds), "--users", "4", "--standby",
+         standby, "--out", str(out), "--", "--loglevel", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "INGEST_LOAD_PACE_S": "0.02"})
+    for line in proc.stdout:
+        if line.startswith("loadtest: primary on 127.0.0.1:"):
+            port = int(line.split(":")[2].split(",")[0])
+            break
+    else:
+        raise AssertionError(f"run.py started no primary (exit {proc.wait()})")
+    deadline = time.monotonic() + 60
+    while http_request(port, "GET", "/v1/status")[2]["last_seq"] < 20:
+        assert time.monotonic() < deadline, "no events bound within 60 s"
+        time.sleep(0.2)
+    return proc, port
+
+
+def test_a_primary_lost_mid_run_is_reported_and_its_store_checked(tmp_path):
+    out = tmp_path / "run"
+    proc, _ = _start_run(out, 6, "sync")
+    try:
+        [primary] = pids_mentioning(str(out / "data-primary"))
+        os.kill(primary, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        kill_leftovers(str(out))
+    assert proc.returncode == 1, rest[-3000:]
+    assert "Traceback" not in rest, rest[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "FAIL" and summary["lost"] == "primary"
+    assert summary["digests_equal"] is None  # nothing to compare a lost node with
+    # what was acknowledged before the crash is in the primary's store
+    assert summary["store"]["binding"]["acknowledged"] > 0
+    assert sum(v["missing"] for v in summary["store"].values()) == 0
+    assert "The primary stopped answering" in (out / "summary.md").read_text()
+    assert not (out / "data-primary").exists() and not (out / "data-standby").exists()
