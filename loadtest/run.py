@@ -183,6 +183,10 @@ def run_locust(args, url: str, out: Path, extra: list[str], run: int) -> int:
                 env=env, stdout=subprocess.DEVNULL, stderr=(out / "workers.log").open("a")))
     try:
         return subprocess.call(head, env=env, timeout=args.time + 300)
+    except BaseException:
+        for w in workers:  # interrupted: without their master they would wait for it
+            w.kill()
+        raise
     finally:
         for w in workers:
             try:
@@ -322,7 +326,18 @@ def check_limits(parser: argparse.ArgumentParser, args) -> None:
                      f"{starts_per_peak():g} times its peak); add --workers")
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a timeout, a cancelled CI job) as SystemExit: Python's default
+    ends the process at once, leaving the servers, Locust and the data
+    directories behind; an exception runs the `finally` blocks that stop
+    and remove them."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python loadtest/run.py", *argv])
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -351,6 +366,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out / name, ignore_errors=True)
     pair = Pair(out, args.standby, args.config)
     print(f"loadtest: results in {out}", flush=True)
+    try:
+        ok = run_and_check(args, pair, out, extra, run, command)
+    finally:
+        if not args.keep_data:  # person codes: not left lying around
+            for name in ("data-primary", "data-standby"):
+                shutil.rmtree(out / name, ignore_errors=True)
+    print((out / "summary.md").read_text())
+    return 0 if ok else 1
+
+
+def run_and_check(args, pair: Pair, out: Path, extra: list[str], run: int, command: str) -> bool:
+    """The servers, Locust, the end-of-run checks and the summary; whether the run passed."""
     try:
         pair.start()
         print(f"loadtest: primary on 127.0.0.1:{pair.port}"
@@ -386,11 +413,7 @@ def main(argv: list[str] | None = None) -> int:
           and summary["digests_equal"] is not False and summary["locust"]["requests"] > 0)
     summary["verdict"] = "pass" if ok else "FAIL"
     write_summary(out, summary)
-    if not args.keep_data:
-        for name in ("data-primary", "data-standby"):
-            shutil.rmtree(out / name, ignore_errors=True)
-    print((out / "summary.md").read_text())
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The load test's answer checking: the model agrees with a real server on
 every rule, the checker catches wrong answers, and the headless run fails
-when the server answers against the rules."""
+when the server answers against the rules. And the run itself: one run
+number for every Locust process, a server lost mid-run reported, SIGTERM
+leaving nothing behind."""
 from __future__ import annotations
 
 import datetime
@@ -377,3 +379,18 @@ def test_a_primary_lost_mid_run_is_reported_and_its_store_checked(tmp_path):
     assert sum(v["missing"] for v in summary["store"].values()) == 0
     assert "The primary stopped answering" in (out / "summary.md").read_text()
     assert not (out / "data-primary").exists() and not (out / "data-standby").exists()
+
+
+def test_sigterm_stops_the_servers_and_locust_and_removes_the_data(tmp_path):
+    out = tmp_path / "run"
+    proc, _ = _start_run(out, 60, "none")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        left = pids_mentioning(str(out))
+    finally:
+        proc.kill()
+        kill_leftovers(str(out))
+    assert proc.returncode == 143
+    assert left == []
+    assert not (out / "data-primary").exists()
