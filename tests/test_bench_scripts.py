@@ -1,4 +1,6 @@
-"""The in-process benchmark scripts run, and what they print holds.
+"""The benchmark scripts run, and what they print holds: the in-process
+ones, and bench_ingest.py and capacity.py where wrk and taskset are
+installed.
 
 Capacity planners run these on new hardware; a script that rotted with the
 code would be found only then. Tiny sizes: this checks that they work and
