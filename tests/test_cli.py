@@ -170,14 +170,26 @@ def test_admin_bad_url_is_a_usage_error(tmp_path, command, url):
     assert "Traceback" not in result.stderr
 
 
-class _NotJson(http.server.BaseHTTPRequestHandler):
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with `body`, or a 302 to `redirect_to` when it is set;
+    keeps what each request carried in `seen`."""
+    seen: list = []
+    redirect_to = None
+    body, content_type = b'{"result":"promoted","epoch":9}', "application/json"
+
     def _answer(self):
-        body = b"<html>a proxy's login page</html>"
+        type(self).seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if self.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", self.redirect_to + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(self.body)
 
     do_GET = do_POST = _answer
 
@@ -185,14 +197,22 @@ class _NotJson(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def recorder(redirect_to=None, **answer):
+    handler = type("Handler", (_Recorder,), {"seen": [], "redirect_to": redirect_to, **answer})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.fixture
 def not_json_url():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotJson)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with recorder(body=b"<html>a proxy's login page</html>", content_type="text/html") as (url, _):
+        yield url
 
 
 @pytest.fixture
@@ -329,45 +349,6 @@ def test_a_bad_ingest_token_is_refused_before_a_request_and_not_shown(tmp_path, 
             listener.accept()  # nothing connected
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == "ingest: INGEST_TOKEN is not a valid bearer token\n", result.stderr
-
-
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers 200 JSON, or a 302 to `redirect_to` when it is set; keeps
-    what each request carried."""
-    seen: list = []
-    redirect_to = None
-
-    def _answer(self):
-        type(self).seen.append((self.command, self.path, self.headers.get("Authorization")))
-        if self.redirect_to:
-            self.send_response(302)
-            self.send_header("Location", self.redirect_to + self.path)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = b'{"result":"promoted","epoch":9}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def recorder(redirect_to=None):
-    handler = type("Handler", (_Recorder,), {"seen": [], "redirect_to": redirect_to})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_admin_commands_follow_no_redirect_and_send_the_token_only_to_promote(tmp_path):
