@@ -344,10 +344,13 @@ def main() -> int:
     if not shutil.which("wrk") or not shutil.which("taskset"):
         print("capacity: needs wrk and taskset (Debian/Ubuntu: apt-get install wrk util-linux)", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
     campaign = Campaign(args.people, args.hours, args.peak_factor)
     compare = read_compare(args.compare) if args.compare else None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print("capacity: needs the bench extra (pip install -e '.[bench]')", file=sys.stderr)
+        return 2
     command = "python bench/capacity.py " + " ".join(sys.argv[1:])
     try:
         with tqdm(total=5 * args.duration, unit="s", desc="capacity", dynamic_ncols=True) as progress:
