@@ -77,11 +77,10 @@ class Access:
         roles = self._seen.get(authorization)
         if roles is not None:
             return roles
-        scheme, _, token = authorization.strip().partition(b" ")
-        token = token.strip(b" \t")
-        if scheme.lower() != b"bearer" or not token:  # RFC 9110 11.1: the scheme is case-insensitive
+        digest = _digest(authorization)
+        if digest is None:
             return None
-        roles = self._roles_of.get(hashlib.sha256(token).digest())
+        roles = self._roles_of.get(digest)
         if roles is not None and len(authorization) <= SEEN_VALUE_BYTES_MAX:
             if len(self._seen) >= SEEN_MAX:
                 self._seen.clear()
@@ -94,8 +93,16 @@ class Access:
         routes ask: one hash per request there."""
         if not self._labs_of or authorization is None:
             return None
-        scheme, _, token = authorization.strip().partition(b" ")
-        if scheme.lower() != b"bearer":
-            return None
-        return self._labs_of.get(hashlib.sha256(token.strip(b" \t")).digest())
+        digest = _digest(authorization)
+        return None if digest is None else self._labs_of.get(digest)
+
+
+def _digest(authorization: bytes) -> bytes | None:
+    """The SHA-256 of the bearer token in an Authorization value; None when
+    it holds none (RFC 9110 11.1: the scheme is case-insensitive)."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    token = token.strip(b" \t")
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return hashlib.sha256(token).digest()
 

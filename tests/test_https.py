@@ -69,16 +69,22 @@ def test_tokens_travel_inside_tls(server_factory, tmp_path, ca, client_tls):
     assert srv.post(event(), headers={"Authorization": f"Bearer {token}"})[0] == 201
 
 
+def read_to_close(sock: socket.socket) -> bytes:
+    """Whatever comes until the server closes (or resets) the connection."""
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except ConnectionError:
+        pass
+    return got
+
+
 def test_plain_http_to_the_https_port_gets_no_http_answer(server_factory, tmp_path, ca, client_tls):
     srv = server_factory(config=https_config(tmp_path, ca), tls=client_tls)
     with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as sock:
         sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
-        got = b""
-        try:
-            while chunk := sock.recv(4096):
-                got += chunk
-        except ConnectionError:
-            pass
+        got = read_to_close(sock)
     assert not got.startswith(b"HTTP/")  # at most a TLS alert, then the connection closes
     assert srv.request("GET", "/livez")[0] == 200  # and the server serves the next client
 
@@ -130,13 +136,7 @@ def tls_request_then_close_notify(port: int, context: ssl.SSLContext, request: b
         except ssl.SSLWantReadError:
             pass  # the server's close_notify has not come yet
         sock.sendall(outgoing.read())
-        got = b""
-        try:
-            while chunk := sock.recv(65536):
-                got += chunk
-        except ConnectionError:
-            pass
-        return got
+        return read_to_close(sock)
 
 
 def test_a_client_that_closes_its_tls_side_leaves_no_warning(server_factory, tmp_path, ca, client_tls):
