@@ -287,10 +287,13 @@ class Server:
         self.app.draining = True
         deadline = time.monotonic() + self.config.limits.drain_seconds_max
         # Idle connections go now; busy ones close after their last answer
-        # (answers written while draining carry Connection: close).
+        # (answers written while draining carry Connection: close). A request
+        # still arriving is busy too: it gets its 503 shutting_down, which
+        # tells the client to go elsewhere, where an EOF would look like a
+        # network fault (a stalled one meets request_seconds_max's 408).
         while time.monotonic() < deadline:
             for conn in list(self.connections):
-                if not conn.pending:
+                if not conn.pending and not conn.parser.in_request:
                     conn.close()
             if not self.connections and self.committer.in_flight == 0:
                 break
