@@ -13,6 +13,7 @@ leading "'" (`_safe_cell`, docs/operations.md "Export").
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Iterator
 from typing import IO
 
@@ -35,16 +36,21 @@ COLUMNS = {
 
 
 # A cell starting with one of these is a formula to a spreadsheet (OWASP
-# "CSV injection"); TAB and CR too, because some spreadsheets skip leading
-# blanks and then see the formula. "'" itself is escaped so that the escape
-# can be undone without guessing: a cell that begins with "'" had one added.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+# "CSV injection"); TAB and CR too. Spreadsheets also skip leading blanks
+# (" =1+1") and, in CJK locales, take full-width signs ("＝1+1") for
+# formulas, so the check reads the text as NFKC folds it (U+FF1D to "=",
+# U+3000 to " ") with blanks stripped. "'" itself is escaped so that the
+# escape can be undone without guessing: a cell that begins with "'" had one
+# added.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+_BLANKS = " \t\r\n"
 
 
 def _safe_cell(value: object) -> object:
     """Text from clients (site, person, event id, lab, box...) gets a leading
     "'" if a spreadsheet would run it; numbers the server wrote stay numbers."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    if (isinstance(value, str) and value and not (value[0].isascii() and value[0].isalnum())
+            and unicodedata.normalize("NFKC", value).lstrip(_BLANKS).startswith(FORMULA_STARTS)):
         return "'" + value
     return value
 

