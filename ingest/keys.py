@@ -5,6 +5,7 @@ Tables (LMDB named databases), described in docs/storage.md:
   meta     b"last_seq"      -> u64 big-endian, last change-log sequence
            b"format"        -> u32, store format version
            b"node", b"epoch", b"fenced"  -> replication identity (docs/storage.md)
+           b"time_zone"     -> utf-8 IANA name the stats hours are counted in
   events   event_id (ascii) -> EventRecord   dedup memory of accepted events
   tubes    tube (ascii)     -> Tube          site, lab, pool size, state, count
   members  tube \0 u16 BE   -> Member        the tube's people, by position 1..
@@ -44,6 +45,10 @@ EPOCH = b"epoch"
 # Present while this node is a primary replaced by a higher epoch (value: that
 # epoch): it must take no writes, after a restart too, until promoted again.
 FENCED = b"fenced"
+# The zone of the stats table's hour labels (stats.time_zone when the store
+# was made). The labels are written by the apply, so every node applying one
+# change log must count in the same zone, and a store in one zone only.
+TIME_ZONE = b"time_zone"
 
 
 def seq_key(seq: int) -> bytes:

@@ -21,7 +21,8 @@ import lmdb
 
 from ingest import records
 from ingest.datadir import FILE_MODE, is_new, lock_directory, make_directory, unlock_directory
-from ingest.keys import EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, HourLabels, first_seq, seq_key
+from ingest.keys import (EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, TIME_ZONE, HourLabels,
+                         first_seq, seq_key)
 from ingest.readview import ReadView
 from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Tube
 from ingest.outcomes import Rejected
@@ -44,11 +45,18 @@ SNAPSHOT_IN = "snapshot-in.mdb"
 CLOSE_WAIT_S = 120.0
 
 
+def zone_mismatch(stored: str, configured: str) -> str:
+    return (f"the store counts statistics in time zone {stored!r}, the config says stats.time_zone = "
+            f"{configured!r}: set it back to {stored!r} (a store keeps the zone it was made with), or start "
+            "on a new data directory")
+
+
 class Store:
     def __init__(self, path: str, map_bytes_initial: int = 64 << 20, map_bytes_max: int = 1 << 40,
                  time_zone: str = "UTC", log_keep: int = 0):
         make_directory(path)
         self.path = path
+        self.time_zone = time_zone
         self.hour_of = HourLabels(time_zone)
         self.map_bytes_initial = map_bytes_initial
         self.map_bytes_max = map_bytes_max
@@ -155,6 +163,11 @@ class Store:
                 txn.put(FORMAT, FORMAT_VERSION.to_bytes(4, "big"), db=meta)
             if txn.get(NODE, db=meta) is None:
                 txn.put(NODE, os.urandom(8).hex().encode(), db=meta)
+            zone = txn.get(TIME_ZONE, db=meta)
+            if zone is None:  # a new store, or one made before the zone was kept
+                txn.put(TIME_ZONE, self.time_zone.encode(), db=meta)
+            elif bytes(zone).decode() != self.time_zone:
+                raise StoreError(zone_mismatch(bytes(zone).decode(), self.time_zone))
             raw = txn.get(LAST_SEQ, db=meta)
             self.last_seq = 0 if raw is None else int.from_bytes(raw, "big")
             self.node = bytes(txn.get(NODE, db=meta)).decode()
@@ -406,6 +419,10 @@ class Store:
                 raw = txn.get(EPOCH)
                 if self.epoch > (0 if raw is None else int.from_bytes(raw, "big")):
                     txn.put(EPOCH, self.epoch.to_bytes(8, "big"))  # never forget a higher epoch
+                zone = txn.get(TIME_ZONE)
+                if zone is not None and bytes(zone).decode() != self.time_zone:
+                    raise StoreError(f"snapshot: {zone_mismatch(bytes(zone).decode(), self.time_zone)}")
+                txn.put(TIME_ZONE, self.time_zone.encode())
                 txn.put(NODE, self.node.encode())
                 txn.delete(FENCED)  # a node that installs a snapshot follows
             check.sync(True)

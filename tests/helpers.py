@@ -44,10 +44,11 @@ def stderr_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "running the pure-Python kernels" not in line]
 
 
-def config_with(limits: dict | None = None, rules: dict | None = None, store: dict | None = None) -> str:
+def config_with(limits: dict | None = None, rules: dict | None = None, store: dict | None = None,
+                stats: dict | None = None) -> str:
     """A config file text: the given sections plus the shipped labs."""
     parts = []
-    for name, values in (("rules", rules), ("limits", limits), ("store", store)):
+    for name, values in (("rules", rules), ("limits", limits), ("store", store), ("stats", stats)):
         if values:
             parts.append(f"[{name}]")
             parts.extend(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in values.items())

@@ -269,6 +269,40 @@ def test_standby_pointed_at_itself_stops(server_factory):
     assert itself.status()["replication"]["stopped_because"] == "self"
 
 
+def test_a_standby_counting_statistics_in_another_time_zone_is_refused(server_factory):
+    # The apply writes the hour labels: a standby in Asia/Shanghai following
+    # a UTC primary held other statistics from the same log, and served them
+    # after a failover, with no error anywhere.
+    primary = server_factory(args=("--replication-port", "0"))
+    assert primary.post(event(fresh_tube()))[0] == 201
+    standby = server_factory(config=config_with(stats={"time_zone": "Asia/Shanghai"}),
+                             args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
+    deadline = time.monotonic() + WAIT_S
+    while standby.status()["replication"]["stopped_because"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert standby.status()["replication"]["stopped_because"] == "time_zone"
+    assert standby.last_seq() == 0
+    assert "counts statistics in time zone 'Asia/Shanghai', this primary in 'UTC'" in primary.stderr_text()
+
+
+def test_a_store_keeps_the_time_zone_it_was_made_with(server_factory, tmp_path):
+    # A restart with another stats.time_zone used to go on counting the
+    # same store's hours in the new zone: one day's statistics in two zones.
+    server = server_factory()
+    assert server.post(event(fresh_tube()))[0] == 201
+    server.stop()
+    config = tmp_path / "shanghai.toml"
+    config.write_text(config_with(stats={"time_zone": "Asia/Shanghai"}))
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest", "serve", "--data", server.data, "--port", "0", "--config", str(config)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "the store counts statistics in time zone 'UTC', the config says stats.time_zone = " \
+           "'Asia/Shanghai'" in result.stderr and "Traceback" not in result.stderr
+    again = server_factory(data=server.data)
+    assert again.last_seq() == 1
+
+
 def test_lag_is_reported_in_events_and_seconds(server_factory):
     primary, standby = pair(server_factory)
     mixed_load(primary, 1)

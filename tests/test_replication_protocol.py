@@ -297,6 +297,25 @@ def test_a_hello_from_before_tips_still_decodes():
     assert primary.receive(wire.encode(Type.HELLO, 3, 10, old)) == [Hello("s", 3, 10, b"")]
 
 
+def test_the_standby_time_zone_reaches_the_primary():
+    primary = Primary("p", 3)
+    assert primary.receive(Standby("s", 3, 10, TIP_A, "Asia/Shanghai").hello()) == [
+        Hello("s", 3, 10, TIP_A, "Asia/Shanghai")]
+
+
+@pytest.mark.parametrize("standby_zone, primary_zone, expected", [
+    ("Asia/Shanghai", "UTC", "time_zone"),  # the same log would make other statistics there
+    ("UTC", "UTC", None),
+    ("", "UTC", None),                       # a peer too old to send its zone: not checkable
+])
+def test_a_standby_counting_in_another_time_zone_is_refused(standby_zone, primary_zone, expected):
+    hello = Hello("s", 3, 10, TIP_A, standby_zone)
+    refused = history_refusal(hello, 3, 20, TIP_A, primary_zone)
+    assert (refused and refused[0]) == expected
+    if refused:
+        assert standby_zone in refused[1] and primary_zone in refused[1]
+
+
 @pytest.mark.parametrize("standby_last, tip, standby_epoch, tip_here, expected", [
     (30, TIP_A, 3, None, "ahead"),          # entries this primary never had
     (10, TIP_B, 3, TIP_A, "diverged"),      # same seq, another entry: a fork at or before it

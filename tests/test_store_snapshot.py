@@ -130,6 +130,25 @@ def test_a_bad_snapshot_is_refused_and_the_store_kept(tmp_path, damage):
         standby.close()
 
 
+def test_a_snapshot_counting_in_another_time_zone_is_refused_and_the_store_kept(tmp_path):
+    # The hello refuses such a standby first; this is the store's own check,
+    # for a primary too old to compare zones.
+    primary = store(tmp_path / "p", time_zone="Asia/Shanghai")
+    standby = store(tmp_path / "s")
+    try:
+        write(primary, many(20))
+        write(standby, many(3, start=10**6))
+        before = standby.digest()
+        incoming = os.path.join(standby.path, SNAPSHOT_IN)
+        last_seq, size, sha = take_snapshot(primary, incoming)
+        with pytest.raises(StoreError, match="time zone 'Asia/Shanghai'"):
+            standby.install_snapshot(incoming, last_seq, size, sha)
+        assert standby.digest() == before and standby.last_seq == 3
+    finally:
+        primary.close()
+        standby.close()
+
+
 def test_a_store_that_cannot_open_again_after_the_swap_says_so(tmp_path):
     # The old file is gone once the rename is done: a failed open (no disk
     # for the map, no descriptors) leaves nothing to serve from, and must

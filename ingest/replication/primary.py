@@ -164,7 +164,7 @@ class Session(asyncio.Protocol):
             self.end()
             return
         tip_here = store.tip(hello.last_seq)
-        refusal = protocol.history_refusal(hello, store.epoch, store.last_seq, tip_here)
+        refusal = protocol.history_refusal(hello, store.epoch, store.last_seq, tip_here, store.time_zone)
         if refusal is not None:
             log.error("refusing standby %s (%s): %s: %s", hello.node, self.peer, *refusal)
             self.transport.write(self.proto.refuse(*refusal))

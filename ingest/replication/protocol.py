@@ -112,6 +112,7 @@ class Hello(NamedTuple):
     epoch: int
     last_seq: int  # stream from last_seq + 1, once history_refusal() found nothing against it
     tip: bytes = b""  # digest of the standby's entry at last_seq; b"" from a peer too old to send it
+    time_zone: str = ""  # the zone of its statistics; "" from a peer too old to send it
 
 
 class Fence(NamedTuple):
@@ -293,7 +294,7 @@ class Primary(_Endpoint):
         self.peer = hello.node
         self._acked = self._sent = hello.last_seq
         self.state = WELCOMING
-        return [Hello(hello.node, hello.epoch, hello.last_seq, hello.tip)]
+        return [Hello(hello.node, hello.epoch, hello.last_seq, hello.tip, hello.time_zone)]
 
     def _ack(self, seq: int) -> list[Action]:
         if seq < self._acked:
@@ -304,7 +305,8 @@ class Primary(_Endpoint):
         return [Acked(seq)]
 
 
-def history_refusal(hello: Hello, epoch: int, last_seq: int, tip_here: bytes | None) -> tuple[str, str] | None:
+def history_refusal(hello: Hello, epoch: int, last_seq: int, tip_here: bytes | None,
+                    time_zone: str = "") -> tuple[str, str] | None:
     """Why a primary (at `epoch`, with `last_seq`) must not continue the
     standby's history, as (code, message) for REFUSE; None if it may.
 
@@ -318,7 +320,15 @@ def history_refusal(hello: Hello, epoch: int, last_seq: int, tip_here: bytes | N
     after this same check. Without our entry to compare, a standby of our
     own epoch followed this history; one of an older epoch may be that
     former primary, and the snapshot that would bring it up to date would
-    overwrite its tail, so it is refused too."""
+    overwrite its tail, so it is refused too.
+
+    `time_zone` is the zone the primary counts statistics in: the apply
+    writes the hour labels, so a standby counting in another would hold
+    other statistics from the same log (and after a failover serve them)."""
+    if time_zone and hello.time_zone and hello.time_zone != time_zone:
+        return "time_zone", (f"standby counts statistics in time zone {hello.time_zone!r}, this primary in "
+                             f"{time_zone!r}: give both nodes the same stats.time_zone (a store keeps the "
+                             "zone it was made with: a standby of another zone needs an empty data directory)")
     if hello.last_seq > last_seq:
         return "ahead", (f"standby has seq {hello.last_seq}, this primary only {last_seq}: it holds entries "
                          "this primary never had (a former primary's unreplicated tail)")
@@ -340,10 +350,11 @@ def history_refusal(hello: Hello, epoch: int, last_seq: int, tip_here: bytes | N
 
 
 class Standby(_Endpoint):
-    def __init__(self, node: str, epoch: int, last_seq: int, tip: bytes = b"") -> None:
+    def __init__(self, node: str, epoch: int, last_seq: int, tip: bytes = b"", time_zone: str = "") -> None:
         super().__init__(node, epoch, CONNECTING)
         self.last_seq = last_seq  # the last seq handed out in Apply (or stored before connecting)
         self.tip = tip  # digest of our entry at last_seq (Store.tip), sent in HELLO
+        self.time_zone = time_zone  # the zone of our statistics (Store.time_zone), sent in HELLO
         self.primary: str | None = None
         self._acked = last_seq
         self._primary_last_seq = last_seq
@@ -357,7 +368,8 @@ class Standby(_Endpoint):
     def hello(self) -> bytes:
         self._require(CONNECTING)
         self.state = AWAITING_WELCOME
-        return wire.encode(Type.HELLO, self.epoch, self.last_seq, wire.hello(self.node, self.last_seq, self.epoch, self.tip))
+        payload = wire.hello(self.node, self.last_seq, self.epoch, self.tip, self.time_zone)
+        return wire.encode(Type.HELLO, self.epoch, self.last_seq, payload)
 
     def ack(self, seq: int) -> bytes:
         """ACK for entries handed out in Apply; b"" once closed.

@@ -34,7 +34,7 @@ READ_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 # Refusals after which trying again cannot help: an operator must act.
 FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed", "refused",
-         "store_closed"}
+         "store_closed", "time_zone"}
 
 
 async def _connect(host: str, port: int, tls: ssl.SSLContext | None):
@@ -172,7 +172,8 @@ class Follower:
         except asyncio.TimeoutError:
             return f"no connection within {CONNECT_TIMEOUT_S:g}s"
         store = self.store
-        proto = protocol.Standby(store.node, store.epoch, store.last_seq, store.tip(store.last_seq) or b"")
+        proto = protocol.Standby(store.node, store.epoch, store.last_seq, store.tip(store.last_seq) or b"",
+                                 store.time_zone)
         incoming = None  # the snapshot file being received, if any
         try:
             writer.write(proto.hello())

@@ -165,6 +165,10 @@ class HelloPayload(msgspec.Struct, array_like=True, frozen=True):
     # trailing field: a peer from before it sends none (b""), and one from
     # before it ignores it.
     tip: bytes = b""
+    # The zone its statistics are counted in (Store.time_zone): a primary
+    # counting in another refuses it, as the two stores' stats would differ.
+    # Trailing too: "" from a peer from before it.
+    time_zone: str = ""
 
 
 class WelcomePayload(msgspec.Struct, array_like=True, frozen=True):
@@ -208,8 +212,8 @@ def _decode(decoder: msgspec.msgpack.Decoder, payload: bytes):
         raise WireError("bad_payload", str(exc)) from None
 
 
-def hello(node: str, last_seq: int, epoch: int, tip: bytes = b"") -> bytes:
-    return _encoder.encode(HelloPayload(node, last_seq, epoch, tip))
+def hello(node: str, last_seq: int, epoch: int, tip: bytes = b"", time_zone: str = "") -> bytes:
+    return _encoder.encode(HelloPayload(node, last_seq, epoch, tip, time_zone))
 
 
 def decode_hello(payload: bytes) -> HelloPayload:
