@@ -67,6 +67,14 @@ cdef inline void _count(tx, str site, int field):
     deltas[field] += 1
 
 
+cdef inline void _append(tx, bytes entry) except *:
+    # writetx.WriteTx.append, inline
+    cdef unsigned long long seq = tx.seq + 1
+    tx.seq = seq
+    if not tx._log.put(_seq_key(seq), entry, True, True, True):
+        raise StoreError(f"log entry {seq} exists already: the log must only grow")
+
+
 def apply_binding(tx, ev, str lab, long long window_ms):
     cdef str tube_code = ev.tube
     cdef str person = ev.person
@@ -102,11 +110,17 @@ def apply_binding(tx, ev, str lab, long long window_ms):
         seen = _decode_event_record(events.get(event_key))
         if seen.payload != list(payload):
             return Rejected(errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
-        return Duplicate(event_id, event_id, tube_code, seen.count, seen.seq)
+        return Duplicate(event_id, seen.original or event_id, tube_code, seen.count, seen.seq)
 
     # From here on the event id is claimed; every refusal must release it.
     refusal = _refusal(events, ev, tube_code, site_id, pool_size, scanned_at, tube, history, window_ms)
     if refusal is not None:
+        if type(refusal) is Duplicate:
+            # rules.py: a pair duplicate's id is remembered and logged
+            events.put(event_key, _encode(EventRecord(refusal.seq, refusal.count, raw_payload, "binding",
+                                                      refusal.original_event_id)))
+            _append(tx, _encode(LogEntry("binding", lab, raw_payload, tx.at_ms)))
+            return refusal
         if events.set_key(event_key):
             events.delete()
         return refusal
@@ -122,10 +136,7 @@ def apply_binding(tx, ev, str lab, long long window_ms):
                     _encode(Member(person, event_id, scanned_at, seq)))
     history.append(PersonBinding(tube_code, scanned_at, seq, event_id, site_id, position))
     persons.put(person_key, _encode(history))
-    # writetx.WriteTx.append, inline
-    tx.seq = seq
-    if not tx._log.put(_seq_key(seq), _encode(LogEntry("binding", lab, raw_payload, tx.at_ms)), True, True, True):
-        raise StoreError(f"log entry {seq} exists already: the log must only grow")
+    _append(tx, _encode(LogEntry("binding", lab, raw_payload, tx.at_ms)))
     _count(tx, site_id, _PEOPLE)
     return Bound(event_id, tube_code, lab, count, pool_size, seq)
 

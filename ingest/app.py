@@ -149,7 +149,7 @@ class App(Reads, NodeRoutes):
             # "duplicate", not a refusal of what is stored. Rare path: one read.
             seen = self.store.event(ev.event_id)
             if seen is not None and seen.payload == list(msgspec.structs.astuple(ev)):
-                return Duplicate(ev.event_id, ev.event_id, ev.tube, seen.count, seen.seq)
+                return Duplicate(ev.event_id, seen.original or ev.event_id, ev.tube, seen.count, seen.seq)
         return lab
 
     def when_replicated(self, outcomes: list, answer: Callable[[], None]) -> None:

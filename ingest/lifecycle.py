@@ -118,7 +118,9 @@ def apply_void(tx: WriteTx, ev: VoidEvent) -> Outcome:
     # Binding payloads are in BindingEvent field order: tube 3, person 4.
     tube_code, person = bound.payload[3], bound.payload[4]
     history = tx.person(person)
-    binding = next(b for b in history if b.event_id == ev.binding_event_id)
+    # A pair duplicate's id names the scan of its original: void that one.
+    binding_id = bound.original or ev.binding_event_id
+    binding = next(b for b in history if b.event_id == binding_id)
     if binding.voided_seq:
         return refuse(tx, ev.event_id, Rejected(
             errors.BINDING_VOIDED, "this binding was voided already", "binding_event_id"))

@@ -105,6 +105,10 @@ class EventRecord(Struct, array_like=True, gc=False):
     count: int
     payload: list
     kind: str = "binding"
+    # A pair duplicate (its tube and person bound already under another id):
+    # that binding's event id; seq and count are that binding's too, so a
+    # resend gets the first answer again, after a void of the original too.
+    original: str = ""
 
 
 class LogEntry(Struct, array_like=True, gc=False):

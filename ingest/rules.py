@@ -68,11 +68,19 @@ def apply_binding_py(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) ->
     if seen is not None:
         if seen.payload != payload:
             return Rejected(errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
-        return Duplicate(ev.event_id, ev.event_id, ev.tube, seen.count, seen.seq)
+        return Duplicate(ev.event_id, seen.original or ev.event_id, ev.tube, seen.count, seen.seq)
 
     # From here on the event id is claimed; every refusal must release it.
     refusal = _refusal(tx, ev, tube, history, window_ms)
     if refusal is not None:
+        if type(refusal) is Duplicate:
+            # The pair is bound under another id. This id is remembered (and
+            # logged, for the standby): forgotten, a resend after a void of
+            # the original bound the voided person into the tube again.
+            tx.put_event(ev.event_id, EventRecord(refusal.seq, refusal.count, payload, "binding",
+                                                  refusal.original_event_id))
+            tx.append(LogEntry("binding", lab, payload))
+            return refusal
         tx.release_event(ev.event_id)
         return refusal
 

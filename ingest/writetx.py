@@ -128,6 +128,9 @@ class WriteTx:
         raw = self._events.get(event_id.encode()) if event_id else None
         return None if raw is None else records.decode_event_record(raw)
 
+    def put_event(self, event_id: str, record: EventRecord) -> None:
+        self._events.put(event_id.encode(), records.encode(record))
+
     def release_event(self, event_id: str) -> None:
         if self._events.set_key(event_id.encode()):
             self._events.delete()

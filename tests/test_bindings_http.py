@@ -331,7 +331,11 @@ def test_duplicate_after_tube_became_full_still_answers_duplicate(server):
     assert body["result"] == "duplicate" and body["event_id"] == again["event_id"]
     assert body["original"] == {"result": "bound", "event_id": first["event_id"], "tube": tube, "count": 1,
                                 "seq": answer["seq"]}
-    assert server.last_seq() == before
+    # The new id is remembered (one log entry, no change to the tube): its
+    # resend answers the same; the retry of `first` wrote nothing.
+    assert server.last_seq() == before + 1
+    assert post(server, again) == (200, body)
+    assert server.last_seq() == before + 1
 
 
 def test_event_id_conflict_comes_before_tube_state(server):
@@ -447,7 +451,10 @@ def test_same_tube_and_person_under_another_event_id_names_the_original(server):
         "result": "duplicate", "event_id": again["event_id"],
         "original": {"result": "bound", "event_id": first["event_id"], "tube": tube, "count": 2, "seq": answer["seq"]},
     }
-    assert snapshot(server, tube, first["person"]) == before
+    # The tube and the person are as they were; only the new id is
+    # remembered, in one log entry.
+    tube_view, person_view, last_seq = before
+    assert snapshot(server, tube, first["person"]) == (tube_view, person_view, last_seq + 1)
 
 
 def test_rejected_event_id_is_not_remembered(server):
@@ -684,7 +691,7 @@ def test_batch_keeps_order_and_mixes_outcomes(server):
     assert results[9]["result"] == "duplicate"
     assert results[9]["original"]["event_id"] == a["event_id"] and results[9]["event_id"] == same_pair["event_id"]
     assert results[10]["error"]["code"] == "malformed"
-    assert server.last_seq() == before + 2
+    assert server.last_seq() == before + 3  # a, b, and same_pair's id remembered
     assert [p["person"] for p in server.tube(tube)[2]["persons"]] == [a["person"], b["person"]]
 
 

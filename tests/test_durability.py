@@ -269,13 +269,14 @@ def test_restart_keeps_dedup_memory_and_continues_seq(server_factory, stop):
     status, _, body = again.post(event(person=person))
     assert status == 409 and body["error"]["code"] == "person_in_other_tube"
     assert body["error"]["other_tube"] == tube
-    # New events continue the sequence and fill the same tube.
+    # New events continue the sequence (4 remembers the pair duplicate's
+    # id) and fill the same tube.
     status, _, body = again.post(event(tube))
-    assert status == 201 and body["seq"] == 4 and body["count"] == 4
+    assert status == 201 and body["seq"] == 5 and body["count"] == 4
     status, _, got = again.tube(tube)
     assert got["count"] == 4
-    assert [p["seq"] for p in got["persons"]] == [1, 2, 3, 4]
-    assert again.last_seq() == 4
+    assert [p["seq"] for p in got["persons"]] == [1, 2, 3, 5]
+    assert again.last_seq() == 5
 
 
 def test_store_full_answers_507_and_loses_nothing(server_factory):

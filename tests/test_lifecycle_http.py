@@ -127,6 +127,33 @@ def test_after_a_void_a_pair_duplicate_names_the_original_count(server):
     assert status == 200 and pair["result"] == "duplicate" and pair["original"] == original, pair
 
 
+def test_a_pair_duplicate_resent_after_the_void_of_its_original_binds_nothing(server):
+    # The phone scanned one person twice (the second scan answered as a
+    # duplicate of the first), the volunteer voided the scan, the phone then
+    # resent the second one, whose answer it had lost: it bound the voided
+    # person into the tube again, under the same event id that had been
+    # answered "duplicate".
+    tube = fresh_tube()
+    first, other = fill(server, tube, 2)
+    second = dict(first, event_id=fresh_event_id("twice"))
+    status, _, dup = server.post(second)
+    assert status == 200 and dup["original"]["event_id"] == first["event_id"], dup
+    assert void(server, first["event_id"])[0] == 201
+    assert server.post(second)[::2] == (200, dup)
+    _, _, view = server.tube(tube)
+    assert view["count"] == 1 and [p["person"] for p in view["persons"]] == [other["person"]]
+    # Voiding the second scan's id voids the binding it repeats.
+    status, body, third = bind(server, tube, first["person"])  # the person again, on purpose, after the void
+    assert status == 201, body
+    fourth = dict(third, event_id=fresh_event_id("twice"))
+    assert server.post(fourth)[0] == 200
+    status, got, _ = void(server, fourth["event_id"])
+    assert status == 201 and got["count"] == 1, got
+    _, _, view = server.tube(tube)
+    assert [p["person"] for p in view["persons"]] == [other["person"]]
+    assert [v["event_id"] for v in view["voided"]] == [first["event_id"], third["event_id"]]
+
+
 def test_voided_person_may_go_into_another_tube_and_back(server):
     tube = fresh_tube()
     [ev] = fill(server, tube, 1)
