@@ -214,6 +214,8 @@ def person_check(s, long long today):
         return _identity_number(code, today)
     if n == 17 and code[0] == 'H' and code[1] == 'C':
         return _registration_token(code)
+    if n == 17 and code[0] in 'Hh' and code[1] in 'Cc':
+        return PERSON_CHARACTER  # the twin: a token's length, its letters in the wrong case
     return PERSON_LENGTH
 
 

@@ -141,6 +141,8 @@ def person_check(s, today):
         return _identity_number(s, today)
     if n == 17 and s.startswith("HC"):
         return _registration_token(s)
+    if n == 17 and s[:2].upper() == "HC":
+        return PERSON_CHARACTER  # a token's length; its letters in the wrong case
     return PERSON_LENGTH
 
 

@@ -171,7 +171,11 @@ DAY = 20240615
         ("11010519491231002", "PERSON_LENGTH"),
         ("11010519491231002X0", "PERSON_LENGTH"),
         ("", "PERSON_LENGTH"),
-        ("hc" + "0" * 14 + "0", "PERSON_LENGTH"),
+        # a token's length with its letters in the wrong case: the characters
+        # are wrong, not the length (it used to say "length")
+        ("hc" + "0" * 14 + "0", "PERSON_CHARACTER"),
+        ("Hc36SMTBBZJPGBY8U", "PERSON_CHARACTER"),
+        ("AB" + "0" * 15, "PERSON_LENGTH"),
         ("11010519491231002x", "PERSON_CHARACTER"),
         ("1101051949123100２X", "PERSON_CHARACTER"),
         ("X10105194912310020", "PERSON_CHARACTER"),
