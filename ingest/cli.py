@@ -128,6 +128,11 @@ def stdout_failed(exc: OSError) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ingest import export
 
+    if args.what == "tubes" and (args.since != 0 or args.until != 2**63):
+        # Used to be ignored without a word: every tube came out.
+        print("ingest: --since/--until select bindings by scanned_at and results by tested_at; "
+              "a tube has no such time: export tubes without them", file=sys.stderr)
+        return 2
     exit_on_termination()
     # The store first: a mistyped --data must not empty an earlier export.
     try:

@@ -197,3 +197,13 @@ def test_an_export_stopped_by_sigterm_removes_its_half_file(tmp_path):
         pytest.skip("the export ended before the signal")
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
     assert not partial.exists()
+
+
+def test_export_tubes_refuses_a_time_range_it_cannot_apply(tmp_path):
+    # --since used to be ignored for tubes without a word: every tube came out.
+    make_store(str(tmp_path / "d"), 3)
+    for option in ("--since", "--until"):
+        out = subprocess.run([sys.executable, "-m", "ingest", "export", "tubes", "--data", str(tmp_path / "d"),
+                              option, "1"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and out.stdout == "", out
+        assert "a tube has no such time" in out.stderr
