@@ -131,6 +131,7 @@ def apply_binding(tx, ev, str lab, long long window_ms):
     else:
         tube.count = count
         tube.slots = position
+        lab = tube.lab  # rules.py: a tube keeps the lab it was opened with
     tubes.put(tube_key, _encode(tube))
     tx._members.put(_member_key(tube_key, position),
                     _encode(Member(person, event_id, scanned_at, seq)))

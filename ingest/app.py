@@ -17,6 +17,7 @@ import msgspec
 
 from ingest import boxes, errors, kernels, lifecycle, results, routes
 from ingest.access import Access
+from ingest.codes import LAB_INVALID_TUBE, LAB_UNKNOWN
 from ingest.answers import batch_item, encode_json, outcome_body, outcome_key
 from ingest.committer import Committer, Work
 from ingest.config import Config, tube_schemes
@@ -249,8 +250,7 @@ class App(Reads, NodeRoutes):
         try:
             ev = decode_event(req.body, media)
         except Malformed as m:
-            self.metrics.events[("rejected", "malformed")] += 1
-            self._error(slot, errors.MALFORMED, m.message, m.field)
+            self._answer_one(slot, media, [Rejected(errors.MALFORMED, m.message, m.field)])
             return
         lab = self._stateless(ev)
         if type(lab) is not str:
@@ -307,7 +307,7 @@ class App(Reads, NodeRoutes):
             refusal = Rejected(errors.INVALID_TIME, f"{name} is ahead of the server clock", name)
         elif at < now_ms - self._age_ms:
             refusal = Rejected(errors.INVALID_TIME, f"{name} is older than the accepted age", name)
-        elif type(ev) is TubeReceiveEvent and ev.lab_id not in self.schemes.labs:
+        elif (type(ev) is TubeReceiveEvent or type(ev) is ResultEvent) and ev.lab_id not in self.schemes.labs:
             refusal = Rejected(errors.UNKNOWN_LAB, f"no configured lab has the id {ev.lab_id}", "lab_id")
         elif type(ev) is ReceiveEvent:
             if ev.lab_id not in self.schemes.labs:
@@ -336,8 +336,7 @@ class App(Reads, NodeRoutes):
         try:
             items = decode(req.body, media)
         except Malformed as m:
-            self.metrics.events[("rejected", "malformed")] += 1
-            self._error(slot, errors.MALFORMED, m.message, m.field)
+            self._answer_one(slot, media, [Rejected(errors.MALFORMED, m.message, m.field)])
             return
         outcomes: list = [None] * len(items)
         queued: list[tuple] = []
@@ -381,15 +380,13 @@ class App(Reads, NodeRoutes):
         try:
             ev = decode_lifecycle(kind, req.body, media)
         except Malformed as m:
-            self.metrics.events[("rejected", "malformed")] += 1
-            self._error(slot, errors.MALFORMED, m.message, m.field)
+            self._answer_one(slot, media, [Rejected(errors.MALFORMED, m.message, m.field)])
             return
         if path_field is not None:
             given = getattr(ev, path_field)
             if given and given != path_value:
-                self.metrics.events[("rejected", "malformed")] += 1  # as every other malformed event
-                self._error(slot, errors.MALFORMED, f"{path_field}: the body names another one than the path",
-                            path_field)
+                self._answer_one(slot, media, [Rejected(
+                    errors.MALFORMED, f"{path_field}: the body names another one than the path", path_field)])
                 return
             ev = msgspec.structs.replace(ev, **{path_field: path_value})
         refusal = None
@@ -403,7 +400,11 @@ class App(Reads, NodeRoutes):
         if kind is ReceiveEvent:
             # Which found tubes belong to another lab is decided from the lab
             # table here, and stored with the event (see boxes.apply_receive).
-            other_lab = [t for t in dict.fromkeys(ev.tubes) if self.schemes.lab_of(t) != ev.lab_id]
+            # A barcode of no lab (misread, mistyped) is not "another lab's":
+            # the lab would be told to send it on. It shows in `extra` (a
+            # box only ever lists valid barcodes), and is received nowhere.
+            other_lab = [t for t in dict.fromkeys(ev.tubes)
+                         if self.schemes.lab_of(t) not in (ev.lab_id, LAB_INVALID_TUBE, LAB_UNKNOWN)]
             apply = functools.partial(apply, other_lab=other_lab)
         if self.draining:
             self._error(slot, errors.SHUTTING_DOWN, "server is shutting down; retry on another server")

@@ -128,12 +128,13 @@ def apply_receive_tube(tx: WriteTx, ev: TubeReceiveEvent) -> Outcome:
     """A tube of this lab that arrived outside its own box: a box's receipt
     receives only the tubes listed in it, so one found in another box is
     `extra` there and `missing` in its own, and without this it would stay in
-    transit, never to be resulted. The boxes' records keep what each receipt
-    found; this moves only the tube."""
+    transit, never to be resulted. Also a sealed tube never boxed, or one
+    whose box's hand-over has not arrived (lifecycle.TRANSITIONS). The boxes'
+    records keep what each receipt found; this moves only the tube."""
     payload, repeated = claim(tx, "receive_tube", ev, "received")
     if repeated is not None:
         return repeated
-    found = lab_tube(tx, ev, "receive", "receive it", "only a tube in transit can be received")
+    found = lab_tube(tx, ev, "receive_tube", "receive it", "only a sealed tube can be received")
     if type(found) is Rejected:
         return found
     tube, after = found

@@ -44,7 +44,7 @@ BOX_RECEIVED = ErrorCode("box_received", 409, "the box was received already")
 WRONG_LAB = ErrorCode("wrong_lab", 403, "only the tube's own lab may post its result")
 TUBE_NOT_RECEIVED = ErrorCode("tube_not_received", 409, "the tube's lab has not received it")
 TUBE_NOT_IN_TRANSIT = ErrorCode("tube_not_in_transit", 409,
-                                "only a tube handed to a courier and not received yet can be received")
+                                "only a sealed tube not received yet can be received")
 
 # Access control (access.py).
 UNAUTHORIZED = ErrorCode("unauthorized", 401, "the route needs a bearer token the server knows")

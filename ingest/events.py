@@ -165,6 +165,8 @@ class Malformed(Exception):
 _BAD_INPUT = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 _AT_PATH = re.compile(r" - at `\$(.*)`$")
+# msgpack maps may have keys of any type; msgspec says "at `key` in `$...`".
+_AT_KEY = re.compile(r" - at `key` in `\$(.*)`$")
 _NAMED_FIELD = re.compile(r"field `([^`]*)`")
 
 
@@ -175,6 +177,11 @@ def _malformed(exc: Exception) -> Malformed:
     if isinstance(exc, RecursionError):
         return Malformed("the body is nested too deeply")
     text = str(exc)
+    key = _AT_KEY.search(text)
+    if key:
+        where = key.group(1).lstrip(".")
+        return Malformed(f"{where + ': ' if where else ''}a map key is not a string ({text[:key.start()]})",
+                         where or None)
     field = None
     at = _AT_PATH.search(text)
     if at:

@@ -33,6 +33,14 @@ TRANSITIONS: dict[tuple[str, int], int] = {
     ("box", SEALED): BOXED,
     ("handover", BOXED): IN_TRANSIT,
     ("receive", IN_TRANSIT): RECEIVED,
+    # A tube the lab holds is received on its own whatever its papers say:
+    # sealed but never boxed, or boxed but its box's hand-over not synced yet
+    # (the courier's phone is offline). Without it the lab could not post its
+    # result, and its people would never reach the positives feed. A later
+    # hand-over or box receipt moves only tubes still boxed / in transit.
+    ("receive_tube", SEALED): RECEIVED,
+    ("receive_tube", BOXED): RECEIVED,
+    ("receive_tube", IN_TRANSIT): RECEIVED,
     ("result", RECEIVED): RESULTED,
     ("result", RESULTED): RESULTED,  # a changed result is a new event; history kept
 }
@@ -41,6 +49,7 @@ REFUSED = {
     "void": errors.TUBE_CLOSED,
     "result": errors.TUBE_NOT_RECEIVED,
     "receive": errors.TUBE_NOT_IN_TRANSIT,
+    "receive_tube": errors.TUBE_NOT_IN_TRANSIT,
 }
 
 

@@ -2,7 +2,9 @@
 
 A result is accepted only from the tube's own lab and only once the lab has
 received the tube. A changed result is a new event (new event id): the tube
-keeps every result in its history and shows the latest. Positive and invalid
+keeps every result in its history and shows the latest by `tested_at` (ties:
+the later posted), so a lab system that uploads out of order cannot put an
+older test over a newer one. Positive and invalid
 results (invalid means resample) are indexed by sequence number, so
 `GET /v1/positives?since=SEQ` lists them in change-log order and a poller
 that remembers the last seq it saw never misses one.
@@ -32,15 +34,19 @@ def apply_result(tx: WriteTx, ev: ResultEvent) -> Outcome:
     if ev.result in RETEST:
         tx.put_positive(seq, ev.tube)
     previous = tube.result
+    current = tx.result(ev.tube, tube.result_seq) if tube.result_seq else None
     tube.state = after
-    tube.result = ev.result
-    tube.result_seq = seq
+    body = {"tube": ev.tube, "test_result": ev.result}
+    if current is not None and ev.tested_at < current.tested_at:
+        body["current"] = previous  # kept in the history; a newer test decides
+    else:
+        tube.result = ev.result
+        tube.result_seq = seq
+        if previous and previous != ev.result:
+            body["previous"] = previous
     tx.put_tube(ev.tube, tube)
     if not previous:
         tx.count(tube.site_id, TUBES_RESULTED)
     if ev.result in RETEST:
         tx.count(tube.site_id, POSITIVE_RESULTS)
-    body = {"tube": ev.tube, "test_result": ev.result}
-    if previous and previous != ev.result:
-        body["previous"] = previous
     return Done("recorded", ev.event_id, seq, body)

@@ -90,6 +90,9 @@ def apply_binding_py(tx: WriteTx, ev: BindingEvent, lab: str, window_ms: int) ->
     else:
         tube.count = count
         tube.slots = position
+        # A tube keeps the lab it was opened with, also when the lab table
+        # changed since (the answer named the table's lab, not the tube's).
+        lab = tube.lab
     tx.put_tube(ev.tube, tube)
     tx.put_member(ev.tube, position, Member(ev.person, ev.event_id, ev.scanned_at, seq))
     history.append(PersonBinding(ev.tube, ev.scanned_at, seq, ev.event_id, ev.site_id, position))

@@ -87,6 +87,10 @@ class WriteTx:
     def put_box(self, code: str, box: Box) -> None:
         self._boxes.put(code.encode(), records.encode(box))
 
+    def result(self, tube: str, seq: int) -> Result | None:
+        raw = self._results.get(tube.encode() + b"\x00" + seq_key(seq))
+        return None if raw is None else records.decode_result(raw)
+
     def put_result(self, tube: str, result: Result) -> None:
         self._results.put(tube.encode() + b"\x00" + seq_key(result.seq), records.encode(result))
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import Client, RawConn, config_with, event, metric, parse_metrics, raw_request
+from helpers import Client, RawConn, config_with, decode_body, event, metric, parse_metrics, raw_request
 
 BODY_MAX = 65_536
 HEADER_MAX = 4_096
@@ -193,7 +193,9 @@ def test_invalid_utf8_inside_a_string_is_malformed(server, raw, path, ctype):
         except (EOFError, ConnectionResetError) as exc:
             pytest.fail(f"no answer, connection dropped: {exc}")
     assert resp.status == 400
-    assert msgspec.json.decode(resp.body)["error"]["code"] == "malformed"
+    # answered in the media type it was sent in
+    assert resp.headers["content-type"] == ctype
+    assert decode_body(ctype, resp.body)["error"]["code"] == "malformed"
 
 
 def test_server_survives_invalid_utf8_bodies(server):

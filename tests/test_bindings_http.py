@@ -641,10 +641,19 @@ def test_msgpack_errors_are_msgpack(server):
     )
     assert headers["Content-Type"] == "application/msgpack"
     assert_error(status, body, 422, "invalid_tube", "tube")
-    status, _, body = server.request(
-        "POST", "/v1/bindings", msgspec.msgpack.encode({"event_id": 1}), {"Content-Type": "application/msgpack"}
-    )
-    assert_error(status, body, 400, "malformed", "event_id")
+    # A malformed msgpack write is answered in msgpack too (it was JSON),
+    # on every write route.
+    for path, sent in (("/v1/bindings", {"event_id": 1}), ("/v1/bindings/batch", {"events": []}),
+                       ("/v1/results", {"results": 1}), (f"/v1/tubes/{fresh_tube()}/seal", {"event_id": 1}),
+                       ("/v1/bindings", {1: 2})):
+        status, headers, body = server.request("POST", path, msgspec.msgpack.encode(sent),
+                                               {"Content-Type": "application/msgpack"})
+        assert headers["Content-Type"] == "application/msgpack", (path, headers)
+        assert status == 400 and body["error"]["code"] == "malformed", (path, body)
+        if sent == {"event_id": 1}:
+            assert body["error"]["field"] == "event_id", body
+        if sent == {1: 2}:
+            assert "a map key is not a string" in body["error"]["message"], body
 
 
 def test_msgpack_batch(server):
@@ -929,3 +938,20 @@ def test_retry_of_a_stored_event_that_aged_past_the_window_is_a_duplicate(server
     other = event(scanned_at=ev["scanned_at"])
     status, _, body = srv.request("POST", "/v1/bindings", json.dumps(other).encode(), {"Content-Type": "application/json"})
     assert status == 422 and body["error"]["code"] == "invalid_time"
+
+
+def test_a_binding_names_the_lab_its_tube_was_opened_with_after_the_lab_table_changed(server_factory):
+    # A lab LONG owned prefix 109 when the tube was opened; after a restart
+    # without it, a second binding into that tube was answered with the lab
+    # the table now gives (DEMO-LUHN), while the tube, its receipt and its
+    # results stay LONG's.
+    long_lab = '\n[[labs]]\nid = "LONG"\nprefix = "109"\nlength = 12\ncharset = "digits"\ncheck = "luhn"\n'
+    first_server = server_factory(config=config_with() + long_lab)
+    tube = luhn_tube(900_000_000 + next_n())  # "109...": LONG's prefix, and DEMO-LUHN's "10"
+    status, _, body = first_server.post(event(tube))
+    assert status == 201 and body["lab"] == "LONG", body
+    first_server.stop()
+    again = server_factory(data=first_server.data)
+    status, _, body = again.post(event(tube))
+    assert status == 201 and body["lab"] == "LONG" and body["count"] == 2, body
+    assert again.tube(tube)[2]["lab"] == "LONG"

@@ -692,16 +692,15 @@ def test_a_tube_found_in_another_box_is_received_on_its_own_and_resulted(server)
 def test_a_single_tube_receipt_is_refused_as_documented_and_changes_nothing(server):
     site = fresh_site()
     box, (t,) = in_transit_tubes(server, 1, site_id=site)
-    sealed = luhn()
-    bind_all(server, sealed, 1, site_id=site, pool_size=5)
-    seal(server, sealed, site_id=site)
+    still_open = luhn()
+    bind_all(server, still_open, 1, site_id=site, pool_size=5)
     before = server.last_seq()
     cases = [
         (t, tube_receive_req(lab_id="DEMO-LUNH"), 422, "unknown_lab", "lab_id"),  # not a configured lab
         (t, tube_receive_req(lab_id=GS1), 403, "wrong_lab", "lab_id"),  # a lab, not this tube's
         (luhn(), tube_receive_req(), 404, "unknown_tube", "tube"),
-        (sealed, tube_receive_req(), 409, "tube_not_in_transit", "tube"),  # never handed to a courier
-        (t, tube_receive_req(tube=sealed), 400, "malformed", "tube"),  # the body names another tube
+        (still_open, tube_receive_req(), 409, "tube_not_in_transit", "tube"),  # never sealed
+        (t, tube_receive_req(tube=still_open), 400, "malformed", "tube"),  # the body names another tube
     ]
     malformed = events_total(server.metrics(), "rejected", "malformed")
     for tube, req, status, error, field in cases:
@@ -711,3 +710,76 @@ def test_a_single_tube_receipt_is_refused_as_documented_and_changes_nothing(serv
     # the body naming another tube counts as a malformed event, as every other one does
     assert events_total(server.metrics(), "rejected", "malformed") == malformed + 1
     assert get_box(server, box)["state"] == "in_transit"
+
+
+def test_a_tube_the_lab_holds_is_received_on_its_own_before_its_papers_arrive(server):
+    # Sealed but never boxed, or boxed with the hand-over still on the
+    # courier's offline phone: the lab holds the tube, and without a receipt
+    # no result could be posted and its people never reached the feed.
+    site = fresh_site()
+    loose = luhn()
+    evs = bind_all(server, loose, 2, site_id=site, pool_size=5)
+    seal(server, loose, site_id=site)
+    boxed = luhn()
+    bind_all(server, boxed, 1, site_id=site, pool_size=5)
+    seal(server, boxed, site_id=site)
+    box = fresh_box()
+    assert post_box(server, box_req(box, [boxed], site_id=site))[0] == 201
+    for tube, was in ((loose, "sealed"), (boxed, "boxed")):
+        assert tube_view(server, tube)["state"] == was
+        status, got = post_tube_receive(server, tube, tube_receive_req())
+        assert status == 201 and got["result"] == "received", got
+        assert tube_view(server, tube)["state"] == "received"
+    # The papers arrive later and leave the received tube where it is.
+    assert post_handover(server, box, handover_req())[0] == 201
+    assert tube_view(server, boxed)["state"] == "received"
+    status, got = post_receive(server, box, receive_req([boxed]))
+    assert status == 201 and got["received"] == 0, got
+    since = server.last_seq()
+    [item] = post_results(server, [result_item(loose, "positive")])
+    assert item["status"] == 201, item
+    [entry] = positives(server, since)["positives"]
+    assert entry["tube"] == loose and [p["person"] for p in entry["persons"]] == [e["person"] for e in evs]
+    stats = server.request("GET", f"/v1/sites/{site}/stats")[2]["total"]
+    assert (stats["tubes_received"], stats["sealed_not_received"]) == (2, 0), stats
+
+
+def test_the_latest_test_decides_a_tubes_result_whatever_order_they_arrive_in(server):
+    # A lab system uploaded the retest (negative, tested later) before the
+    # first test (positive): the older positive became the tube's result.
+    _, (tube,) = received_tubes(server, 1, site_id=fresh_site())
+    first, retest = result_item(tube, "positive"), result_item(tube, "negative")
+    retest["tested_at"] = first["tested_at"] + 1000
+    [got] = post_results(server, [retest])
+    assert got["status"] == 201 and "previous" not in got, got
+    [got] = post_results(server, [first])
+    assert got["status"] == 201 and got["current"] == "negative" and "previous" not in got, got
+    view = tube_view(server, tube)
+    assert view["result"] == "negative"
+    assert sorted(r["result"] for r in view["results"]) == ["negative", "positive"]
+    # A newer one still changes it, and says from what.
+    later = result_item(tube, "positive")
+    later["tested_at"] = retest["tested_at"] + 1000
+    [got] = post_results(server, [later])
+    assert got["previous"] == "negative" and tube_view(server, tube)["result"] == "positive", got
+
+
+def test_a_misread_barcode_in_a_receipt_is_extra_not_another_labs(server):
+    site = fresh_site()
+    box, (tube,) = in_transit_tubes(server, 1, site_id=site)
+    misread = tube[:-1] + str((int(tube[-1]) + 1) % 10)  # fails the Luhn check
+    other_lab = gs1()
+    status, got = post_receive(server, box, receive_req([tube, misread, other_lab]))
+    assert status == 201, got
+    assert got["extra"] == [misread, other_lab] and got["other_lab"] == [other_lab], got
+    assert get_box(server, box)["other_lab"] == [other_lab]
+
+
+def test_a_result_for_a_lab_that_is_not_configured_is_unknown_lab(server):
+    # It was 403 wrong_lab, "only the tube's own lab may post its result",
+    # where a tube receipt with the same typo said 422 unknown_lab.
+    _, (tube,) = received_tubes(server, 1, site_id=fresh_site())
+    before = server.last_seq()
+    [got] = post_results(server, [result_item(tube, "negative", lab_id="DEMO-LUNH")])
+    assert (got["status"], got["error"]["code"], got["error"]["field"]) == (422, "unknown_lab", "lab_id"), got
+    assert server.last_seq() == before
