@@ -69,15 +69,17 @@ async def _listen(what: str, host: str, port: int, start):
 
 
 def check_role(config: Config, follow: str | None, replication_port: int | None) -> None:
-    """Refuse a primary that cannot keep its config's promise. In sync mode
-    an answer waits for a standby; without a replication port none can
-    follow, and the gate that makes answers wait is never installed, so
-    every write would be acknowledged from one disk. A standby (--follow)
-    does not read the mode."""
-    if config.replication.mode == "sync" and follow is None and replication_port is None:
-        raise ConfigError('config: replication.mode is "sync" but no --replication-port is given, so no standby '
-                          'could follow and nothing could be acknowledged on two disks: give --replication-port, '
-                          'or set mode = "async"')
+    """Refuse a node that cannot keep its config's promise. In sync mode an
+    answer waits for a standby; without a replication port none can follow,
+    and the gate that makes answers wait is never installed, so every write
+    would be acknowledged from one disk. A standby needs the port too: once
+    promoted it is that primary (started without one and promoted, it
+    acknowledged every write from one disk, and nothing said so)."""
+    if config.replication.mode == "sync" and replication_port is None:
+        role = "a primary" if follow is None else "a standby, once promoted,"
+        raise ConfigError(f'config: replication.mode is "sync" but no --replication-port is given, so {role} '
+                          'could serve no standby and nothing could be acknowledged on two disks: give '
+                          '--replication-port, or set mode = "async"')
 
 
 def check_access(config: Config, host: str) -> None:

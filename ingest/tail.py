@@ -24,7 +24,7 @@ import msgspec
 from ingest.changelog import event_of
 from ingest.cli import exit_on_termination, stdout_failed
 from ingest.datadir import StoreReader
-from ingest.keys import seq_key
+from ingest.keys import LAST_SEQ, seq_key
 from ingest.records import LogEntry, decode_log_entry
 from ingest.store_errors import StoreError
 
@@ -76,6 +76,15 @@ def requests_after(data: str, after: int) -> Iterator[dict]:
         # One read transaction: nothing writes to a dead node's store, and
         # the entries are decoded and handed on one at a time.
         with reader.env.begin(buffers=False) as txn:
+            raw = txn.get(LAST_SEQ, db=reader.dbs[b"meta"])
+            last_seq = 0 if raw is None else int.from_bytes(raw, "big")
+            if after > last_seq:
+                # Not "nothing unreplicated": a seq this store never reached
+                # is a mistaken --after (the promoted node's seq now, not at
+                # its promotion), and an empty tail would be thrown away.
+                raise TailIncomplete(f"the store in {data} ends at seq {last_seq}, before --after {after}: give "
+                                     "the last_seq that `ingest promote` answered (the promoted node's last seq "
+                                     "at its promotion), not its last seq now")
             log_start = reader.log_start(txn)
             if log_start > after + 1:
                 raise TailIncomplete(f"the log in {data} starts at seq {log_start}; "

@@ -200,12 +200,23 @@ def test_sync_primary_without_replication_port_is_refused(tmp_path):
     assert "--replication-port" in result.stderr and 'mode = "async"' in result.stderr
 
 
-def test_sync_config_on_a_standby_starts(server_factory):
-    """A standby does not read the mode: the same config file serves both nodes."""
+def test_sync_config_on_a_standby_starts_with_a_replication_port(server_factory):
+    """The same config file serves both nodes."""
     with socket.socket() as nobody:  # a primary that is not there: the standby keeps retrying
         nobody.bind(("127.0.0.1", 0))
-        standby = server_factory(config=SYNC, args=("--follow", f"127.0.0.1:{nobody.getsockname()[1]}"))
+        standby = server_factory(config=SYNC, args=("--follow", f"127.0.0.1:{nobody.getsockname()[1]}",
+                                                    "--replication-port", "0"))
     assert standby.status()["role"] == "standby"
+
+
+def test_sync_standby_without_replication_port_is_refused(tmp_path):
+    """Promoted, it is the primary: started without a replication port it
+    acknowledged every write from one disk, and nothing said so."""
+    with socket.socket() as nobody:
+        nobody.bind(("127.0.0.1", 0))
+        result = serve(tmp_path, "--follow", f"127.0.0.1:{nobody.getsockname()[1]}", config_text=SYNC)
+    assert_refused(result, tmp_path, 'config: replication.mode is "sync" but no --replication-port is given, '
+                                     'so a standby, once promoted,')
 
 
 # -- docs/operations.md: one table, every key, the shipped defaults ---------------

@@ -153,11 +153,23 @@ def test_after_that_is_no_seq_is_a_usage_error(tmp_path, after):
     assert "argument --after" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
-def test_after_the_largest_seq_is_an_empty_tail(tmp_path):
+def test_after_the_stores_last_seq_is_an_empty_tail(tmp_path):
     path = str(tmp_path / "d")
     make_store(path, 3)
-    out = run("tail", "--data", path, "--after", str(2**64 - 2))
+    out = run("tail", "--data", path, "--after", "3")
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("after", ["4", str(2**64 - 2)])
+def test_after_past_the_stores_last_seq_is_refused(tmp_path, after):
+    # The promoted node's last seq read from `ingest status` after more
+    # writes is past the dead primary's: the tail came out empty, exit 0,
+    # and the next documented step threw the acknowledged tail away.
+    path = str(tmp_path / "d")
+    make_store(path, 3)
+    out = run("tail", "--data", path, "--after", after)
+    assert out.returncode == 1 and out.stdout == "", out
+    assert f"ends at seq 3, before --after {after}" in out.stderr and "ingest promote" in out.stderr
 
 
 def without_seqs(value):

@@ -77,7 +77,13 @@ def _knows_epoch(answer: bytes, epoch: int) -> bool:
 
 
 # How often a promoted node tells the primary it followed of its epoch, for
-# as long as it is the primary (see keep_telling_promoted).
+# as long as it is the primary (see keep_telling_promoted). Often at first: a
+# former primary killed before it was told and restarted with its usual
+# command line is a primary until told, and at one try every 2 s it
+# acknowledged 13-30 writes (a reviewer's measurement) that the new primary
+# never had.
+TELL_PROMOTED_FIRST_S = 60.0
+TELL_PROMOTED_FIRST_EVERY_S = 0.1
 TELL_PROMOTED_EVERY_S = 2.0
 
 
@@ -89,12 +95,14 @@ async def keep_telling_promoted(host: str, port: int, store: Store, is_primary: 
     take writes beside this one. After it knows, nothing more is sent: its
     fence is stored, and a node rejoined as a standby would only log a
     refusal of every hello."""
+    started = time.monotonic()
     while is_primary():
         if await tell_promoted(host, port, store, tls):
             log.warning("told the former primary %s:%d of epoch %d: it stops taking writes", host, port,
                         store.epoch)
             return
-        await asyncio.sleep(TELL_PROMOTED_EVERY_S)
+        early = time.monotonic() - started < TELL_PROMOTED_FIRST_S
+        await asyncio.sleep(TELL_PROMOTED_FIRST_EVERY_S if early else TELL_PROMOTED_EVERY_S)
 
 
 class Follower:
