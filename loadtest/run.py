@@ -113,7 +113,10 @@ class Pair:
             log = self.out / "standby.log"
             self.standby = subprocess.Popen(
                 serve + ["--data", str(self.out / "data-standby"), "--port", str(self.standby_port),
-                         "--follow", f"127.0.0.1:{self.repl_port}"],
+                         "--follow", f"127.0.0.1:{self.repl_port}",
+                         # as in production: promoted, it serves the next standby
+                         # (a sync-mode standby without one is refused)
+                         "--replication-port", str(free_port())],
                 stdout=log.open("w"), stderr=subprocess.STDOUT)
             wait_ready(self.standby_port, self.standby, log)
             self._wait(lambda: status(self.port)["replication"]["standbys"], "the standby to connect")
