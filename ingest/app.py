@@ -57,6 +57,9 @@ _EVENT_TIME = {
     ReceiveEvent: "received_at", TubeReceiveEvent: "received_at", ResultEvent: "tested_at",
 }
 
+# The events a lab posts: their lab_id must be a configured lab (App._refusal).
+_LAB_EVENTS = (ReceiveEvent, TubeReceiveEvent, ResultEvent)
+
 log = logging.getLogger("ingest.app")
 
 _MEDIA = {b"application/json": JSON, b"application/msgpack": MSGPACK, b"application/x-msgpack": MSGPACK}
@@ -307,17 +310,14 @@ class App(Reads, NodeRoutes):
             refusal = Rejected(errors.INVALID_TIME, f"{name} is ahead of the server clock", name)
         elif at < now_ms - self._age_ms:
             refusal = Rejected(errors.INVALID_TIME, f"{name} is older than the accepted age", name)
-        elif (type(ev) is TubeReceiveEvent or type(ev) is ResultEvent) and ev.lab_id not in self.schemes.labs:
+        elif type(ev) in _LAB_EVENTS and ev.lab_id not in self.schemes.labs:
             refusal = Rejected(errors.UNKNOWN_LAB, f"no configured lab has the id {ev.lab_id}", "lab_id")
         elif type(ev) is ReceiveEvent:
-            if ev.lab_id not in self.schemes.labs:
-                refusal = Rejected(errors.UNKNOWN_LAB, f"no configured lab has the id {ev.lab_id}", "lab_id")
-            else:
-                # A box's tubes are fixed when it is packed; an unknown box
-                # is the apply's to refuse.
-                box = self.store.box(ev.box)
-                if box is not None and all(self.schemes.lab_of(t) != ev.lab_id for t in box.tubes):
-                    refusal = Rejected(errors.WRONG_LAB, f"the box holds no tube of lab {ev.lab_id}", "lab_id")
+            # A box's tubes are fixed when it is packed; an unknown box is
+            # the apply's to refuse.
+            box = self.store.box(ev.box)
+            if box is not None and all(self.schemes.lab_of(t) != ev.lab_id for t in box.tubes):
+                refusal = Rejected(errors.WRONG_LAB, f"the box holds no tube of lab {ev.lab_id}", "lab_id")
         if refusal is not None and self.store.event(ev.event_id) is not None:
             return None
         return refusal

@@ -99,9 +99,12 @@ def test_snapshot_installs_as_the_same_state_with_its_own_identity(tmp_path):
         standby.close()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped", "not_lmdb", "wrong_seq"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "not_lmdb", "wrong_seq", "other_time_zone"])
 def test_a_bad_snapshot_is_refused_and_the_store_kept(tmp_path, damage):
-    primary = store(tmp_path / "p")
+    # other_time_zone: a whole store, counting statistics in another zone (the
+    # hello refuses such a standby first; this is the store's own check, for a
+    # primary too old to compare zones).
+    primary = store(tmp_path / "p", time_zone="Asia/Shanghai" if damage == "other_time_zone" else "UTC")
     standby = store(tmp_path / "s")
     try:
         write(primary, many(100))
@@ -121,29 +124,10 @@ def test_a_bad_snapshot_is_refused_and_the_store_kept(tmp_path, damage):
                 f.write(b"\xff" * size)
                 f.seek(0)
                 sha = hashlib.sha256(f.read()).hexdigest()
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match="time zone 'Asia/Shanghai'" if damage == "other_time_zone" else None):
             standby.install_snapshot(incoming, last_seq + (damage == "wrong_seq"), size, sha)
         assert standby.digest() == before and standby.last_seq == 3
         write(standby, many(1, start=2 * 10**6))  # and it still takes writes
-    finally:
-        primary.close()
-        standby.close()
-
-
-def test_a_snapshot_counting_in_another_time_zone_is_refused_and_the_store_kept(tmp_path):
-    # The hello refuses such a standby first; this is the store's own check,
-    # for a primary too old to compare zones.
-    primary = store(tmp_path / "p", time_zone="Asia/Shanghai")
-    standby = store(tmp_path / "s")
-    try:
-        write(primary, many(20))
-        write(standby, many(3, start=10**6))
-        before = standby.digest()
-        incoming = os.path.join(standby.path, SNAPSHOT_IN)
-        last_seq, size, sha = take_snapshot(primary, incoming)
-        with pytest.raises(StoreError, match="time zone 'Asia/Shanghai'"):
-            standby.install_snapshot(incoming, last_seq, size, sha)
-        assert standby.digest() == before and standby.last_seq == 3
     finally:
         primary.close()
         standby.close()
