@@ -67,11 +67,18 @@ def post_binding(app, req, slot):
         ev = _decode_json(req.body)
     except Exception:
         return app.post_binding_py(req, slot)  # decodes again, answers why not
+    if app.access is not None and app.access.site_scoped and not _on_site(app.token_sites(req), ev):
+        return app.post_binding_py(req, slot)
     now_ms = _time_ns() // 1_000_000
     today = app._today if now_ms < app._today_until_ms else app._today_yyyymmdd(now_ms)
     if not _passes(app, ev, now_ms, today, app.schemes.table, &idx):
         return app.post_binding_py(req, slot)
     app.committer.submit(Work(((ev, app.schemes.labs[idx]),), _AnswerOne(app, slot)))
+
+
+cdef inline bint _on_site(sites, ev):
+    """App._off_site said nothing: the token scans for every site, or this one."""
+    return sites is None or ev.site_id in sites
 
 
 cdef inline bint _passes(app, ev, long long now_ms, long long today, tuple table, Py_ssize_t* idx):
@@ -133,6 +140,7 @@ def post_batch(app, req, slot):
     today = app._today if now_ms < app._today_until_ms else app._today_yyyymmdd(now_ms)
     table = app.schemes.table
     labs = app.schemes.labs
+    sites = app.token_sites(req) if app.access is not None and app.access.site_scoped else None
     n = len(items)
     outcomes = [None] * n
     queued = []
@@ -141,11 +149,11 @@ def post_batch(app, req, slot):
         item = items[i]
         if type(item) is not _BindingEvent:  # events.Malformed: why this item did not decode
             outcomes[i] = Rejected(errors.MALFORMED, item.message, item.field)
-        elif _passes(app, item, now_ms, today, table, &idx):
+        elif _on_site(sites, item) and _passes(app, item, now_ms, today, table, &idx):
             queued.append((item, labs[idx]))
             places.append(i)
         else:
-            work = app._binding_work(item)  # the twin decides: a refusal, or a replay it recognises
+            work = app._binding_work(item, sites)  # the twin decides: a refusal, or a replay it recognises
             if type(work) is tuple:
                 queued.append(work)
                 places.append(i)

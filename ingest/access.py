@@ -9,6 +9,8 @@ file opens nothing. `ingest token` makes a token and the config lines for it
 Roles, by who holds them:
 
 - `scan`: the sampling endpoints (bindings, seal, void, boxes, hand-over);
+  a token may be limited to some sites (`sites`), checked against each
+  event's `site_id` (app.App._off_site);
 - `lab`: the labs (receipt of boxes, results); a token may be limited to
   some labs (`labs`), checked against each event's `lab_id`;
 - `read`: the follow-up teams and dashboards (tubes, persons, boxes, the
@@ -62,12 +64,19 @@ def is_loopback(host: str) -> bool:
 
 
 class Access:
-    def __init__(self, tokens: dict[str, frozenset[str]], labs: dict[str, frozenset[str]] | None = None):
+    def __init__(self, tokens: dict[str, frozenset[str]], labs: dict[str, frozenset[str]] | None = None,
+                 sites: dict[str, frozenset[str]] | None = None):
         """`tokens`: SHA-256 (hex) of each token -> its roles; `labs`: of
-        the tokens that act for some labs only, SHA-256 -> those lab ids."""
+        the tokens that act for some labs only, SHA-256 -> those lab ids;
+        `sites`: of the tokens that scan for some sites only, -> site ids."""
         self._roles_of = {bytes.fromhex(digest): roles for digest, roles in tokens.items()}
         self._labs_of = {bytes.fromhex(digest): ids for digest, ids in (labs or {}).items()}
+        self._sites_of = {bytes.fromhex(digest): ids for digest, ids in (sites or {}).items()}
+        # Whether any token is limited to sites: the binding routes ask on
+        # every request then, so a token's sites are kept like its roles.
+        self.site_scoped = bool(self._sites_of)
         self._seen: dict[bytes, frozenset[str]] = {}
+        self._seen_sites: dict[bytes, frozenset[str] | None] = {}
 
     def roles(self, authorization: bytes | None) -> frozenset[str] | None:
         """The roles of the token in an Authorization value; None when there
@@ -95,6 +104,24 @@ class Access:
             return None
         digest = _digest(authorization)
         return None if digest is None else self._labs_of.get(digest)
+
+    def sites(self, authorization: bytes | None) -> frozenset[str] | None:
+        """The site ids a known token may scan for; None: every site (or no
+        known token, which roles() has refused already)."""
+        if not self._sites_of or authorization is None:
+            return None
+        try:
+            return self._seen_sites[authorization]
+        except KeyError:
+            pass
+        digest = _digest(authorization)
+        sites = None if digest is None else self._sites_of.get(digest)
+        # Kept on the same terms as roles(): only verified tokens, of a sensible length.
+        if digest in self._roles_of and len(authorization) <= SEEN_VALUE_BYTES_MAX:
+            if len(self._seen_sites) >= SEEN_MAX:
+                self._seen_sites.clear()
+            self._seen_sites[authorization] = sites
+        return sites
 
 
 def _digest(authorization: bytes) -> bytes | None:

@@ -89,7 +89,8 @@ class App(Reads, NodeRoutes):
         self.schemes = tube_schemes(config.labs)
         # None: no token configured, every route open (loopback, or a proxy in front: server.check_access)
         self.access = Access({t.sha256: frozenset(t.roles) for t in config.access.tokens},
-                             {t.sha256: frozenset(t.labs) for t in config.access.tokens if t.labs is not None}) \
+                             {t.sha256: frozenset(t.labs) for t in config.access.tokens if t.labs is not None},
+                             {t.sha256: frozenset(t.sites) for t in config.access.tokens if t.sites is not None}) \
             if config.access.tokens else None
         self.draining = False
         # "primary" takes writes; "standby" follows one; "fenced": a former
@@ -255,7 +256,7 @@ class App(Reads, NodeRoutes):
         except Malformed as m:
             self._answer_one(slot, media, [Rejected(errors.MALFORMED, m.message, m.field)])
             return
-        lab = self._stateless(ev)
+        lab = self._off_site(self.token_sites(req), ev.site_id, "post_binding") or self._stateless(ev)
         if type(lab) is not str:
             outcomes = [lab]  # when_replicated may replace it (fenced while waiting)
             self.when_replicated(outcomes, lambda: self._answer_one(slot, media, outcomes))
@@ -274,7 +275,8 @@ class App(Reads, NodeRoutes):
     def post_batch_py(self, req: Request, slot) -> None:
         """POST /v1/bindings/batch. The plain-Python twin of
         ext/_binding_routes.pyx, which runs it compiled."""
-        self._post_items(req, slot, decode_batch, self._binding_work)
+        sites = self.token_sites(req)
+        self._post_items(req, slot, decode_batch, lambda ev: self._binding_work(ev, sites))
 
     def post_results(self, req: Request, slot) -> None:
         labs = self._token_labs(req)
@@ -293,6 +295,33 @@ class App(Reads, NodeRoutes):
         self.metrics.access_refused.labels(name, errors.FORBIDDEN.code).inc()
         return Rejected(errors.FORBIDDEN, f"this token acts for lab {', '.join(sorted(labs))}, not for "
                                           f"{ev.lab_id}", "lab_id")
+
+    def token_sites(self, req: Request) -> frozenset[str] | None:
+        """The sites the request's token scans for; None: every site."""
+        return None if self.access is None else self.access.sites(req.authorization)
+
+    def _off_site(self, sites: frozenset[str] | None, site_id: str | None, name: str) -> Rejected | None:
+        """A scan event for a site its token does not scan for: access
+        control, so before everything else, as _outside is for labs."""
+        if sites is None or site_id in sites:
+            return None
+        self.metrics.access_refused.labels(name, errors.FORBIDDEN.code).inc()
+        return Rejected(errors.FORBIDDEN, f"this token scans for site {', '.join(sorted(sites))}, not for "
+                                          f"{site_id}", "site_id")
+
+    def _site_of(self, ev) -> str | None:
+        """The site a void or a hand-over acts at, which its body does not
+        name: the site of the tube of the binding it voids (not the
+        binding's own site_id: a pair duplicate sent for another site voids
+        the original), of the box it hands over; each fixed once stored.
+        None when that is not stored (yet)."""
+        with self.store.view() as view:
+            if type(ev) is VoidEvent:
+                bound = view.event(ev.binding_event_id)
+                found = view.tube(bound.payload[3]) if bound is not None and bound.kind == "binding" else None
+                return None if found is None else found[0].site_id  # payload in BindingEvent order: tube 3
+            box = view.box(ev.box)
+            return None if box is None else box.site_id
 
     def _refusal(self, ev) -> Rejected | None:
         """A lifecycle event's refusals that need no write transaction: its
@@ -322,9 +351,26 @@ class App(Reads, NodeRoutes):
             return None
         return refusal
 
-    def _binding_work(self, ev: BindingEvent):
+    def _binding_work(self, ev: BindingEvent, sites: frozenset[str] | None = None):
+        refusal = self._off_site(sites, ev.site_id, "post_batch")
+        if refusal is not None:
+            return refusal
         lab = self._stateless(ev)
         return (ev, lab) if type(lab) is str else lab
+
+    def _site_refusal(self, sites: frozenset[str], ev, name: str) -> Rejected | None:
+        """A site-scoped token's seal, box, void or hand-over elsewhere. What
+        a void or hand-over names must be stored for its site to be known:
+        unknown, it is refused as its apply would refuse it, here, so that
+        it is not applied if what it names is committed meanwhile."""
+        if type(ev) is VoidEvent or type(ev) is HandoverEvent:
+            site_id = self._site_of(ev)
+            if site_id is None:
+                if type(ev) is VoidEvent:
+                    return Rejected(errors.UNKNOWN_BINDING, "no binding has this event id", "binding_event_id")
+                return Rejected(errors.UNKNOWN_BOX, "no box has this barcode", "box")
+            return self._off_site(sites, site_id, name)
+        return self._off_site(sites, ev.site_id, name)
 
     def _post_items(self, req: Request, slot, decode, work_of) -> None:
         """A batch: decode, decide what needs no store, commit the rest in one
@@ -393,6 +439,8 @@ class App(Reads, NodeRoutes):
         if kind is ReceiveEvent or kind is TubeReceiveEvent:
             refusal = self._outside(self._token_labs(req), ev, "post_receive" if kind is ReceiveEvent
                                     else "post_tube_receive")
+        elif (sites := self.token_sites(req)) is not None:
+            refusal = self._site_refusal(sites, ev, slot.route)
         refusal = refusal or self._refusal(ev)
         if refusal is not None:
             self._answer_one(slot, media, [refusal])

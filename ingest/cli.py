@@ -4,7 +4,7 @@
     ingest export bindings|tubes|results [--data DIR] [--site S] [--since MS] [--until MS] [--out FILE]
     ingest drill [--hosts A,B [--remote 'ssh {host} {command}'] ...]
     ingest tail --data DIR --after SEQ
-    ingest token --name NAME --role ROLE [--role ROLE ...]
+    ingest token --name NAME --role ROLE [--role ROLE ...] [--lab LAB_ID ...] [--site SITE_ID ...]
 
 With no options it serves on 127.0.0.1:8080 with ./data and the shipped
 configuration: nothing else to install or run.
@@ -292,6 +292,9 @@ def _token(args: argparse.Namespace) -> int:
     if args.lab and "lab" not in args.role:
         print("ingest: --lab limits a token's lab role: give --role lab too", file=sys.stderr)
         return 2
+    if args.site and "scan" not in args.role:
+        print("ingest: --site limits a token's scan role: give --role scan too", file=sys.stderr)
+        return 2
     token = new_token()
     print("# the token: give it to the client, it is not shown again")
     print(token)
@@ -302,6 +305,8 @@ def _token(args: argparse.Namespace) -> int:
     print(f"roles = {json.dumps(sorted(set(args.role)))}")
     if args.lab:
         print(f"labs = [{', '.join(toml_string(lab) for lab in dict.fromkeys(args.lab))}]")
+    if args.site:
+        print(f"sites = [{', '.join(toml_string(site) for site in dict.fromkeys(args.site))}]")
     print(f'sha256 = "{token_sha256(token)}"')
     return 0
 
@@ -356,6 +361,13 @@ def token_name(text: str) -> str:
     return text
 
 
+def site_id(text: str) -> str:
+    """--site of `ingest token`: a site_id as events carry it (1 to 64 characters)."""
+    if not 1 <= len(text) <= 64 or any("\ud800" <= c <= "\udfff" for c in text):
+        raise argparse.ArgumentTypeError(f"not a site_id (1 to 64 characters of valid UTF-8): {text!r}")
+    return text
+
+
 def host_port(text: str) -> str:
     """HOST:PORT of a primary, checked before anything is opened; port 1-65535
     (0 means "any port" only when listening, never when connecting)."""
@@ -407,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a role it carries (repeat for several)")
     token.add_argument("--lab", action="append", default=None, metavar="LAB_ID",
                        help="with --role lab: a lab it acts for, as lab_id (repeat for several; default: every lab)")
+    token.add_argument("--site", action="append", default=None, metavar="SITE_ID", type=site_id,
+                       help="with --role scan: a site it scans for, as site_id (repeat for several; "
+                            "default: every site)")
     token.set_defaults(func=_token)
 
     promote = sub.add_parser("promote", help="turn a standby into the primary (raises the epoch; "

@@ -17,6 +17,7 @@ from msgspec import Meta, Struct
 
 from ingest import codes
 from ingest.access import Role
+from ingest.events import Ident
 
 # Upper bounds far above any real use and far below what overflows: the
 # windows and ages in ms are C long longs in the kernels, sizes and depths
@@ -92,6 +93,11 @@ class Token(Struct, forbid_unknown_fields=True):
     # (ids of [[labs]]); none: every lab. A lab's token should name its own,
     # or it may post another lab's results, positives included.
     labs: Annotated[list[str], Meta(min_length=1)] | None = None
+    # The sites its holder scans for, as site_id in bindings, seals and
+    # boxes (and the site of the binding a void names, of the box a
+    # hand-over names); none: every site. A site's phones should have their
+    # own, so that one lost phone's token cannot write into other sites' tubes.
+    sites: Annotated[list[Ident], Meta(min_length=1)] | None = None
 
 
 class AccessSettings(Struct, forbid_unknown_fields=True):
@@ -268,6 +274,8 @@ def loads(text: str) -> Config:
                               f"[[labs]] id (there are {', '.join(sorted(lab_ids))})")
         if t.labs is not None and "lab" not in t.roles:
             raise ConfigError(f"config: access.tokens {t.name!r}: labs is given, but the token has no lab role")
+        if t.sites is not None and "scan" not in t.roles:
+            raise ConfigError(f"config: access.tokens {t.name!r}: sites is given, but the token has no scan role")
     if config.store.map_bytes_initial > config.store.map_bytes_max:
         raise ConfigError(f"config: store.map_bytes_initial ({_number(config.store.map_bytes_initial)}) exceeds "
                           f"store.map_bytes_max ({_number(config.store.map_bytes_max)})")

@@ -15,6 +15,8 @@ from ingest.access import ROLES, Access, is_loopback, new_token, token_sha256
 TOKENS = {role: new_token() for role in ("scan", "lab", "read", "admin")}
 BOTH = new_token()  # scan and read
 LUHN_LAB = new_token()  # lab, for DEMO-LUHN only
+SITE_A = new_token()  # scan, for SITE-A only
+SITE_B = new_token()  # scan, for SITE-B and SITE-C
 
 
 def access_config(extra: str = "") -> str:
@@ -24,6 +26,10 @@ def access_config(extra: str = "") -> str:
     entries += f'[[access.tokens]]\nname = "both"\nroles = ["scan", "read"]\nsha256 = "{token_sha256(BOTH)}"\n\n'
     entries += (f'[[access.tokens]]\nname = "luhn lab"\nroles = ["lab"]\nlabs = ["DEMO-LUHN"]\n'
                 f'sha256 = "{token_sha256(LUHN_LAB)}"\n\n')
+    entries += (f'[[access.tokens]]\nname = "site A phones"\nroles = ["scan"]\nsites = ["SITE-A"]\n'
+                f'sha256 = "{token_sha256(SITE_A)}"\n\n')
+    entries += (f'[[access.tokens]]\nname = "sites B and C"\nroles = ["scan"]\nsites = ["SITE-B", "SITE-C"]\n'
+                f'sha256 = "{token_sha256(SITE_B)}"\n\n')
     return "[access]\n" + extra + "\n" + entries + LABS_TOML
 
 
@@ -145,6 +151,116 @@ def test_a_lab_token_acts_only_for_its_labs(guarded):
         assert status not in (401, 403), got
         status, _, got = guarded.request("POST", path, body, headers=bearer(TOKENS["lab"]))  # every lab's
         assert status not in (401, 403), got
+
+
+def scanned(server, token, path, body) -> tuple[int, dict]:
+    status, _, got = server.request("POST", path, body, headers=bearer(token))
+    return status, got
+
+
+def forbidden_site(got, site) -> bool:
+    return (code(got), got["error"]["field"]) == ("forbidden", "site_id") and f"not for {site}" in got["error"][
+        "message"]
+
+
+def test_a_site_token_binds_only_for_its_sites(guarded):
+    # Without it one lost phone's token could write into every site's tubes.
+    before = metric(guarded.metrics(), "ingest_access_refused_total", route="post_binding", code="forbidden")
+    ev = event(site_id="SITE-B")
+    status, got = scanned(guarded, SITE_A, "/v1/bindings", ev)
+    assert status == 403 and forbidden_site(got, "SITE-B"), got
+    assert "scans for site SITE-A" in got["error"]["message"]
+    assert guarded.request("GET", f"/v1/tubes/{ev['tube']}", headers=bearer(TOKENS["read"]))[0] == 404
+    assert metric(guarded.metrics(), "ingest_access_refused_total", route="post_binding", code="forbidden") \
+        == before + 1
+    for token in (SITE_B, TOKENS["scan"]):  # one of its sites; a token of every site
+        status, got = scanned(guarded, token, "/v1/bindings", event(site_id="SITE-C"))
+        assert status == 201, got
+    # Before every other check, as for labs: an off-site retry of a stored event too.
+    assert scanned(guarded, SITE_B, "/v1/bindings", ev)[0] == 201
+    status, got = scanned(guarded, SITE_A, "/v1/bindings", ev)
+    assert status == 403 and forbidden_site(got, "SITE-B"), got
+    status, got = scanned(guarded, SITE_A, "/v1/bindings", {**event(site_id="SITE-Z"), "person": "bad"})
+    assert status == 403 and forbidden_site(got, "SITE-Z"), got
+
+
+def test_a_site_token_s_batch_refuses_the_items_of_other_sites(guarded):
+    evs = [event(site_id="SITE-A"), event(site_id="SITE-B"), {**event(site_id="SITE-A"), "person": "bad"}]
+    status, got = scanned(guarded, SITE_A, "/v1/bindings/batch", {"events": evs})
+    assert status == 200, got
+    bound, refused, invalid = got["results"]
+    assert bound["status"] == 201 and bound["result"] == "bound", bound
+    assert refused["status"] == 403 and forbidden_site(refused, "SITE-B"), refused
+    assert invalid["status"] == 422 and code(invalid) == "invalid_person", invalid
+    assert guarded.request("GET", f"/v1/tubes/{evs[1]['tube']}", headers=bearer(TOKENS["read"]))[0] == 404
+
+
+def test_a_site_token_seals_packs_voids_and_hands_over_only_at_its_sites(guarded):
+    ev = event(site_id="SITE-B", pool_size=5)
+    kept = event(ev["tube"], site_id="SITE-B", pool_size=5)
+    for scan in (ev, kept):
+        assert scanned(guarded, SITE_B, "/v1/bindings", scan)[0] == 201
+    void = {"event_id": fresh_event_id("void"), "device_id": "DEV-1", "reason": "wrong person",
+            "voided_at": now_ms()}
+    seal = {"event_id": fresh_event_id("seal"), "site_id": "SITE-B", "device_id": "DEV-1", "sealed_at": now_ms()}
+    box = {"event_id": fresh_event_id("box"), "box": fresh_event_id("BOX"), "site_id": "SITE-B",
+           "device_id": "DEV-1", "tubes": [ev["tube"]], "packed_at": now_ms()}
+    handover = {"event_id": fresh_event_id("hand"), "courier_id": "COURIER-1", "handed_at": now_ms()}
+    tube_path = f"/v1/tubes/{ev['tube']}"
+    # The void and the hand-over name no site: the binding's tube and the box have one.
+    steps = [(f"/v1/bindings/{ev['event_id']}/void", void), (f"{tube_path}/seal", seal), ("/v1/boxes", box),
+             (f"/v1/boxes/{box['box']}/handover", handover)]
+    for path, body in steps:
+        status, got = scanned(guarded, SITE_A, path, body)
+        assert status == 403 and forbidden_site(got, "SITE-B"), (path, got)
+        status, got = scanned(guarded, SITE_B, path, body)
+        assert status == 201, (path, got)
+    status, _, got = guarded.request("GET", tube_path, headers=bearer(TOKENS["read"]))
+    assert got["state"] == "in_transit" and [p["event_id"] for p in got["persons"]] == [kept["event_id"]], got
+    # A void or hand-over naming what is not stored is refused as its apply refuses it.
+    status, got = scanned(guarded, SITE_A, f"/v1/bindings/{fresh_event_id('none')}/void",
+                          {**void, "event_id": fresh_event_id("void")})
+    assert (status, code(got)) == (404, "unknown_binding"), got
+    status, got = scanned(guarded, SITE_A, "/v1/boxes/BOX-NONE/handover", {**handover, "event_id": fresh_event_id("h")})
+    assert (status, code(got)) == (404, "unknown_box"), got
+
+
+def test_a_void_is_checked_against_the_tube_s_site_not_the_scan_s(guarded):
+    # A pair duplicate sent for another site is answered "duplicate", and a
+    # void of its id voids the original: the site that counts is the tube's.
+    first = event(site_id="SITE-A")
+    assert scanned(guarded, SITE_A, "/v1/bindings", first)[0] == 201
+    again = {**first, "event_id": fresh_event_id("dup"), "site_id": "SITE-B"}
+    status, got = scanned(guarded, SITE_B, "/v1/bindings", again)
+    assert status == 200 and got["result"] == "duplicate", got
+    void = {"event_id": fresh_event_id("void"), "device_id": "DEV-1", "reason": "x", "voided_at": now_ms()}
+    status, got = scanned(guarded, SITE_B, f"/v1/bindings/{again['event_id']}/void", void)
+    assert status == 403 and forbidden_site(got, "SITE-A"), got
+    status, _, tube = guarded.request("GET", f"/v1/tubes/{first['tube']}", headers=bearer(TOKENS["read"]))
+    assert len(tube["persons"]) == 1, tube
+
+
+def test_ingest_token_prints_the_sites_a_scan_token_scans_for():
+    out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "site 7", "--role", "scan",
+                          "--site", "SITE-7", "--site", "SITE 8", "--site", "SITE-7"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    loaded = config.loads("\n".join(out.stdout.splitlines()[3:]) + "\n\n" + LABS_TOML)
+    assert loaded.access.tokens[0].sites == ["SITE-7", "SITE 8"]
+    for args in (["--role", "read", "--site", "S"], ["--role", "scan", "--site", ""]):
+        out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "x", *args], capture_output=True,
+                             text=True, timeout=60)
+        assert (out.returncode, out.stdout) == (2, "") and "--site" in out.stderr, out
+
+
+@pytest.mark.parametrize(("sites", "roles", "says"), [
+    ('["SITE-1"]', '["read"]', "sites is given, but the token has no scan role"),
+    ('[]', '["scan"]', "sites"),
+    (f'["{"S" * 65}"]', '["scan"]', "sites"),
+])
+def test_a_token_s_sites_are_site_ids_of_a_scan_token(sites, roles, says):
+    entry = f'[[access.tokens]]\nname = "x"\nroles = {roles}\nsites = {sites}\nsha256 = "{token_sha256("t")}"\n\n'
+    with pytest.raises(config.ConfigError, match=says):
+        config.loads("[access]\n" + entry + LABS_TOML)
 
 
 @pytest.mark.parametrize(("labs", "roles", "says"), [
@@ -328,6 +444,22 @@ def test_access_remembers_only_tokens_that_verified():
     assert access.roles(None) is None and access.roles(b"") is None
     padded = f"Bearer {token}".encode() + b" " * 8000  # valid, but kept would cost 8 KB a variant
     assert access.roles(padded) == {"scan"} and padded not in access._seen
+
+
+def test_access_remembers_the_sites_only_of_tokens_that_verified():
+    scoped, every = new_token(), new_token()
+    access = Access({token_sha256(scoped): frozenset({"scan"}), token_sha256(every): frozenset({"scan"})},
+                    sites={token_sha256(scoped): frozenset({"SITE-1"})})
+    assert access.site_scoped
+    assert access.sites(f"Bearer {scoped}".encode()) == {"SITE-1"}
+    assert access.sites(f"Bearer {every}".encode()) is None
+    for i in range(100):
+        assert access.sites(f"Bearer guess-{i}".encode()) is None
+    assert sorted(access._seen_sites) == sorted([f"Bearer {scoped}".encode(), f"Bearer {every}".encode()])
+    assert access.sites(f"Bearer {scoped}".encode()) == {"SITE-1"}  # from what it remembers
+    padded = f"Bearer {scoped}".encode() + b" " * 8000
+    assert access.sites(padded) == {"SITE-1"} and padded not in access._seen_sites
+    assert not Access({token_sha256(every): frozenset({"scan"})}).site_scoped
 
 
 def test_tokens_are_random_and_url_safe():
