@@ -38,9 +38,12 @@ class NodeRoutes:
     def fence(self, epoch: int) -> asyncio.Future:
         """A higher epoch exists: another node was promoted. Stop writes now,
         and for good: the store keeps it across restarts. The future is True
-        once the fence is on disk (at once when this node takes no writes or
-        has it stored), False when storing it failed; the peer that told us
-        is answered only then (replication/primary.py)."""
+        once the fence is on disk (at once when the store has it, or follows
+        that epoch already), False when storing it failed; the peer that
+        told us is answered only then (replication/primary.py), and stops
+        telling. A standby stores it too: restarted without --follow (a unit
+        file's usual command line), it would otherwise be a primary again
+        that no one tells any more."""
         loop = asyncio.get_running_loop()
         if self.role == "primary":
             log.error("fenced: epoch %d is above ours (%d); refusing writes from now on", epoch, self.store.epoch)
@@ -50,7 +53,7 @@ class NodeRoutes:
                 # the new primary may never get: they are refused, not
                 # released, while this node is not the primary.
                 self.gate.fence(lambda: self.role != "primary")
-        elif self.role != "fenced" or self.store.fenced_at >= epoch:
+        elif self.store.fenced_at >= epoch or self.store.epoch >= epoch:
             done = loop.create_future()
             done.set_result(True)
             return done

@@ -430,6 +430,45 @@ def test_a_former_primary_with_an_unreplicated_tail_is_refused_not_forked(server
     assert new.request("POST", requests[0]["path"], requests[0]["body"])[0] == 201
 
 
+def test_a_former_primary_refused_as_a_standby_comes_back_fenced_not_as_a_primary(server_factory):
+    # Started with --follow after the failover and refused (its tail), then
+    # restarted with its usual command line: it must not take writes.
+    old, new, _, _ = failover(server_factory, tail=2)
+    rejoined = server_factory(data=old.data, args=("--follow", f"127.0.0.1:{replication_port(new)}"))
+    assert stopped_because(rejoined) == "diverged"
+    rejoined.stop()
+    restarted = server_factory(data=old.data, args=old.args)
+    assert restarted.status()["role"] == "fenced"
+    status, _, body = restarted.post(event(fresh_tube()))
+    assert status == 503 and body["error"]["code"] == "not_primary"
+
+
+def test_a_standby_told_of_a_higher_epoch_comes_back_fenced_not_as_a_primary(server_factory):
+    # The promoted node tells the node it followed, which may be running as a
+    # standby by then (restarted with --follow): the fence is stored there
+    # too, or the teller stops telling and a restart without --follow would
+    # be a primary again that no one tells.
+    primary = server_factory(args=("--replication-port", "0"))
+    standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}", "--replication-port", "0"))
+    assert primary.post(event(fresh_tube()))[0] == 201
+    wait_caught_up(primary, standby)
+    witness = server_factory(args=("--replication-port", "0"))
+    witness.stop()
+    store = Store(str(witness.data))
+    store.set_epoch(3)
+    store.close()
+    teller = server_factory(data=witness.data, args=("--follow", f"127.0.0.1:{replication_port(standby)}"))
+    assert stopped_because(teller) == "stale_primary"  # answered once the standby's fence is on disk
+    assert standby.status()["role"] == "standby"  # it goes on following
+    assert primary.post(event(fresh_tube()))[0] == 201
+    wait_caught_up(primary, standby)
+    standby.stop()
+    restarted = server_factory(data=standby.data, args=("--replication-port", "0"))
+    assert restarted.status()["role"] == "fenced"
+    status, _, body = restarted.post(event(fresh_tube()))
+    assert status == 503 and body["error"]["code"] == "not_primary"
+
+
 def test_a_former_primary_without_a_tail_rejoins_and_catches_up(server_factory):
     old, new, _, _ = failover(server_factory, tail=0)
     rejoined = server_factory(data=old.data, args=("--follow", f"127.0.0.1:{replication_port(new)}"))

@@ -280,6 +280,18 @@ def test_caller_may_refuse_for_its_own_reasons():
         primary.refuse("ahead", "twice")
 
 
+@pytest.mark.parametrize(("primary_epoch", "fenced"), [(4, True), (3, False)])
+def test_a_standby_refused_by_a_primary_of_a_higher_epoch_is_fenced(primary_epoch, fenced):
+    # Its log holds a tail the new history lacks (ahead, diverged): restarted
+    # as a primary without --follow, it must not take writes.
+    primary = Primary("p", primary_epoch)
+    standby = Standby("s", 3, 30)
+    primary.receive(standby.hello())
+    actions = standby.receive(primary.refuse("diverged", "its history forked"))
+    assert actions == ([Fence(primary_epoch)] if fenced else []) + [Close("diverged", "its history forked")]
+    assert standby.state == "closed"
+
+
 # -- whose history a primary may continue (history_refusal) ------------------
 
 TIP_A, TIP_B = b"\x01" * 16, b"\x02" * 16
@@ -341,7 +353,8 @@ def test_a_diverged_standby_is_told_why_and_stops():
     standby = Standby("s", 2, 10, TIP_B)
     (hello,) = primary.receive(standby.hello())
     code, message = history_refusal(hello, primary.epoch, 20, TIP_A)
-    assert standby.receive(primary.refuse(code, message)) == [Close("diverged", message)]
+    # ... and, the refusal coming from a higher epoch, fenced
+    assert standby.receive(primary.refuse(code, message)) == [Fence(3), Close("diverged", message)]
     assert (primary.state, standby.state) == ("closed", "closed")
 
 

@@ -50,7 +50,7 @@ Standby
                       SNAPSHOT_END otherwise      Close(bad_snapshot)                 closed
                       PING                        (records primary_last_seq)          receiving
                       frame of another epoch      Close(epoch_changed)                closed
-    any               REFUSE                      Close                               closed
+    any               REFUSE                      [Fence if higher epoch], Close      closed
     any               bad frame, unexpected type  Close                               closed
     any but closed    refuse(code, message)       -> bytes                            closed
     closed            ack(seq) of an Apply        -> b"" (nothing to send)            closed
@@ -390,7 +390,12 @@ class Standby(_Endpoint):
     def _handle(self, frame: Frame) -> list[Action]:
         if frame.type == Type.REFUSE:
             refused = wire.decode_refuse(frame.payload)
-            return self._close(refused.code, refused.message)
+            # A primary of a higher epoch that will not take us (our log
+            # holds entries its history lacks, another time zone...): this
+            # node's history is not the current one, and restarted as a
+            # primary it must not take writes.
+            fence = [Fence(frame.epoch)] if frame.epoch > self.epoch else []
+            return fence + self._close(refused.code, refused.message)
         if frame.type == Type.WELCOME and self.state == AWAITING_WELCOME:
             return self._welcome(frame.epoch, wire.decode_welcome(frame.payload))
         if self.state not in (FOLLOWING, RECEIVING):

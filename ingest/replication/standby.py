@@ -238,6 +238,10 @@ class Follower:
                         log.warning("installed the snapshot: now at seq %d", store.last_seq)
                         if not _send(writer, proto.ack(store.last_seq)):
                             return "connection lost after the snapshot"
+                    elif kind is protocol.Fence:
+                        await loop.run_in_executor(self._writer_thread, store.fence, action.epoch)
+                        log.warning("epoch %d exists and its primary does not take this node: fenced (restarted "
+                                    "without --follow it takes no writes)", action.epoch)
                     elif kind is protocol.Close:
                         # The code decides what happens next; the message is
                         # what an operator reading this node's log needs.
