@@ -12,6 +12,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -173,6 +174,30 @@ def decode_body(content_type: str | None, raw: bytes):
     if ctype in ("application/msgpack", "application/x-msgpack"):
         return msgspec.msgpack.decode(raw)
     return raw
+
+
+def free_port_base(offsets=(0, 1, 2, 3)) -> int:
+    """A port P with every P + offset free on 127.0.0.1 now, for the tools
+    that take one port and use the ones above it (the bench scripts, the
+    drill): a fixed P collided with another test run on the same machine.
+    Below the kernel's ephemeral range (32768-60999), so that no client
+    connection takes one in between."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - max(offsets))
+        held = []
+        try:
+            for offset in offsets:
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no free ports at offsets {offsets} in 20000-32000")
 
 
 def http_request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 30.0,

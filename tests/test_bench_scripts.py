@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port_base
 from ingest import config, kernels, tls
 from ingest.access import token_sha256
 from ingest.store import Store
@@ -154,7 +155,7 @@ def bench(script: str, *args: str, env: dict | None = None) -> subprocess.Comple
 @needs_wrk
 def test_bench_ingest_counts_the_events_bound(tmp_path):
     proc = bench("bench_ingest.py", "--only", "single", "--duration", "3", "--expect-per-s", "30000",
-                 "--port", "25010", "--json", str(tmp_path / "out.json"))
+                 "--port", str(free_port_base()), "--json", str(tmp_path / "out.json"))
     assert proc.returncode == 0, proc.stderr
     [single] = json.loads((tmp_path / "out.json").read_text())
     assert single["events_per_s"] == single["window_bound_per_s"] > 0
@@ -166,7 +167,8 @@ def test_bench_ingest_fails_when_wrk_runs_out_of_prepared_requests():
     """Past its pool wrk sends the same requests again; the server answers
     them 200 duplicate, which wrk counts as successes: the figure would be
     answers, not durable events."""
-    proc = bench("bench_ingest.py", "--only", "single", "--duration", "4", "--expect-per-s", "1", "--port", "25020")
+    proc = bench("bench_ingest.py", "--only", "single", "--duration", "4", "--expect-per-s", "1",
+                 "--port", str(free_port_base()))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.fullmatch(r"bench_ingest: durable single-event: the prepared request pool ran out \(0 bound of "
                         r"[\d,]+ answered\): raise --expect-per-s\n", proc.stderr), proc.stderr
@@ -174,7 +176,7 @@ def test_bench_ingest_fails_when_wrk_runs_out_of_prepared_requests():
 
 @needs_wrk
 def test_capacity_fails_when_wrk_runs_out_of_prepared_requests(tmp_path):
-    proc = bench("capacity.py", "--duration", "4", "--expect-per-s", "1", "--port", "25030",
+    proc = bench("capacity.py", "--duration", "4", "--expect-per-s", "1", "--port", str(free_port_base()),
                  "--out", str(tmp_path / "report"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.fullmatch(r"capacity: single-event, no standby: the prepared request pool ran out \(0 bound of "
@@ -183,11 +185,14 @@ def test_capacity_fails_when_wrk_runs_out_of_prepared_requests(tmp_path):
 
 
 @needs_wrk
-@pytest.mark.parametrize(("script", "args", "wrk_port"), [
-    ("bench_ingest.py", ["--only", "single", "--port", "25040"], 25041),
-    ("capacity.py", ["--port", "25050"], 25050),
+@pytest.mark.parametrize(("script", "args", "wrk_offset"), [
+    ("bench_ingest.py", ["--only", "single"], 1),
+    ("capacity.py", [], 0),
 ])
-def test_sigterm_stops_servers_and_wrk_and_removes_the_data(tmp_path, script, args, wrk_port):
+def test_sigterm_stops_servers_and_wrk_and_removes_the_data(tmp_path, script, args, wrk_offset):
+    base = free_port_base()
+    args = [*args, "--port", str(base)]
+    wrk_port = base + wrk_offset
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proc = subprocess.Popen([sys.executable, f"bench/{script}", "--duration", "20", "--expect-per-s", "20000",

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from helpers import stderr_lines
+from helpers import free_port_base, stderr_lines
+from ingest.drill import LOCAL_PORT_OFFSETS
 
 FOREIGN_NODE = "0f0f0f0f0f0f0f0f"
 
@@ -87,7 +88,7 @@ def drill(tmp_path, *args) -> tuple[int, dict, str]:
 
 def test_sync_mode_loses_nothing_across_20_failovers(tmp_path):
     rc, report, stdout = drill(tmp_path, "--mode", "sync", "--failovers", "20", "--seconds", "0.5",
-                               "--base-port", "18640", "--seed", "7")
+                               "--base-port", str(free_port_base(LOCAL_PORT_OFFSETS)), "--seed", "7")
     assert rc == 0, stdout
     assert len(report["failovers"]) == 20
     assert report["acknowledged"] > 0
@@ -106,7 +107,7 @@ def test_sync_mode_loses_nothing_across_20_failovers(tmp_path):
 
 def test_async_mode_replays_the_unreplicated_tail(tmp_path):
     rc, report, stdout = drill(tmp_path, "--mode", "async", "--failovers", "4", "--seconds", "0.5",
-                               "--base-port", "18660", "--seed", "11")
+                               "--base-port", str(free_port_base(LOCAL_PORT_OFFSETS)), "--seed", "11")
     assert rc == 0, stdout
     # every acknowledged event is on the last primary: those that only the
     # killed primary had were written out and replayed (event ids make it safe)
@@ -146,9 +147,10 @@ def test_sigterm_to_the_drill_stops_its_servers(tmp_path):
     import socket
     import time
 
+    base = free_port_base(LOCAL_PORT_OFFSETS)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest", "drill", "--workdir", str(tmp_path / "work"), "--failovers", "50",
-         "--seconds", "1", "--base-port", "18680", "--threads", "1", "--rate", "50"],
+         "--seconds", "1", "--base-port", str(base), "--threads", "1", "--rate", "50"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # a signal to it alone
     try:
         def up(port: int) -> bool:
@@ -156,15 +158,15 @@ def test_sigterm_to_the_drill_stops_its_servers(tmp_path):
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
         deadline = time.monotonic() + 60
-        while not (up(18680) and up(18681)) and time.monotonic() < deadline:
+        while not (up(base) and up(base + 1)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert up(18680) and up(18681), "the drill's servers did not start"
+        assert up(base) and up(base + 1), "the drill's servers did not start"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 30
-        while (up(18680) or up(18681)) and time.monotonic() < deadline:
+        while (up(base) or up(base + 1)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not up(18680) and not up(18681), "a server outlived the drill"
+        assert not up(base) and not up(base + 1), "a server outlived the drill"
     finally:
         try:  # the drill's session: it and whatever it left behind
             os.killpg(proc.pid, signal.SIGKILL)
@@ -174,12 +176,13 @@ def test_sigterm_to_the_drill_stops_its_servers(tmp_path):
 
 
 def test_a_server_already_on_the_port_is_not_taken_for_the_drills_node(tmp_path):
-    foreign = Foreign(18900)
+    base = free_port_base(LOCAL_PORT_OFFSETS)
+    foreign = Foreign(base)
     report = tmp_path / "report.json"
     try:
         out = run_beside(foreign, ["drill", "--workdir", str(tmp_path / "work"), "--report", str(report),
                                    "--failovers", "1", "--seconds", "1", "--rate", "50", "--threads", "2",
-                                   "--base-port", "18900"])
+                                   "--base-port", str(base)])
     finally:
         foreign.close()
     assert out.returncode == 1, out.stdout + out.stderr
@@ -235,7 +238,8 @@ def test_a_node_counts_as_started_only_when_its_own_store_answers(tmp_path, stat
 def test_drill_refuses_options_it_cannot_run_with(tmp_path, option, value, error):
     # (a later option of the same name wins: the others are valid)
     out = subprocess.run([sys.executable, "-m", "ingest", "drill", "--workdir", str(tmp_path / "w"),
-                          "--failovers", "1", "--seconds", "0.5", "--base-port", "18960", option, value],
+                          "--failovers", "1", "--seconds", "0.5",
+                          "--base-port", str(free_port_base(LOCAL_PORT_OFFSETS)), option, value],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert out.returncode == 2, out.stderr[-2000:]
     lines = stderr_lines(out.stderr)
@@ -281,16 +285,18 @@ def test_sync_drill_fails_when_the_promoted_node_lacked_acknowledged_events(tmp_
             super().kill()
 
     nodes = []
+    base = free_port_base(LOCAL_PORT_OFFSETS)
 
     def make_nodes(args, workdir, hosts):
-        nodes[:] = [StalledPrimary("a", workdir, 18920, 19020), LocalNode("b", workdir, 18921, 19021)]
+        nodes[:] = [StalledPrimary("a", workdir, base, base + 100), LocalNode("b", workdir, base + 1, base + 101)]
         return nodes
 
     monkeypatch.setattr(drill, "make_nodes", make_nodes)
     report = tmp_path / "report.json"
     args = build_parser().parse_args([
         "drill", "--mode", "sync", "--failovers", "1", "--seconds", "0.2", "--threads", "2", "--rate", "100",
-        "--seed", "3", "--base-port", "18920", "--workdir", str(tmp_path / "work"), "--report", str(report)])
+        "--seed", "3", "--base-port", str(base), "--workdir", str(tmp_path / "work"),
+        "--report", str(report)])
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         rc = drill.main(args)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, config_with, http_request
+from helpers import REPO, config_with, free_port_base, http_request
 from ingest.codes import INVALID_TUBE, UNKNOWN_LAB
 from loadtest import codes
 from loadtest.model import ANY, Expect, SiteModel, error, item_expect, mismatch
@@ -306,12 +306,13 @@ def test_distributed_workers_take_the_masters_run_number(server_factory, tmp_pat
     acks = tmp_path / "acks"
     locust = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")]
     env = {**os.environ, "INGEST_LOAD_ACKS": str(acks), "INGEST_LOAD_PACE_S": "0.02"}
-    workers = [subprocess.Popen(locust + ["--worker", "--master-host", "127.0.0.1", "--master-port", "25200"],
+    port = str(free_port_base((0, 1)))
+    workers = [subprocess.Popen(locust + ["--worker", "--master-host", "127.0.0.1", "--master-port", port],
                                 env={**env, "INGEST_LOAD_RUN": run}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for run in ("5", "9")]
     try:
         master = subprocess.run(
-            locust + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", "25200",
+            locust + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
                       "--expect-workers", "2", "--headless", "-u", "6", "-r", "6", "-t", "3s", "--host", server.url,
                       "--loglevel", "WARNING"],
             env={**env, "INGEST_LOAD_RUN": "7"}, capture_output=True, text=True, timeout=60)
