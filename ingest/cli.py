@@ -491,3 +491,5 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 3
+    except BrokenPipeError as exc:  # `ingest status | head -3`: no traceback
+        return stdout_failed(exc)

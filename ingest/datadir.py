@@ -73,7 +73,7 @@ def lock_directory(path: str, shared: bool = False) -> int | None:
             if shared:
                 fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
             else:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except FileNotFoundError:
             if shared:
                 return None

@@ -406,3 +406,16 @@ def test_serve_lifts_the_open_files_limit_and_warns_when_it_cannot_hold_the_conn
     assert ("open files limit" in log) == (hard < 20_000), log
     log, limits = serve_with_open_files(tmp_path, 256, 256)
     assert "open files limit 256 is below limits.connections_max (20000): connections beyond about 156" in log, log
+
+
+def test_a_closed_pipe_ends_ingest_status_quietly(server_factory):
+    # `ingest status | head -3`: the reader's doing, not an error to trace back
+    srv = server_factory()
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        out = subprocess.run([sys.executable, "-m", "ingest", "status", "--url", srv.url], stdout=w,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert (out.returncode, out.stderr) == (1, "")

@@ -180,7 +180,7 @@ def test_a_new_data_directory_and_its_files_are_the_users_alone(server_factory, 
     srv = server_factory(data=data)
     assert srv.post(event(fresh_tube()))[0] == 201
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
-    for name in ("data.mdb", "lock.mdb"):
+    for name in ("data.mdb", "lock.mdb", "ingest.lock"):
         assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
     assert "open to other users of this host" not in srv.stderr_text()
 
