@@ -510,8 +510,11 @@ class Store:
             for name in TABLES:
                 h.update(b"\x00table\x00" + name)
                 for key, value in txn.cursor(db=self.dbs[name]):
-                    if name == b"meta" and key == NODE:
-                        continue  # identity, not state: differs on every node
+                    if name == b"meta" and key in (NODE, FENCED):
+                        # identity, not state: differs on every node; and
+                        # what the node heard of others (a standby may
+                        # store a fence and still equal its primary)
+                        continue
                     h.update(len(key).to_bytes(4, "big") + key)
                     h.update(len(value).to_bytes(4, "big") + value)
             return h.hexdigest()
