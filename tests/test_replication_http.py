@@ -436,6 +436,10 @@ def test_a_former_primary_refused_as_a_standby_comes_back_fenced_not_as_a_primar
     old, new, _, _ = failover(server_factory, tail=2)
     rejoined = server_factory(data=old.data, args=("--follow", f"127.0.0.1:{replication_port(new)}"))
     assert stopped_because(rejoined) == "diverged"
+    replication = rejoined.status()["replication"]
+    # never welcomed: how far behind it is, it does not know (0 read as "caught up")
+    assert (replication["primary_last_seq"], replication["lag_events"], replication["lag_seconds"]) \
+        == (None, None, None)
     rejoined.stop()
     restarted = server_factory(data=old.data, args=old.args)
     assert restarted.status()["role"] == "fenced"

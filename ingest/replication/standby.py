@@ -114,6 +114,9 @@ class Follower:
         self.window_ms = window_ms
         self.connected = False
         self.primary_last_seq = 0
+        # Whether the primary has said where it is (a WELCOME): until then the
+        # lag is unknown, not zero (refused at once, the node never hears it).
+        self.welcomed = False
         self.applied_at = 0.0
         # When this standby last had everything the primary had: lag in time.
         self.caught_up_at = time.time()
@@ -201,6 +204,7 @@ class Follower:
                         if action.epoch > store.epoch:
                             await loop.run_in_executor(self._writer_thread, store.set_epoch, action.epoch)
                         self.connected = True
+                        self.welcomed = True
                         self.primary_last_seq = action.last_seq
                         log.info("following %s (epoch %d) from seq %d", action.node, action.epoch, store.last_seq)
                     elif kind is protocol.Apply:
@@ -280,12 +284,13 @@ class Follower:
 
     def status(self) -> dict:
         alive = self._task is not None and not self._task.done()
+        known = self.welcomed
         return {
             "primary": f"{self.host}:{self.port}",
             "connected": self.connected and alive,
-            "primary_last_seq": self.primary_last_seq,
-            "lag_events": max(self.primary_last_seq - self.store.last_seq, 0),
-            "lag_seconds": 0.0 if self.primary_last_seq <= self.store.last_seq
+            "primary_last_seq": self.primary_last_seq if known else None,
+            "lag_events": max(self.primary_last_seq - self.store.last_seq, 0) if known else None,
+            "lag_seconds": None if not known else 0.0 if self.primary_last_seq <= self.store.last_seq
             else round(time.time() - self.caught_up_at, 3),
             "stopped_because": self.stopped_because or None,
             "snapshot": self.snapshot,
