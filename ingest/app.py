@@ -361,11 +361,19 @@ class App(Reads, NodeRoutes):
     def _site_refusal(self, sites: frozenset[str], ev, name: str) -> Rejected | None:
         """A site-scoped token's seal, box, void or hand-over elsewhere. What
         a void or hand-over names must be stored for its site to be known:
-        unknown, it is refused as its apply would refuse it, here, so that
-        it is not applied if what it names is committed meanwhile."""
+        unknown, it is refused here as it would be without the limit, so
+        that it is not applied if what it names is committed meanwhile."""
         if type(ev) is VoidEvent or type(ev) is HandoverEvent:
             site_id = self._site_of(ev)
             if site_id is None:
+                if self.store.event(ev.event_id) is not None:
+                    # its own id is stored (under another payload: a stored
+                    # void names what it voided): the apply answers
+                    # event_id_conflict from that, and changes nothing
+                    return None
+                refusal = self._refusal(ev)  # its time, as without the limit
+                if refusal is not None:
+                    return refusal
                 if type(ev) is VoidEvent:
                     return Rejected(errors.UNKNOWN_BINDING, "no binding has this event id", "binding_event_id")
                 return Rejected(errors.UNKNOWN_BOX, "no box has this barcode", "box")

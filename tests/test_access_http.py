@@ -223,6 +223,18 @@ def test_a_site_token_seals_packs_voids_and_hands_over_only_at_its_sites(guarded
     assert (status, code(got)) == (404, "unknown_binding"), got
     status, got = scanned(guarded, SITE_A, "/v1/boxes/BOX-NONE/handover", {**handover, "event_id": fresh_event_id("h")})
     assert (status, code(got)) == (404, "unknown_box"), got
+    # ... the same answer as without the limit, in the same order
+    old = now_ms() - 30 * 86_400_000
+    for token in (SITE_A, TOKENS["scan"]):
+        status, got = scanned(guarded, token, f"/v1/bindings/{fresh_event_id('none')}/void",
+                              {**void, "event_id": fresh_event_id("void"), "voided_at": old})
+        assert (status, code(got)) == (422, "invalid_time"), got
+        status, got = scanned(guarded, token, "/v1/boxes/BOX-NONE/handover",
+                              {**handover, "event_id": fresh_event_id("h"), "handed_at": old})
+        assert (status, code(got)) == (422, "invalid_time"), got
+        status, got = scanned(guarded, token, f"/v1/bindings/{fresh_event_id('none')}/void",
+                              {**void, "event_id": kept["event_id"]})  # a stored binding's id
+        assert (status, code(got)) == (409, "event_id_conflict"), got
 
 
 def test_a_void_is_checked_against_the_tube_s_site_not_the_scan_s(guarded):
