@@ -252,15 +252,24 @@ def test_a_void_is_checked_against_the_tube_s_site_not_the_scan_s(guarded):
     assert len(tube["persons"]) == 1, tube
 
 
+def ingest_token(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingest", "token", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def printed_entry(*args: str) -> config.Token:
+    """The [[access.tokens]] entry `ingest token ARGS` prints, as the server loads it."""
+    out = ingest_token(*args)
+    assert out.returncode == 0, out.stderr
+    return config.loads("\n".join(out.stdout.splitlines()[3:]) + "\n\n" + LABS_TOML).access.tokens[0]
+
+
 def test_ingest_token_prints_the_sites_a_scan_token_scans_for():
-    out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "site 7", "--role", "scan",
-                          "--site", "SITE-7", "--site", "SITE 8", "--site", "SITE-7"],
-                         capture_output=True, text=True, timeout=60, check=True)
-    loaded = config.loads("\n".join(out.stdout.splitlines()[3:]) + "\n\n" + LABS_TOML)
-    assert loaded.access.tokens[0].sites == ["SITE-7", "SITE 8"]
+    entry = printed_entry("--name", "site 7", "--role", "scan", "--site", "SITE-7", "--site", "SITE 8",
+                          "--site", "SITE-7")
+    assert entry.sites == ["SITE-7", "SITE 8"]
     for args in (["--role", "read", "--site", "S"], ["--role", "scan", "--site", ""]):
-        out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "x", *args], capture_output=True,
-                             text=True, timeout=60)
+        out = ingest_token("--name", "x", *args)
         assert (out.returncode, out.stdout) == (2, "") and "--site" in out.stderr, out
 
 
@@ -393,8 +402,8 @@ def test_open_on_network_lets_a_server_behind_a_proxy_start(server_factory):
 
 
 def test_ingest_token_prints_an_entry_the_server_accepts(server_factory):
-    out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", 'site "17" phones', "--role", "scan",
-                          "--role", "read", "--role", "scan"], capture_output=True, text=True, timeout=60, check=True)
+    out = ingest_token("--name", 'site "17" phones', "--role", "scan", "--role", "read", "--role", "scan")
+    assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     token = lines[1]
     assert len(token) == 43 and lines[0].startswith("#") and lines[2].startswith("#")
@@ -409,13 +418,10 @@ def test_ingest_token_prints_an_entry_the_server_accepts(server_factory):
 
 
 def test_ingest_token_prints_the_labs_a_lab_token_acts_for():
-    out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "luhn lab", "--role", "lab",
-                          "--lab", "DEMO-LUHN", "--lab", "DEMO-M37", "--lab", "DEMO-LUHN"],
-                         capture_output=True, text=True, timeout=60, check=True)
-    loaded = config.loads("\n".join(out.stdout.splitlines()[3:]) + "\n\n" + LABS_TOML)
-    assert loaded.access.tokens[0].labs == ["DEMO-LUHN", "DEMO-M37"]
-    out = subprocess.run([sys.executable, "-m", "ingest", "token", "--name", "x", "--role", "scan", "--lab",
-                          "DEMO-LUHN"], capture_output=True, text=True, timeout=60)
+    entry = printed_entry("--name", "luhn lab", "--role", "lab", "--lab", "DEMO-LUHN", "--lab", "DEMO-M37",
+                          "--lab", "DEMO-LUHN")
+    assert entry.labs == ["DEMO-LUHN", "DEMO-M37"]
+    out = ingest_token("--name", "x", "--role", "scan", "--lab", "DEMO-LUHN")
     assert (out.returncode, out.stdout) == (2, "") and "give --role lab too" in out.stderr
 
 

@@ -141,6 +141,17 @@ def assert_fenced(node) -> None:
     assert status == 503 and body["error"]["code"] == "not_primary"
 
 
+def witness_at_epoch(server_factory, epoch: int, node):
+    """A node whose store knows `epoch`, following `node`: its hello tells
+    `node` that epoch exists."""
+    witness = server_factory(args=("--replication-port", "0"))
+    witness.stop()
+    store = Store(str(witness.data))
+    store.set_epoch(epoch)
+    store.close()
+    return server_factory(data=witness.data, args=("--follow", f"127.0.0.1:{replication_port(node)}"))
+
+
 def test_promote_then_the_old_primary_is_fenced(server_factory):
     primary, standby = pair(server_factory)
     mixed_load(primary, 2)
@@ -151,12 +162,7 @@ def test_promote_then_the_old_primary_is_fenced(server_factory):
     assert standby.status()["role"] == "primary"
     # A node that knows epoch 1 says hello to the old primary (epoch 0): the
     # old primary learns it was replaced and stops taking writes at once.
-    witness = server_factory(args=("--replication-port", "0"))
-    witness.stop()
-    store = Store(str(witness.data))
-    store.set_epoch(1)
-    store.close()
-    follower = server_factory(data=witness.data, args=("--follow", f"127.0.0.1:{replication_port(primary)}"))
+    follower = witness_at_epoch(server_factory, 1, primary)
     assert_fenced(primary)
     # and stays fenced through a restart: it must not come back as a primary
     primary.stop()
@@ -456,12 +462,7 @@ def test_a_standby_told_of_a_higher_epoch_comes_back_fenced_not_as_a_primary(ser
     standby = server_factory(args=("--follow", f"127.0.0.1:{replication_port(primary)}", "--replication-port", "0"))
     assert primary.post(event(fresh_tube()))[0] == 201
     wait_caught_up(primary, standby)
-    witness = server_factory(args=("--replication-port", "0"))
-    witness.stop()
-    store = Store(str(witness.data))
-    store.set_epoch(3)
-    store.close()
-    teller = server_factory(data=witness.data, args=("--follow", f"127.0.0.1:{replication_port(standby)}"))
+    teller = witness_at_epoch(server_factory, 3, standby)
     assert stopped_because(teller) == "stale_primary"  # answered once the standby's fence is on disk
     assert standby.status()["role"] == "standby"  # it goes on following
     assert primary.post(event(fresh_tube()))[0] == 201
