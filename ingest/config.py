@@ -251,13 +251,26 @@ def _check_labs(labs: list[Lab]) -> None:
     tube_schemes(labs)
 
 
+# Names that stand for whatever the machine is set to, not for one zone: two
+# nodes of a pair would both keep "localtime" and count the same log in
+# different zones.
+MACHINE_ZONES = frozenset({"localtime", "posixrules"})
+
+
+def _check_time_zone(name: str) -> None:
+    if name in MACHINE_ZONES:
+        raise ConfigError(f"config: stats.time_zone: {name!r} is this machine's own setting, which another node may "
+                          "not share: name the IANA zone itself, such as 'Asia/Shanghai'")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"config: stats.time_zone: unknown time zone {name!r}") from None
+
+
 def loads(text: str) -> Config:
     config = _decode(text)
     _check_labs(config.labs)
-    try:
-        ZoneInfo(config.stats.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"config: stats.time_zone: unknown time zone {config.stats.time_zone!r}") from None
+    _check_time_zone(config.stats.time_zone)
     tls = (config.replication.tls_cert_file, config.replication.tls_key_file, config.replication.tls_ca_file)
     if any(tls) and not all(tls):
         raise ConfigError("config: replication TLS needs all of tls_cert_file, tls_key_file and tls_ca_file")

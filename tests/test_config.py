@@ -254,3 +254,15 @@ def test_a_utf8_file_with_a_bom_is_read(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + ('[stats]\ntime_zone = "Asia/Shanghai"\n' + LABS_TOML).encode())
     assert config.load(str(path)).stats.time_zone == "Asia/Shanghai"
+
+
+@pytest.mark.parametrize("zone", ["localtime", "posixrules"])
+def test_a_time_zone_that_names_the_machines_own_setting_is_refused(zone):
+    # Two nodes would keep the same name and count one log in different zones.
+    with pytest.raises(config.ConfigError, match="name the IANA zone itself"):
+        config.loads(f'[stats]\ntime_zone = "{zone}"\n' + LABS_TOML)
+
+
+def test_an_unknown_time_zone_is_refused():
+    with pytest.raises(config.ConfigError, match="unknown time zone 'Mars/Olympus'"):
+        config.loads('[stats]\ntime_zone = "Mars/Olympus"\n' + LABS_TOML)
