@@ -3,7 +3,7 @@
     ingest serve [--data DIR] [--host H] [--port P] [--config FILE]
     ingest export bindings|tubes|results [--data DIR] [--site S] [--since MS] [--until MS] [--out FILE]
     ingest drill [--hosts A,B [--remote 'ssh {host} {command}'] ...]
-    ingest tail --data DIR --after SEQ
+    ingest tail --data DIR --after SEQ [--out FILE]
     ingest token --name NAME --role ROLE [--role ROLE ...] [--lab LAB_ID ...] [--site SITE_ID ...]
 
 With no options it serves on 127.0.0.1:8080 with ./data and the shipped
@@ -62,7 +62,7 @@ def _open_out(path: str) -> tuple[typing.TextIO, bool]:
 
     Person codes: a file made here is its user's alone (0600). One that is
     there is taken only if it is this user's regular file (then made 0600
-    too), a named pipe or a character device (/dev/stdout): never through a
+    too) or named pipe, or a character device (/dev/null): never through a
     symbolic link, never a file another user made beforehand in a shared
     directory to read what is written into it. It is emptied only after
     these checks."""
@@ -83,13 +83,15 @@ def _open_out(path: str) -> tuple[typing.TextIO, bool]:
             raise
         try:
             st = os.fstat(fd)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                raise OutRefused(f"{path} is there and is neither a regular file, a pipe nor a character device")
+            # A pipe is as good as a file to whoever reads it: another user's
+            # is refused too. Device nodes are root's to make.
+            if not stat.S_ISCHR(st.st_mode) and st.st_uid != os.geteuid():
+                raise OutRefused(f"{path} is there and belongs to another user (uid {st.st_uid})")
             if stat.S_ISREG(st.st_mode):
-                if st.st_uid != os.geteuid():
-                    raise OutRefused(f"{path} is there and belongs to another user (uid {st.st_uid})")
                 os.fchmod(fd, 0o600)
                 os.ftruncate(fd, 0)
-            elif not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-                raise OutRefused(f"{path} is there and is neither a regular file, a pipe nor a character device")
         except BaseException:
             os.close(fd)
             raise
@@ -149,45 +151,63 @@ def _export(args: argparse.Namespace) -> int:
 def _export_from(reader, args: argparse.Namespace) -> int:
     from ingest import export
 
+    def write(out: typing.TextIO) -> str:
+        return f"exported {export.export(reader, args.what, out, args.site, args.since, args.until)} {args.what} rows"
+
+    def read_failed(exc: BaseException) -> str:
+        return f"cannot read the store in {args.data}: {exc}"
+
+    return write_output(args.out, write, lmdb_errors(), read_failed)
+
+
+def write_output(path: str | None, write: typing.Callable[[typing.TextIO], str | None],
+                 read_errors: tuple[type[BaseException], ...],
+                 read_failed: typing.Callable[[BaseException], str]) -> int:
+    """Run write(out) into --out (opened as `_open_out` says) or standard
+    output, and give the exit status: 0, with what write returned on stderr;
+    1 when it failed, with a line saying why (read_failed for read_errors).
+    A --out file made here is removed unless write finished: half an output
+    would pass for all of it."""
     try:
-        if args.out:
-            out, created = _open_out(args.out)
+        if path:
+            out, created = _open_out(path)
         else:
-            # The CSV is UTF-8 whatever the locale: a site named in Chinese
-            # must not end an export to a latin-1 terminal with a traceback.
+            # UTF-8 whatever the locale: a site named in Chinese must not
+            # end an export to a latin-1 terminal with a traceback.
             sys.stdout.reconfigure(encoding="utf-8", newline="")
             out, created = sys.stdout, False
     except OutRefused as exc:
         print(f"ingest: refusing --out: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"ingest: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"ingest: cannot write --out {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     done = False
     try:
-        n = export.export(reader, args.what, out, args.site, args.since, args.until)
+        said = write(out)
         # Flushed here, not at exit, so that a full disk is reported as such.
-        if args.out:
+        if path:
             out.close()
         else:
             out.flush()
         done = True
-    except lmdb_errors() as exc:
-        print(f"ingest: cannot read the store in {args.data}: {exc}", file=sys.stderr)
+    except read_errors as exc:
+        print(f"ingest: {read_failed(exc)}", file=sys.stderr)
         return 1
-    except OSError as exc:  # the store's own errors are lmdb's: an OSError is the output's
-        if not args.out:
+    except OSError as exc:  # the reading's own errors are read_errors: an OSError is the output's
+        if not path:
             return stdout_failed(exc)
-        print(f"ingest: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"ingest: cannot write --out {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
-        if not done and args.out:
+        if not done and path:
             with contextlib.suppress(OSError):  # what is buffered can only fail again
                 out.close()
-            if created:  # half an export would pass for all of it
+            if created:
                 with contextlib.suppress(OSError):
-                    os.unlink(args.out)
-    print(f"ingest: exported {n} {args.what} rows", file=sys.stderr)
+                    os.unlink(path)
+    if said:
+        print(f"ingest: {said}", file=sys.stderr)
     return 0
 
 
@@ -466,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--data", required=True, help="LMDB data directory (of a stopped node)")
     tail.add_argument("--after", type=seq_after, required=True, metavar="SEQ",
                       help="the last seq the new primary has (its last_seq after promotion)")
+    tail.add_argument("--out", default=None, help="file to write (default: standard output); made 0600")
     tail.set_defaults(func=lambda args: __import__("ingest.tail", fromlist=["main"]).main(args))
 
     exp = sub.add_parser("export", help="write bindings, tubes or results as CSV (streaming)")

@@ -14,7 +14,6 @@ is either new there or answered as a duplicate (event ids make that safe).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
@@ -22,7 +21,7 @@ import lmdb
 import msgspec
 
 from ingest.changelog import event_of
-from ingest.cli import exit_on_termination, stdout_failed
+from ingest.cli import exit_on_termination, write_output
 from ingest.datadir import StoreReader
 from ingest.keys import LAST_SEQ, seq_key
 from ingest.records import LogEntry, decode_log_entry
@@ -101,13 +100,9 @@ def requests_after(data: str, after: int) -> Iterator[dict]:
 
 def main(args) -> int:
     exit_on_termination()  # the reader slot goes back even on SIGTERM/SIGHUP
-    try:
+
+    def write(out) -> None:
         for request in requests_after(args.data, args.after):
-            sys.stdout.write(json.dumps(request) + "\n")
-        sys.stdout.flush()
-    except TailIncomplete as exc:
-        print(f"ingest: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # requests_after's own errors are TailIncomplete: this is stdout's
-        return stdout_failed(exc)
-    return 0
+            out.write(json.dumps(request) + "\n")
+
+    return write_output(args.out, write, (TailIncomplete,), str)

@@ -170,6 +170,42 @@ def test_an_out_another_user_made_beforehand_is_refused(tmp_path):
     assert planted.read_text() == ""
 
 
+def read_fifo_while(path, run):
+    """What a reader of the pipe at path gets while run() writes to it."""
+    import threading
+
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(path, "rb").read()), daemon=True)
+    reader.start()
+    result = run()
+    if reader.is_alive():  # the export never opened it: let the reader's open return
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    reader.join(timeout=30)
+    return result, got[0] if got else None
+
+
+def test_an_out_that_is_the_users_own_pipe_gets_the_rows(tmp_path):
+    make_store(str(tmp_path / "d"), 3)
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe, 0o600)
+    out, got = read_fifo_while(pipe, lambda: export_to(tmp_path / "d", pipe))
+    assert out.returncode == 0, out.stderr
+    assert got.startswith(b"tube,position") and got.count(b"\n") == 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a pipe another user owns")
+def test_an_out_that_is_another_users_pipe_is_refused(tmp_path):
+    # A pipe planted in a shared directory hands its reader what is written
+    # into it, as a planted file would.
+    make_store(str(tmp_path / "d"), 3)
+    pipe = tmp_path / "planted.csv"
+    os.mkfifo(pipe, 0o666)
+    os.chown(pipe, 65534, 65534)
+    out, got = read_fifo_while(pipe, lambda: export_to(tmp_path / "d", pipe))
+    assert out.returncode == 1 and "belongs to another user (uid 65534)" in out.stderr, out.stderr
+    assert got == b""
+
+
 def test_export_writes_utf_8_to_stdout_whatever_the_locale(server_factory):
     srv = server_factory()
     assert srv.post(event(fresh_tube(), site_id="北京-朝阳"))[0] == 201

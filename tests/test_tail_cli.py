@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -170,6 +171,28 @@ def test_after_past_the_stores_last_seq_is_refused(tmp_path, after):
     out = run("tail", "--data", path, "--after", after)
     assert out.returncode == 1 and out.stdout == "", out
     assert f"ends at seq 3, before --after {after}" in out.stderr and "ingest promote" in out.stderr
+
+
+def test_tail_out_is_the_users_alone_and_a_refused_tail_leaves_none(tmp_path):
+    # The tail holds person codes: through the shell's `>` it would get the
+    # umask's 0644, as no export does.
+    path = str(tmp_path / "d")
+    make_store(path, 3)
+    out_file = tmp_path / "tail.jsonl"
+    out = run("tail", "--data", path, "--after", "1", "--out", str(out_file))
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", ""), out
+    assert stat.S_IMODE(os.stat(out_file).st_mode) == 0o600
+    assert out_file.read_text() == run("tail", "--data", path, "--after", "1").stdout
+    assert [json.loads(line)["body"]["event_id"] for line in out_file.read_text().splitlines()] == ["e1", "e2"]
+    refused = tmp_path / "refused.jsonl"
+    out = run("tail", "--data", path, "--after", "4", "--out", str(refused))
+    assert out.returncode == 1 and "ends at seq 3, before --after 4" in out.stderr, out
+    assert not refused.exists()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out_file)
+    out = run("tail", "--data", path, "--after", "0", "--out", str(link))
+    assert out.returncode == 1 and "is a symbolic link" in out.stderr, out
+    assert len(out_file.read_text().splitlines()) == 2
 
 
 def without_seqs(value):
