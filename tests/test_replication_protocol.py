@@ -473,6 +473,25 @@ def test_undecodable_hello_closes():
     assert [a.code for a in actions] == ["bad_payload"]
 
 
+@pytest.mark.parametrize("hello", [["abc\n2026-11-22 23:59:59,000 ERROR ingest.server FORGED", 0, 3],
+                                   ["", 0, 3], ["n" * 65, 0, 3], ["a b", 0, 3],
+                                   ["s", 0, 3, b"", "UTC\r\nforged"]])
+def test_a_hello_with_text_that_could_forge_a_log_line_closes(hello):
+    # The primary logs the standby's node and repeats its zone in a refusal.
+    actions = Primary("p", 3).receive(wire.encode(Type.HELLO, 3, 0, msgspec.msgpack.encode(hello)))
+    assert [a.code for a in actions] == ["bad_payload"]
+
+
+@pytest.mark.parametrize("frame", [(Type.WELCOME, ["p\nforged", 0]), (Type.REFUSE, ["gap", "why\nforged"]),
+                                   (Type.REFUSE, ["Gap: x", "why"])])
+def test_a_welcome_or_refusal_with_text_that_could_forge_a_log_line_closes(frame):
+    standby = Standby("s", 3, 0)
+    standby.hello()
+    kind, payload = frame
+    actions = standby.receive(wire.encode(kind, 3, 0, msgspec.msgpack.encode(payload)))
+    assert [a.code for a in actions] == ["bad_payload"]
+
+
 def test_methods_out_of_state_raise():
     primary = Primary("p", 3)
     for call in (lambda: primary.welcome(0), lambda: primary.entries([(1, b"")]), lambda: primary.ping(0)):

@@ -34,7 +34,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import msgspec
 
@@ -155,8 +155,18 @@ class FrameDecoder:
             raise WireError("bad_type", f"unknown frame type {type}") from None
 
 
+# What a peer names goes into this node's log: a line break in it would
+# forge log lines, so the text fields are held to what they carry. Node ids
+# are 16 hex digits (Store.node); the shape of event ids leaves room.
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,40}$")]
+# One line of printable text: no control characters.
+Line = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=2000)]
+ZoneName = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=64)]
+
+
 class HelloPayload(msgspec.Struct, array_like=True, frozen=True):
-    node: str
+    node: NodeId
     last_seq: int
     epoch: int
     # Digest of the standby's log entry at last_seq (Store.tip): the primary
@@ -168,17 +178,17 @@ class HelloPayload(msgspec.Struct, array_like=True, frozen=True):
     # The zone its statistics are counted in (Store.time_zone): a primary
     # counting in another refuses it, as the two stores' stats would differ.
     # Trailing too: "" from a peer from before it.
-    time_zone: str = ""
+    time_zone: ZoneName = ""
 
 
 class WelcomePayload(msgspec.Struct, array_like=True, frozen=True):
-    node: str
+    node: NodeId
     last_seq: int
 
 
 class RefusePayload(msgspec.Struct, array_like=True, frozen=True):
-    code: str
-    message: str
+    code: Code
+    message: Line
 
 
 class SnapshotBeginPayload(msgspec.Struct, array_like=True, frozen=True):
@@ -189,7 +199,7 @@ class SnapshotBeginPayload(msgspec.Struct, array_like=True, frozen=True):
 class SnapshotEndPayload(msgspec.Struct, array_like=True, frozen=True):
     last_seq: int
     size: int
-    sha256: str  # hex, of all the chunks' bytes in order: the copy end to end
+    sha256: Line  # hex, of all the chunks' bytes in order: the copy end to end
 
 
 _encoder = msgspec.msgpack.Encoder()
