@@ -42,7 +42,7 @@ from ingest.events import (
 from ingest.http import Request
 from ingest.metrics import Metrics
 from ingest.node_routes import NodeRoutes
-from ingest.reads import Reads
+from ingest.reads import NO_STORE, Reads
 from ingest.rules import (
     Duplicate,
     Rejected,
@@ -143,6 +143,8 @@ class App(Reads, NodeRoutes):
         slot.respond(code.status, _encode_json(error_body(code, message, None, extra)))
 
     def _error(self, slot, code: ErrorCode, message: str, field: str | None = None, extra: bytes = b"") -> None:
+        if slot.route in routes.PERSON_DATA:
+            extra += NO_STORE
         slot.respond(code.status, error_json(code, message, field), extra=extra)
 
     def _stateless(self, ev: BindingEvent) -> Rejected | Duplicate | str:

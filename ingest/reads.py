@@ -12,7 +12,7 @@ from ingest.records import BOX_STATE_NAMES, PEOPLE, STAT_FIELDS, STATE_NAMES, VO
 
 SEQ_MAX = 2**64 - 1  # sequence numbers are u64
 # Person data: no cache on the way (a proxy, a browser) may keep a copy.
-_PRIVATE = b"Cache-Control: no-store\r\n"
+NO_STORE = b"Cache-Control: no-store\r\n"
 
 
 class Reads:
@@ -49,7 +49,7 @@ class Reads:
                 {"result": r.result, "lab_id": r.lab_id, "tested_at": r.tested_at, "event_id": r.event_id, "seq": r.seq}
                 for r in results
             ]
-        slot.respond(200, encode_json(body), extra=_PRIVATE)
+        slot.respond(200, encode_json(body), extra=NO_STORE)
 
     def get_person(self, req: Request, slot, code: str) -> None:
         with self.store.view() as view:
@@ -67,7 +67,7 @@ class Reads:
                 "result": head.result if head else "",
             })
         body = {"person": code, "tubes": tubes}
-        slot.respond(200, encode_json(body), extra=_PRIVATE)
+        slot.respond(200, encode_json(body), extra=NO_STORE)
 
     def get_box(self, req: Request, slot, code: str) -> None:
         box = self.store.box(code)
@@ -81,7 +81,7 @@ class Reads:
         if box.receive_seq:
             body.update(lab_id=box.lab_id, received_at=box.received_at, receive_seq=box.receive_seq,
                         found=box.found, missing=box.missing, extra=box.extra, other_lab=box.other_lab)
-        slot.respond(200, encode_json(body), extra=_PRIVATE)
+        slot.respond(200, encode_json(body), extra=NO_STORE)
 
     def get_positives(self, req: Request, slot) -> None:
         try:
@@ -116,7 +116,7 @@ class Reads:
                     for m in members if not m.voided_seq
                 ],
             })
-        slot.respond(200, encode_json({"positives": items, "next_since": last}), extra=_PRIVATE)
+        slot.respond(200, encode_json({"positives": items, "next_since": last}), extra=NO_STORE)
 
     def get_stats(self, req: Request, slot) -> None:
         self._stats(req, slot, "all")
@@ -151,4 +151,4 @@ class Reads:
         ]
         body = {"scope": scope.removeprefix("site:") if scope != "all" else "all",
                 "time_zone": self.config.stats.time_zone, "total": total, "hours": hours}
-        slot.respond(200, encode_json(body), extra=_PRIVATE)
+        slot.respond(200, encode_json(body), extra=NO_STORE)

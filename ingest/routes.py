@@ -68,6 +68,10 @@ ROLE_OF: dict[str, str | None] = {
     "get_readyz": None,
 }
 
+# Routes whose every answer, errors too, is kept out of caches: that no
+# binding names a person is person data as well.
+PERSON_DATA = frozenset(name for name, role in ROLE_OF.items() if role == "read")
+
 
 def _match(path: str) -> tuple[dict[bytes, str], str | None] | None:
     methods = EXACT.get(path)

@@ -97,6 +97,21 @@ def test_person_data_answers_are_not_to_be_cached(guarded):
         assert status == 200 and headers.get("cache-control") == "no-store", (path, headers)
 
 
+def test_person_data_routes_errors_are_not_to_be_cached_either(guarded):
+    # "No binding names this person" is person data too, and every one of
+    # these requests carries a token.
+    ev = event()
+    read = bearer(TOKENS["read"])
+    for path, headers, want in ((f"/v1/persons/{ev['person']}", read, 404), (f"/v1/tubes/{ev['tube']}", read, 404),
+                                ("/v1/boxes/NOPE", read, 404), ("/v1/positives?since=x", read, 400),
+                                ("/v1/stats?from=bad", read, 400), (f"/v1/persons/{ev['person']}", {}, 401),
+                                (f"/v1/persons/{ev['person']}", bearer(TOKENS["scan"]), 403)):
+        status, got, _ = guarded.request("GET", path, headers=headers)
+        assert status == want and got.get("cache-control") == "no-store", (path, status, got)
+    status, got, _ = guarded.post(event(tube="bad"), headers=bearer(TOKENS["scan"]))
+    assert status == 422 and "cache-control" not in got  # a write's answer shows nothing stored
+
+
 def test_person_data_needs_the_read_role(guarded):
     ev = event()
     assert guarded.post(ev, headers=bearer(TOKENS["scan"]))[0] == 201
