@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -61,7 +63,9 @@ def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30
         try:
             status(port)
             return
-        except OSError:
+        # HTTPException: free_port's ports are in the ephemeral range, where a
+        # probe of a port nobody listens on yet can connect to itself.
+        except (OSError, http.client.HTTPException):
             time.sleep(0.1)
     raise SystemExit(f"server on port {port} did not come up within {timeout:.0f}s; its log: {log}")
 
@@ -100,6 +104,16 @@ class Pair:
             except ValueError as exc:
                 raise SystemExit(f"run.py: --standby sync: {exc} (the config's [replication] must say "
                                  "mode = \"async\"; run.py switches it to sync)") from None
+        else:
+            try:
+                mode = ingest_config.loads(config).replication.mode
+            except ingest_config.ConfigError as exc:
+                raise SystemExit(f"run.py: --config {self.config}: {exc}") from None
+            if mode != "async":
+                # The summary would say one mode while the pair ran another.
+                raise SystemExit(f"run.py: --standby {self.mode}: the config's [replication] says mode = "
+                                 f"\"{mode}\"; give one that says \"async\" (run.py makes it sync for --standby "
+                                 "sync)")
         (self.out / "config.toml").write_text(config)
         serve = [PY, "-m", "ingest", "serve", "--host", "127.0.0.1", "--log-level", "WARNING",
                  "--config", str(self.out / "config.toml")]
@@ -264,8 +278,20 @@ def digest(data: Path) -> str:
 # -- the summary ---------------------------------------------------------------
 
 
-def _lines(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
+SYNC_DEGRADED = "SYNC REPLICATION DEGRADED"  # a sync primary answered after its own commit only
+
+
+def logged(path: Path) -> list[list]:
+    """What a server logged (at WARNING, what an operator must see), as
+    [message, times] most frequent first: the time stamp cut off and
+    numbers read as N, so that one kind of line is counted once."""
+    counts: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split(" ", 2)
+            message = re.sub(r"\d+", "N", parts[2] if len(parts) == 3 else line)
+            counts[message] = counts.get(message, 0) + 1
+    return sorted(([m, n] for m, n in counts.items()), key=lambda item: -item[1])
 
 
 def _locust_figures(out: Path) -> dict:
@@ -303,7 +329,18 @@ def write_summary(out: Path, summary: dict) -> None:
         lines += [f"Not exercised in this run: {', '.join(idle)} (no such event was acknowledged; "
                   "run longer, or with more users: one in 21 is a LabUser).", ""]
     lines += [f"Server warnings and errors logged: primary {logs.get('primary', 0)}, "
-              f"standby {logs.get('standby', 0)} (see primary.log, standby.log).", ""]
+              f"standby {logs.get('standby', 0)} (see primary.log, standby.log)"
+              + (":" if any(summary.get("server_logged", {}).values()) else "."), ""]
+    for name, kinds in summary.get("server_logged", {}).items():
+        lines += [f"- {name}, {n}×: `{message[:300]}`" for message, n in kinds[:10]]
+        if len(kinds) > 10:
+            lines.append(f"- {name}: {len(kinds) - 10} more kinds of line")
+    if any(summary.get("server_logged", {}).values()):
+        lines.append("")
+    if summary.get("sync_degraded"):
+        lines += [f"The sync standby fell behind: the primary logged `{SYNC_DEGRADED}` "
+                  f"{summary['sync_degraded']} times and answered writes after its own commit only, so for a "
+                  "while acknowledged events were on one disk: a sync run that degrades fails.", ""]
     if summary.get("lost"):
         lines += [f"The {summary['lost']} stopped answering before the end-of-run checks (see "
                   f"{summary['lost']}.log); the acknowledged events were looked up in the primary's data "
@@ -357,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="results directory (default loadtest/results/<time>)")
     p.add_argument("--config", default=None,
                    help="server configuration (default: the shipped one); the model expects its rules")
-    p.add_argument("--keep-data", action="store_true", help="keep the data directories")
+    p.add_argument("--keep-data", action="store_true", help="keep the data directories and acks/ (the acknowledged events Locust saw)")
     args = p.parse_args(argv)
     check_limits(p, args)
     run = run_number()
@@ -373,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = run_and_check(args, pair, out, extra, run, command)
     finally:
         if not args.keep_data:  # person codes: not left lying around
-            for name in ("data-primary", "data-standby"):
+            for name in ("data-primary", "data-standby", "acks"):
                 shutil.rmtree(out / name, ignore_errors=True)
     print((out / "summary.md").read_text())
     return 0 if ok else 1
@@ -406,14 +443,18 @@ def run_and_check(args, pair: Pair, out: Path, extra: list[str], run: int, comma
         "locust": _locust_figures(out), "store": store,
     }
     # At WARNING level a server logs only what an operator must see (a sync
-    # standby lost and the fall back to async, a store error): count them.
-    summary["server_log_lines"] = {name: _lines(out / f"{name}.log") for name in ("primary", "standby")}
+    # standby lost and the fall back to async, a store error): show them.
+    summary["server_logged"] = {name: logged(out / f"{name}.log") for name in ("primary", "standby")}
+    summary["server_log_lines"] = {name: sum(n for _, n in kinds) for name, kinds in summary["server_logged"].items()}
+    summary["sync_degraded"] = sum(n for message, n in summary["server_logged"]["primary"]
+                                   if SYNC_DEGRADED in message) if args.standby == "sync" else 0
     # A lost node's store is not the other's: there is nothing to compare.
     summary["digests_equal"] = (digest(out / "data-primary") == digest(out / "data-standby")
                                 if pair.standby is not None and not lost else None)
     missing = sum(v["missing"] for v in store.values())
     ok = (code == 0 and summary["locust"]["failures"] == 0 and missing == 0 and not lost and not store_error
-          and summary["digests_equal"] is not False and summary["locust"]["requests"] > 0)
+          and summary["digests_equal"] is not False and summary["locust"]["requests"] > 0
+          and not summary["sync_degraded"])
     summary["verdict"] = "pass" if ok else "FAIL"
     write_summary(out, summary)
     return ok

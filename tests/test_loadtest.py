@@ -330,7 +330,7 @@ def test_run_py_gives_its_workers_one_run_number(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(REPO / "loadtest" / "run.py"), "--time", "3", "--users", "6", "--standby", "none",
-         "--workers", "2", "--out", str(out), "--", "--loglevel", "WARNING"],
+         "--workers", "2", "--out", str(out), "--keep-data", "--", "--loglevel", "WARNING"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "INGEST_LOAD_PACE_S": "0.02"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = str(json.loads((out / "summary.json").read_text())["run"])
@@ -340,11 +340,11 @@ def test_run_py_gives_its_workers_one_run_number(tmp_path):
 # -- a server lost, a run stopped -----------------------------------------------
 
 
-def _start_run(out: Path, seconds: int, standby: str) -> tuple[subprocess.Popen, int]:
+def _start_run(out: Path, seconds: int, standby: str, *options: str) -> tuple[subprocess.Popen, int]:
     """run.py in the background; once its primary has bound events: the process and the primary's port."""
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "loadtest" / "run.py"), "--time", str(seconds), "--users", "4", "--standby",
-         standby, "--out", str(out), "--", "--loglevel", "WARNING"],
+         standby, "--out", str(out), *options, "--", "--loglevel", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "INGEST_LOAD_PACE_S": "0.02"})
     for line in proc.stdout:
@@ -380,6 +380,47 @@ def test_a_primary_lost_mid_run_is_reported_and_its_store_checked(tmp_path):
     assert sum(v["missing"] for v in summary["store"].values()) == 0
     assert "The primary stopped answering" in (out / "summary.md").read_text()
     assert not (out / "data-primary").exists() and not (out / "data-standby").exists()
+
+
+def test_a_sync_run_whose_standby_fell_behind_fails(tmp_path):
+    # The primary answered writes after its own commit only for a while:
+    # every answer right and every event stored, but not on two disks.
+    from ingest import config
+
+    quick = tmp_path / "quick.toml"
+    quick.write_text(config.edit(config.default_text(), "sync_timeout_s = 10.0", "sync_timeout_s = 0.3",
+                                 "replication"))
+    out = tmp_path / "run"
+    proc, _ = _start_run(out, 8, "sync", "--config", str(quick))
+    try:
+        [standby] = pids_mentioning(str(out / "data-standby"))
+        os.kill(standby, signal.SIGSTOP)
+        time.sleep(2)
+        os.kill(standby, signal.SIGCONT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        kill_leftovers(str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode == 1 and summary["verdict"] == "FAIL", rest[-3000:]
+    assert summary["sync_degraded"] >= 1 and summary["locust"]["failures"] == 0 and summary["digests_equal"]
+    assert sum(v["missing"] for v in summary["store"].values()) == 0
+    assert any("SYNC REPLICATION DEGRADED" in message for message, _ in summary["server_logged"]["primary"])
+    assert "The sync standby fell behind" in (out / "summary.md").read_text()
+    assert not (out / "acks").exists()  # the acknowledged codes are not left behind
+
+
+def test_a_config_in_another_replication_mode_than_standby_is_refused(tmp_path):
+    from ingest import config
+
+    sync = tmp_path / "sync.toml"
+    sync.write_text(config.edit(config.default_text(), 'mode = "async"', 'mode = "sync"', "replication"))
+    for standby in ("async", "none"):
+        out = subprocess.run([sys.executable, str(REPO / "loadtest" / "run.py"), "--time", "3", "--standby", standby,
+                              "--config", str(sync), "--out", str(tmp_path / standby)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and f'--standby {standby}: the config\'s [replication] says mode = "sync"' \
+            in out.stderr, out.stderr[-2000:]
 
 
 def test_sigterm_stops_the_servers_and_locust_and_removes_the_data(tmp_path):
