@@ -18,6 +18,7 @@ durable single-event throughput to the no-op ceiling.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import math
 import os
@@ -55,7 +56,9 @@ def wait_ready(port: int, timeout: float = 15.0) -> None:
         try:
             with get(port, "/livez", timeout=1):
                 return
-        except OSError:
+        # HTTPException: with --port in the ephemeral range, a probe of a
+        # port nobody listens on yet can connect to itself.
+        except (OSError, http.client.HTTPException):
             time.sleep(0.05)
     raise RuntimeError(f"server on port {port} did not come up")
 

@@ -80,11 +80,15 @@ def run_scenario(name: str, cmd: list[str], port: int, path: str, args, progress
             out, samples = _follow(name, server, wrk, port, progress)
         finally:
             bi.end(wrk)
+        # The disk a binding takes: the store's pages in use over the events
+        # in it (bound in this scenario only: each has a fresh store).
+        store = ({"store_used_bytes": bi.metric(port, "ingest_store_used_bytes"),
+                  "store_events": bi.counters(port)["bound"]} if name != "generator ceiling" else {})
     finally:
         bi.stop(server)
         if follower is not None:
             bi.stop(follower)
-    res = {"name": name, **bi.parse_wrk(out), **_latency_line(out), "series": samples}
+    res = {"name": name, **bi.parse_wrk(out), **_latency_line(out), **store, "series": samples}
     steady = [s for s in samples if args.duration * WARMUP_SHARE <= s["t"] <= args.duration * (1 - TAIL_SHARE)]
     if len(steady) < 2:
         raise RuntimeError(f"{name}: too short to find a steady window; use a longer --duration")
@@ -218,7 +222,11 @@ def markdown(report: dict, compare: dict | None) -> str:
         f"Python {report['machine']['python']}, kernels: {report['machine']['implementation']}"
         f"{', code at ' + report['machine']['commit'] if report['machine'].get('commit') else ''}.", "",
         "## The campaign (inputs)", "",
-        f"- {c['people']:,} people in {c['hours']:g} hours: a mean of **{c['mean_events_per_s']:,.0f} events/s**",
+        f"- {c['people']:,} people in {c['hours']:g} hours: a mean of {c['mean_people_per_s']:,.0f} people/s",
+        f"- {c['events_per_person']:.2f} events per person: their binding, and a share of their tube's "
+        f"lifecycle ({c['pool_size']} people per tube: a seal and a result per tube; {c['tubes_per_box']} tubes "
+        "per box: packing, hand-over and receipt per box), each one request and one log entry like a binding: "
+        f"a mean of **{c['mean_events_per_s']:,.0f} events/s**",
         f"- stated peak factor {c['peak_factor']:g}; the day shape's own peak factor is "
         f"{c['shape_peak_factor']:.2f} (busiest hour over the day's mean; loadtest/day.py)",
         f"- required peak: mean × max(factors) = **{c['required_peak_events_per_s']:,.0f} events/s**", "",
@@ -246,7 +254,7 @@ def markdown(report: dict, compare: dict | None) -> str:
         "", "Events/s: counted by the server over the steady middle of each scenario. Latency: wrk, whole "
         "scenario. non-2xx answers: " + ", ".join(f"{s['name']}: {s['non_2xx']}" for s in report["scenarios"]) + ".",
         "", "![throughput and p99 over time](capacity.png)", "",
-        "## Hour by hour", "",
+        *_disk(report), "## Hour by hour", "",
         "Events/s each open hour needs under the day shape (without the peak factor's minute-scale bursts):", "",
         "| " + " | ".join(f"{h['hour']:02d}h" for h in c["hourly_events_per_s"]) + " |",
         "|" + "---|" * len(c["hourly_events_per_s"]),
@@ -273,16 +281,41 @@ def markdown(report: dict, compare: dict | None) -> str:
         "- *bound by*: `server` when wrk stayed under 90% of its core, so the figure is the server's; "
         "`generator` marks a lower bound. The generator ceiling above is what wrk can send per core.",
         "- *holds the peak*: sustained events/s ≥ the required peak; *headroom* = sustained / required; "
-        "*hours for everyone*: the campaign's people at the sustained rate.",
+        "*hours for everyone*: the campaign's events (its people's bindings and their tubes' lifecycle) at the "
+        "sustained rate. The scenarios measure bindings; a seal, box, hand-over, receipt or result is counted as "
+        "costing the same.",
         "- Real phones send one event per request; batches are what offline phones replaying a backlog send. "
         "The verdict uses the most demanding realistic case: single events with a sync standby.",
         "- Remake it: `pip install -e '.[bench]'`, `apt-get install wrk`, then the command at the top; "
-        "`--people/--hours/--peak-factor` change the campaign, `--compare OLD/capacity.json` sets a new run "
+        "`--people/--hours/--peak-factor/--pool-size/--tubes-per-box` change the campaign, "
+        "`--compare OLD/capacity.json` sets a new run "
         "beside an old one (`--out docs --compare docs/capacity.json`: the report the run replaces, read "
         "before it is). The load test that checks every answer under a campaign day is in "
         "[loadtest.md](loadtest.md).", "",
     ]
     return "\n".join(lines)
+
+
+def _disk(report: dict) -> list[str]:
+    """The store a node needs for the campaign's bindings, from the
+    single-event scenario's store (none in a report from before it)."""
+    s = next((s for s in report["scenarios"] if s["name"] == "single-event, no standby"), {})
+    if not s.get("store_events"):
+        return []
+    c = report["campaign"]
+    per_binding = s["store_used_bytes"] / s["store_events"]
+    total = per_binding * c["people"]
+    return [
+        "## Disk", "",
+        f"The single-event scenario's store held {s['store_events']:,.0f} bindings in "
+        f"{s['store_used_bytes'] / 2**20:,.1f} MiB of pages: **{per_binding:,.0f} bytes per binding** (its "
+        "records, indexes and change-log entry; codes rising with each event, kind to the B-trees). "
+        f"{c['people']:,} bindings: **{total / 2**30:,.1f} GiB on each node** (primary and standby), before the "
+        "lifecycle's records (seals, boxes, results) and with the whole change log kept (`log_keep_entries = 0`). "
+        "The map doubles when full and is allocated on disk up front (operations.md), so leave the disk "
+        f"room for the next power of two above that: {2 ** max(26, math.ceil(math.log2(total))) / 2**30:,.0f} GiB.",
+        "",
+    ]
 
 
 def chart(report: dict, path: Path) -> None:
@@ -329,6 +362,8 @@ def main() -> int:
     p.add_argument("--people", type=int, default=35_000_000)
     p.add_argument("--hours", type=float, default=24.0)
     p.add_argument("--peak-factor", type=float, default=4.0)
+    p.add_argument("--pool-size", type=int, default=10, help="people per tube (default 10)")
+    p.add_argument("--tubes-per-box", type=int, default=5, help="tubes per box sent to the lab (default 5)")
     p.add_argument("--connections", type=int, default=256, help="wrk connections, single events")
     p.add_argument("--batch", type=int, default=1000, help="events per batch request")
     p.add_argument("--batch-connections", type=int, default=16)
@@ -341,10 +376,13 @@ def main() -> int:
     p.add_argument("--out", default="capacity-report", help="directory for capacity.{json,md,png}")
     p.add_argument("--compare", default=None, help="an earlier capacity.json to set beside this run")
     args = p.parse_args()
+    try:
+        campaign = Campaign(args.people, args.hours, args.peak_factor, args.pool_size, args.tubes_per_box)
+    except ValueError as exc:
+        p.error(f"the campaign: {exc}")
     if not shutil.which("wrk") or not shutil.which("taskset"):
         print("capacity: needs wrk and taskset (Debian/Ubuntu: apt-get install wrk util-linux)", file=sys.stderr)
         return 2
-    campaign = Campaign(args.people, args.hours, args.peak_factor)
     compare = read_compare(args.compare) if args.compare else None
     try:
         from tqdm import tqdm

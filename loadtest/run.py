@@ -394,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="results directory (default loadtest/results/<time>)")
     p.add_argument("--config", default=None,
                    help="server configuration (default: the shipped one); the model expects its rules")
-    p.add_argument("--keep-data", action="store_true", help="keep the data directories and acks/ (the acknowledged events Locust saw)")
+    p.add_argument("--keep-data", action="store_true",
+                   help="keep the data directories and acks/ (the acknowledged events Locust saw)")
     args = p.parse_args(argv)
     check_limits(p, args)
     run = run_number()

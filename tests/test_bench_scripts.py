@@ -231,3 +231,12 @@ def test_capacity_says_when_the_run_to_compare_is_missing(tmp_path):
     proc = bench("capacity.py", "--compare", str(tmp_path / "capacity-old.json"), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert proc.stderr == f"capacity: cannot read --compare {tmp_path / 'capacity-old.json'}: No such file or directory\n"
+
+
+@pytest.mark.parametrize("args", [["--hours", "0"], ["--people", "0"], ["--peak-factor", "0.5"],
+                                  ["--pool-size", "0"]])
+def test_capacity_refuses_a_campaign_that_cannot_be_before_it_measures(tmp_path, args):
+    # It used to measure for minutes, then end in a ZeroDivisionError.
+    proc = bench("capacity.py", *args, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "capacity.py: error: the campaign: " in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
