@@ -290,7 +290,7 @@ def _admin(method: str, path: str, args: argparse.Namespace, send_token: bool = 
 
 
 def _promote(args: argparse.Namespace) -> int:
-    return _admin("POST", "/v1/admin/promote", args)
+    return _admin("POST", "/v1/admin/promote" + ("?force=true" if args.force else ""), args)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -447,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote = sub.add_parser("promote", help="turn a standby into the primary (raises the epoch; "
                                              "with access control, an admin token in INGEST_TOKEN)")
     promote.add_argument("--url", type=http_url, default="http://127.0.0.1:8080", help="the standby's HTTP address")
+    promote.add_argument("--force", action="store_true",
+                         help="promote a fenced former primary, or a standby whose primary refused it: only when "
+                              "the node whose history is ahead is gone for good (it loses what that node took)")
     promote.set_defaults(func=_promote)
     status = sub.add_parser("status", help="role, epoch, last sequence number, replication")
     status.add_argument("--url", type=http_url, default="http://127.0.0.1:8080", help="the node's HTTP address")

@@ -63,6 +63,9 @@ HTTP_VERSION_NOT_SUPPORTED = ErrorCode("http_version_not_supported", 505, "the r
 INSUFFICIENT_STORAGE = ErrorCode("insufficient_storage", 507, "the store is full; nothing was written")
 STORE_ERROR = ErrorCode("store_error", 500, "the store failed; nothing was written")
 INTERNAL_ERROR = ErrorCode("internal_error", 500, "the server failed to handle the request; it is logged")
+PROMOTION_REFUSED = ErrorCode("promotion_refused", 409, "this node's history ends behind another node's (it is "
+                              "fenced, or its primary refused it); promote with force=true only if that node is "
+                              "gone for good")
 NOT_PRIMARY = ErrorCode("not_primary", 503, "this node is a standby (or a fenced former primary); write to the primary")
 SHUTTING_DOWN = ErrorCode("shutting_down", 503, "the server is draining for shutdown; retry on another server")
 

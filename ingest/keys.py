@@ -5,6 +5,7 @@ Tables (LMDB named databases), described in docs/storage.md:
   meta     b"last_seq"      -> u64 big-endian, last change-log sequence
            b"format"        -> u32, store format version
            b"node", b"epoch", b"fenced"  -> replication identity (docs/storage.md)
+           b"follows", b"tell" -> utf-8 host:port, the node's role across restarts
            b"time_zone"     -> utf-8 IANA name the stats hours are counted in
   events   event_id (ascii) -> EventRecord   dedup memory of accepted events
   tubes    tube (ascii)     -> Tube          site, lab, pool size, state, count
@@ -45,6 +46,16 @@ EPOCH = b"epoch"
 # Present while this node is a primary replaced by a higher epoch (value: that
 # epoch): it must take no writes, after a restart too, until promoted again.
 FENCED = b"fenced"
+# Present while this node is a standby (value: the replication address it was
+# last started to follow); removed by its promotion. Started without --follow
+# it takes no writes until promoted: a standby's unit file run with the
+# primary's command line must not make a second primary at the same epoch.
+FOLLOWS = b"follows"
+# Present from a promotion until the primary this node followed (value: its
+# replication address) answers that it knows the new epoch: telling it goes
+# on after a restart of this node, so that the former primary cannot come back
+# as a second primary that no one tells.
+TELL = b"tell"
 # The zone of the stats table's hour labels (stats.time_zone when the store
 # was made). The labels are written by the apply, so every node applying one
 # change log must count in the same zone, and a store in one zone only.

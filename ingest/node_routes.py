@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
-from ingest import codes, errors
+from ingest import codes, errors, query
 from ingest.answers import encode_json
+from ingest.events import Malformed
 from ingest.http import Request
 from ingest.store_errors import StoreFull
 
 log = logging.getLogger("ingest.app")
 
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+_BOOL = re.compile(r"true|false")
 
 
 class NodeRoutes:
@@ -72,20 +75,43 @@ class NodeRoutes:
             return False
 
     def post_promote(self, req: Request, slot) -> None:
+        try:
+            force = query.param(query.parse(req.query, ("force",)), "force", _BOOL, "true or false") == "true"
+        except Malformed as m:
+            self._error(slot, errors.MALFORMED, m.message, m.field)
+            return
         if self.role == "primary" and not self._promotion.locked():
             slot.respond(200, encode_json({"result": "already_primary", "epoch": self.store.epoch}))
             return
         # Held until done: the loop keeps only a weak reference to a task.
-        task = asyncio.get_running_loop().create_task(self._promote_once(slot))
+        task = asyncio.get_running_loop().create_task(self._promote_once(slot, force))
         self._promotions.add(task)
         task.add_done_callback(self._promotions.discard)
 
-    async def _promote_once(self, slot) -> None:
+    async def _promote_once(self, slot, force: bool) -> None:
         async with self._promotion:
             if self.role == "primary":  # the promotion this request waited for
                 slot.respond(200, encode_json({"result": "already_primary", "epoch": self.store.epoch}))
                 return
+            why = None if force else self._behind_another()
+            if why is not None:
+                log.error("promotion refused: %s", why)
+                self._error(slot, errors.PROMOTION_REFUSED, f"{why}: promoting it would fence a primary that has "
+                            "acknowledged events this node lacks, or make a second one; if that node is gone for "
+                            "good, promote with force=true (`ingest promote --force`)")
+                return
             await self._promote(slot)
+
+    def _behind_another(self) -> str | None:
+        """Why this node's history is known to end behind another node's,
+        or None. Such a promotion loses what that node acknowledged."""
+        if self.role == "fenced":
+            return (f"this node is a former primary, fenced at epoch {self.store.fenced_at}: a node of that epoch "
+                    "took writes after it")
+        if self.follower is not None and self.follower.stopped_because:
+            return (f"this standby stopped following {self.follower.host}:{self.follower.port} "
+                    f"({self.follower.stopped_because}) at seq {self.store.last_seq}, and that primary went on")
+        return None
 
     async def _promote(self, slot) -> None:
         """Stop following, raise the epoch durably, take writes."""
@@ -97,8 +123,9 @@ class NodeRoutes:
             tls = self.follower.tls
             self.follower = None
         epoch = max(self.store.epoch, self.store.fenced_at) + 1  # above any epoch it has heard of
+        told = f"{followed[0]}:{followed[1]}" if followed else ""
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.set_epoch, epoch)
+            await asyncio.get_running_loop().run_in_executor(None, self.store.promote, epoch, told)
         except Exception as exc:
             # Nothing changed (a full disk, most likely): say so, and go on
             # following, instead of a request never answered and a standby
@@ -125,11 +152,19 @@ class NodeRoutes:
             self.hub.restart_sessions()
         log.warning("promoted to primary at epoch %d, last_seq %d", epoch, self.store.last_seq)
         slot.respond(200, encode_json({"result": "promoted", "epoch": epoch, "last_seq": self.store.last_seq}))
+        if followed is not None:
+            self.tell_former_primary(tls)
+
+    def tell_former_primary(self, tls) -> None:
+        """Tell the primary this node followed (store.tell) of its epoch,
+        until it knows: after a promotion, and at every start until then."""
         from ingest.replication.standby import keep_telling_promoted
 
-        if followed is not None:
-            self._telling = asyncio.get_running_loop().create_task(
-                keep_telling_promoted(*followed, self.store, lambda: self.role == "primary", tls))
+        host, _, port = self.store.tell.rpartition(":")
+        # Not while draining: asyncio.wait_for (3.11) can swallow the
+        # cancellation of a shutdown, and the loop kept the process alive.
+        self._telling = asyncio.get_running_loop().create_task(keep_telling_promoted(
+            host, int(port), self.store, lambda: self.role == "primary" and not self.draining, tls))
 
     def get_metrics(self, req: Request, slot) -> None:
         slot.respond(200, self.metrics.render(), _PROMETHEUS)

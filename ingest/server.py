@@ -42,6 +42,10 @@ TICK_S = 0.5
 # reading process, while every second a killed export's slot stays, no page
 # freed since its snapshot is reused and the store grows.
 READER_CHECK_S = 2.0
+# How long a stopping primary waits for its connected standbys to acknowledge
+# its last entry (a healthy one takes milliseconds; a stalled one is not
+# waited for past this).
+STANDBY_FLUSH_S = 5.0
 
 
 class StartError(Exception):
@@ -184,6 +188,10 @@ class Server:
         if self.app.follower is not None:
             await self.app.follower.stop()
         if self.app.hub is not None:
+            if self.app.role == "primary":
+                # A planned switchover (stop, then promote the standby) must
+                # find on the standby everything this node acknowledged.
+                await self.app.hub.flushed(STANDBY_FLUSH_S)
             self.app.hub.close()
         self.committer.stop()
         self.store.close()
@@ -217,15 +225,34 @@ class Server:
                 log.warning("the replication port %s:%d takes any peer without TLS: whoever reaches it can read "
                             "every record or fence this node; set replication.tls_* or keep the port on a private "
                             "network (docs/operations.md)", self.host, bound)
+        tls_client = self.replication_tls.client if self.replication_tls else None
         if self.follow:
             from ingest.replication.standby import Follower
 
             host, _, port = self.follow.rpartition(":")
+            self.store.mark_follows(self.follow)
             self.app.role = "standby"
             self.app.primary_address = self.follow
-            self.app.follower = Follower(self.store, host, int(port), self.config.person_window_ms,
-                                         self.replication_tls.client if self.replication_tls else None)
+            self.app.follower = Follower(self.store, host, int(port), self.config.person_window_ms, tls_client)
             self.app.follower.start()
+        elif self.app.role == "primary" and self.store.follows:
+            # A standby's store started with a primary's command line (a unit
+            # file, a mistake): at the same epoch as the primary it followed,
+            # it would take writes beside it.
+            self.app.role = "standby"
+            self.app.primary_address = self.store.follows
+            log.error("this store is a standby's (it followed %s): it takes no writes until promoted (`ingest "
+                      "promote`); to go on following, start it with --follow %s", self.store.follows,
+                      self.store.follows)
+        if self.app.role == "primary" and self.app.hub is not None:
+            if self.store.tell:
+                self.app.tell_former_primary(tls_client)
+            elif self.store.last_seq:
+                from ingest.replication.standby import FORMER_PRIMARY_WAIT_S
+
+                # A primary replaced while it was down hears of the higher
+                # epoch from the promoted node within this, before any write.
+                await asyncio.sleep(FORMER_PRIMARY_WAIT_S)
         listener = await _listen("serve", self.host, self.port, loop.create_server(
             lambda: HttpProtocol(self), self.host, self.port, backlog=4096, reuse_address=True,
             # A handshake is bounded like a request (slowloris guard).

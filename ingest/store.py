@@ -21,11 +21,11 @@ import lmdb
 
 from ingest import records
 from ingest.datadir import FILE_MODE, is_new, lock_directory, make_directory, unlock_directory
-from ingest.keys import (EPOCH, FENCED, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, TIME_ZONE, HourLabels,
-                         first_seq, seq_key)
+from ingest.keys import (EPOCH, FENCED, FOLLOWS, FORMAT, FORMAT_VERSION, LAST_SEQ, NODE, TABLES, TELL, TIME_ZONE,
+                         HourLabels, first_seq, seq_key)
+from ingest.outcomes import Rejected
 from ingest.readview import ReadView
 from ingest.records import Box, EventRecord, LogEntry, Member, PersonBinding, Tube
-from ingest.outcomes import Rejected
 from ingest.store_errors import LogRefused, StoreClosed, StoreError, StoreFull
 from ingest.writetx import WriteTx
 
@@ -175,6 +175,10 @@ class Store:
             self.epoch = 0 if raw is None else int.from_bytes(raw, "big")
             raw = txn.get(FENCED, db=meta)
             self.fenced_at = 0 if raw is None else int.from_bytes(raw, "big")
+            raw = txn.get(FOLLOWS, db=meta)
+            self.follows = "" if raw is None else bytes(raw).decode()
+            raw = txn.get(TELL, db=meta)
+            self.tell = "" if raw is None else bytes(raw).decode()
             self.log_start = first_seq(txn, self.dbs)
 
     def close(self) -> None:
@@ -278,6 +282,36 @@ class Store:
         self.write(put)
         self.epoch = max(self.epoch, epoch)
         self.fenced_at = 0
+
+    def promote(self, epoch: int, followed: str) -> None:
+        """Store a promotion durably: the higher epoch, no fence, no longer a
+        standby, and (when it followed one) the former primary to tell of
+        the epoch until it answers that it knows (`told`)."""
+        meta = self.dbs[b"meta"]
+
+        def put(tx: WriteTx) -> None:
+            tx.txn.put(EPOCH, max(epoch, self.epoch).to_bytes(8, "big"), db=meta)
+            tx.txn.delete(FENCED, db=meta)
+            tx.txn.delete(FOLLOWS, db=meta)
+            if followed:
+                tx.txn.put(TELL, followed.encode(), db=meta)
+            else:
+                tx.txn.delete(TELL, db=meta)
+
+        self.write(put)
+        self.epoch, self.fenced_at, self.follows, self.tell = max(epoch, self.epoch), 0, "", followed
+
+    def told(self) -> None:
+        """The former primary knows this node's epoch: stop telling it, after a restart too."""
+        if self.tell:
+            self.write(lambda tx: tx.txn.delete(TELL, db=self.dbs[b"meta"]))
+            self.tell = ""
+
+    def mark_follows(self, address: str) -> None:
+        """This node is a standby of `address`, until promoted."""
+        if self.follows != address:
+            self.write(lambda tx: tx.txn.put(FOLLOWS, address.encode(), db=self.dbs[b"meta"]))
+            self.follows = address
 
     def fence(self, epoch: int) -> None:
         """This node led an older epoch and `epoch` exists now: keep that
@@ -425,6 +459,12 @@ class Store:
                 txn.put(TIME_ZONE, self.time_zone.encode())
                 txn.put(NODE, self.node.encode())
                 txn.delete(FENCED)  # a node that installs a snapshot follows
+                # and is a standby (the primary's own role marks are not its)
+                txn.delete(TELL)
+                if self.follows:
+                    txn.put(FOLLOWS, self.follows.encode())
+                else:
+                    txn.delete(FOLLOWS)
             check.sync(True)
         except lmdb.Error as exc:
             raise StoreError(f"snapshot: not a usable store: {exc}") from None
@@ -510,10 +550,11 @@ class Store:
             for name in TABLES:
                 h.update(b"\x00table\x00" + name)
                 for key, value in txn.cursor(db=self.dbs[name]):
-                    if name == b"meta" and key in (NODE, FENCED):
+                    if name == b"meta" and key in (NODE, FENCED, FOLLOWS, TELL):
                         # identity, not state: differs on every node; and
-                        # what the node heard of others (a standby may
-                        # store a fence and still equal its primary)
+                        # what the node heard of others and its role (a
+                        # standby may store a fence and still equal its
+                        # primary)
                         continue
                     h.update(len(key).to_bytes(4, "big") + key)
                     h.update(len(value).to_bytes(4, "big") + value)

@@ -9,9 +9,13 @@ import json
 
 from ingest import config
 from ingest.app import App
+from ingest.http_types import Request
 from ingest.metrics import Metrics
 from ingest.store import Store
 from ingest.store_errors import StoreFull
+
+
+PROMOTE = Request(b"POST", "/v1/admin/promote", "", None, b"", True)
 
 
 class Slot:
@@ -26,6 +30,7 @@ class Slot:
 class StoppedFollower:
     host, port = "127.0.0.1", 9  # nothing listens there: the new follower retries in the background
     tls = None
+    stopped_because = ""
 
     async def stop(self) -> None:
         pass
@@ -37,10 +42,10 @@ def test_a_promotion_that_cannot_write_is_answered_and_the_node_keeps_following(
         app = App(config.load(), store, None, Metrics("test"))
         app.role, app.follower = "standby", StoppedFollower()
 
-        def full(epoch: int) -> None:
+        def full(epoch: int, followed: str) -> None:
             raise StoreFull("map is at store.map_bytes_max")
 
-        monkeypatch.setattr(store, "set_epoch", full)
+        monkeypatch.setattr(store, "promote", full)
         slot = Slot()
 
         async def promote():
@@ -75,7 +80,7 @@ def test_two_promotions_at_once_are_both_answered_and_raise_the_epoch_once(tmp_p
 
         async def promote_twice():
             for slot in slots:
-                app.post_promote(None, slot)
+                app.post_promote(PROMOTE, slot)
             while not all(slot.answers for slot in slots):
                 await asyncio.sleep(0.01)
 

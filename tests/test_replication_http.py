@@ -170,9 +170,17 @@ def test_promote_then_the_old_primary_is_fenced(server_factory):
     assert restarted.status()["role"] == "fenced"
     status, _, body = restarted.post(event(fresh_tube()))
     assert status == 503 and body["error"]["code"] == "not_primary"
-    # until an operator promotes it, deliberately
+    # until an operator promotes it, deliberately: the node of epoch 1 took
+    # writes it lacks, so a plain promotion is refused
     status, _, body = restarted.request("POST", "/v1/admin/promote", {})
-    assert status == 200 and (body["result"], body["epoch"]) == ("promoted", 2), body
+    assert status == 409 and body["error"]["code"] == "promotion_refused", body
+    assert "fenced at epoch 1" in body["error"]["message"] and "force=true" in body["error"]["message"]
+    assert restarted.status()["role"] == "fenced"
+    out = subprocess.run([sys.executable, "-m", "ingest", "promote", "--url", restarted.url, "--force"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert (body["result"], body["epoch"]) == ("promoted", 2), body
     restarted.stop()
     promoted = server_factory(data=restarted.data, args=restarted.args)
     assert promoted.status()["role"] == "primary" and promoted.post(event(fresh_tube()))[0] == 201
@@ -243,7 +251,7 @@ def test_a_fenced_former_primary_serves_no_standby_until_promoted_again(server_f
     status = standby.status()
     assert status["last_seq"] == 0 and not status["replication"]["connected"]
     assert status["replication"]["stopped_because"] is None  # it retries: the node may be promoted again
-    status, _, body = fenced.request("POST", "/v1/admin/promote", {})
+    status, _, body = fenced.request("POST", "/v1/admin/promote?force=true", {})
     assert status == 200 and body["result"] == "promoted", body
     assert wait_caught_up(fenced, standby)["last_seq"] == fenced.last_seq() == 1
 
@@ -415,6 +423,12 @@ def test_a_standby_whose_rules_refuse_an_entry_stops_instead_of_skipping_it(serv
     assert "log entry 2 (binding) is refused here (person_in_other_tube: " in standby.stderr_text()
     # and the primary goes on taking writes
     assert primary.post(event(fresh_tube()))[0] == 201
+    # Promoting the stopped standby would fence a primary that acknowledged
+    # what it lacks: refused unless forced.
+    status, _, body = standby.request("POST", "/v1/admin/promote", {})
+    assert status == 409 and body["error"]["code"] == "promotion_refused", body
+    assert "stopped following" in body["error"]["message"] and "(refused) at seq 1" in body["error"]["message"]
+    assert standby.status()["role"] == "standby" and primary.status()["role"] == "primary"
 
 
 def test_a_former_primary_with_an_unreplicated_tail_is_refused_not_forked(server_factory):

@@ -369,6 +369,23 @@ class Hub:
         for session in list(self.sessions):
             session.end(abort=True)
 
+    async def flushed(self, timeout_s: float) -> None:
+        """Wait, at most timeout_s, until every streaming standby has
+        acknowledged the store's last entry; say which did not."""
+        deadline = time.monotonic() + timeout_s
+        behind = self._behind()
+        while behind and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            behind = self._behind()
+        for session in behind:
+            log.warning("stopping with standby %s (%s) at seq %d of %d: after a switchover to it, replay the rest "
+                        "with `ingest tail --after %d`", session.node or "?", session.peer, session.acked,
+                        self.store.last_seq, session.acked)
+
+    def _behind(self) -> list[Session]:
+        last = self.store.last_seq
+        return [s for s in self.sessions if s.cursor >= 0 and not s.ended and s.acked < last]
+
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
