@@ -89,6 +89,31 @@ class HotPathCollector(Collector):
         seq = GaugeMetricFamily("ingest_last_sequence", "Last change-log sequence number committed.")
         seq.add_metric([], m.last_seq())
         yield seq
+        yield from replication_families(m.replication())
+
+
+# name -> help of the replication gauges (NodeRoutes.replication_gauges gives
+# their values; one left out is unknown now, and not exported).
+REPLICATION_GAUGES = {
+    "ingest_replication_epoch": "The highest epoch this node knows.",
+    "ingest_replication_standbys": "Standbys streaming from this primary.",
+    "ingest_replication_standby_lag_events": "Entries the furthest-behind streaming standby has not acknowledged.",
+    "ingest_replication_degraded": "1 while a sync primary answers without its standby (on_standby_lost = async).",
+    "ingest_replication_connected": "1 while this standby is connected to its primary.",
+    "ingest_replication_lag_events": "Entries this standby lacks of what its primary has.",
+    "ingest_replication_stopped": "1 when this standby stopped following for good (stopped_because in the status).",
+}
+
+
+def replication_families(values: dict):
+    role = GaugeMetricFamily("ingest_replication_role", "This node's role (1 = this one).", labels=["role"])
+    role.add_metric([values.get("role", "primary")], 1)
+    yield role
+    for name, text in REPLICATION_GAUGES.items():
+        if values.get(name) is not None:
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], values[name])
+            yield gauge
 
 
 class Metrics:
@@ -98,6 +123,7 @@ class Metrics:
         connections: Callable[[], int] = lambda: 0,
         store_sizes: Callable[[], dict[str, int]] = dict,
         last_seq: Callable[[], int] = lambda: 0,
+        replication: Callable[[], dict] = dict,
     ):
         self.registry = CollectorRegistry(auto_describe=True)
         # (outcome, code) -> count; code is "" for bound and duplicate.
@@ -106,6 +132,7 @@ class Metrics:
         self.connections = connections
         self.store_sizes = store_sizes
         self.last_seq = last_seq
+        self.replication = replication
         self.registry.register(HotPathCollector(self))
         info = Gauge(
             "ingest_build_info", "Which implementation of the kernels runs (1 = this one).",

@@ -38,6 +38,23 @@ class NodeRoutes:
                                    **(self.gate.status() if self.gate else {"mode": "async"})}
         slot.respond(200, encode_json(body))
 
+    def replication_gauges(self) -> dict:
+        """The replication state /metrics exports (metrics.REPLICATION_GAUGES),
+        as the status route shows it: what an alert watches."""
+        gauges = {"role": self.role, "ingest_replication_epoch": self.store.epoch}
+        if self.follower is not None:
+            status = self.follower.status()
+            gauges.update(ingest_replication_connected=int(status["connected"]),
+                          ingest_replication_lag_events=status["lag_events"],
+                          ingest_replication_stopped=int(bool(status["stopped_because"])))
+        elif self.hub is not None:
+            standbys = self.hub.status()
+            gauges.update(ingest_replication_standbys=len(standbys),
+                          ingest_replication_standby_lag_events=max((s["lag_events"] for s in standbys), default=None))
+            if self.gate is not None:
+                gauges["ingest_replication_degraded"] = int(self.gate.degraded)
+        return gauges
+
     def fence(self, epoch: int) -> asyncio.Future:
         """A higher epoch exists: another node was promoted. Stop writes now,
         and for good: the store keeps it across restarts. The future is True

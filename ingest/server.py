@@ -136,6 +136,8 @@ class Server:
             connections=lambda: len(self.connections),
             store_sizes=self.store.sizes,
             last_seq=lambda: self.store.last_seq,
+            # (collected once at registration too, before the app exists)
+            replication=lambda: self.app.replication_gauges() if self.app is not None else {},
         )
         self.app = App(self.config, self.store, None, self.metrics)
         self.committer = Committer(self.store, self.app.apply, loop, self.config.limits.commit_events_max, self.metrics)

@@ -94,6 +94,30 @@ def digest(server) -> str:
         store.close()
 
 
+def gauge(server, name: str, labels: dict | None = None) -> float | None:
+    return server.metrics().get((name, frozenset((labels or {}).items())))
+
+
+def test_replication_state_is_in_the_metrics(server_factory):
+    primary, standby = pair(server_factory)
+    for _ in range(3):
+        assert primary.post(event(fresh_tube()))[0] == 201
+    wait_caught_up(primary, standby)
+    assert gauge(primary, "ingest_replication_role", {"role": "primary"}) == 1
+    assert gauge(primary, "ingest_replication_standbys") == 1
+    assert gauge(primary, "ingest_replication_standby_lag_events") == 0
+    assert gauge(primary, "ingest_replication_epoch") == 0
+    assert gauge(primary, "ingest_replication_degraded") is None  # async: no such state
+    assert gauge(standby, "ingest_replication_role", {"role": "standby"}) == 1
+    assert (gauge(standby, "ingest_replication_connected"), gauge(standby, "ingest_replication_lag_events"),
+            gauge(standby, "ingest_replication_stopped")) == (1, 0, 0)
+    primary.kill()
+    deadline = time.monotonic() + WAIT_S
+    while gauge(standby, "ingest_replication_connected") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gauge(standby, "ingest_replication_connected") == 0
+
+
 def test_standby_equals_primary_after_mixed_load(server_factory):
     primary, standby = pair(server_factory)
     mixed_load(primary, 12)
@@ -429,6 +453,9 @@ def test_a_standby_whose_rules_refuse_an_entry_stops_instead_of_skipping_it(serv
     assert status == 409 and body["error"]["code"] == "promotion_refused", body
     assert "stopped following" in body["error"]["message"] and "(refused) at seq 1" in body["error"]["message"]
     assert standby.status()["role"] == "standby" and primary.status()["role"] == "primary"
+    # what an alert watches: the standby stopped, the primary streams to no one
+    assert gauge(standby, "ingest_replication_stopped") == 1
+    assert gauge(primary, "ingest_replication_standbys") == 0
 
 
 def test_a_former_primary_with_an_unreplicated_tail_is_refused_not_forked(server_factory):
