@@ -118,6 +118,17 @@ def test_replication_state_is_in_the_metrics(server_factory):
     assert gauge(standby, "ingest_replication_connected") == 0
 
 
+def test_a_standby_following_an_http_port_says_so(server_factory):
+    primary = server_factory()
+    standby = server_factory(args=("--follow", f"127.0.0.1:{primary.port}"))
+    deadline = time.monotonic() + WAIT_S
+    hint = "(an HTTP port? --follow takes the primary's --replication-port)"
+    while hint not in standby.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"replication from 127.0.0.1:{primary.port} closed: bad_magic" in standby.stderr_text()
+    assert hint in standby.stderr_text()
+
+
 def test_standby_equals_primary_after_mixed_load(server_factory):
     primary, standby = pair(server_factory)
     mixed_load(primary, 12)
@@ -465,6 +476,7 @@ def test_a_former_primary_with_an_unreplicated_tail_is_refused_not_forked(server
     # catch it: the entries at the old node's last seq differ.
     rejoined = server_factory(data=old.data, args=("--follow", f"127.0.0.1:{replication_port(new)}"))
     assert stopped_because(rejoined) == "diverged"
+    assert "diverged: this store's history forked from the primary's" in rejoined.stderr_text()  # and what to do
     assert rejoined.last_seq() == shared + len(tail_ids)
     assert "diverged" in rejoined.stderr_text() and "diverged" in new.stderr_text()
     rejoined.stop()

@@ -33,6 +33,14 @@ READ_TIMEOUT_S = 5.0
 # own timeout (minutes), with the status saying nothing.
 CONNECT_TIMEOUT_S = 5.0
 # Refusals after which trying again cannot help: an operator must act.
+# What an operator does next, after the standby's log line of a final refusal.
+NEXT_STEP = {
+    "ahead": ": this store holds entries the primary never had (a former primary's unreplicated tail): write "
+             "them out with `ingest tail --data DIR --after <the primary's last_seq>`, then start this node with an "
+             "empty data directory",
+    "diverged": ": this store's history forked from the primary's (a former primary's unreplicated tail): write "
+                "it out with `ingest tail`, then start this node with an empty data directory",
+}
 FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed", "refused",
          "store_closed", "time_zone"}
 
@@ -176,7 +184,7 @@ class Follower:
             self.connected = False
             if code in FATAL:
                 self.stopped_because = code
-                log.error("standby stopped following %s:%d: %s", self.host, self.port, code)
+                log.error("standby stopped following %s:%d: %s%s", self.host, self.port, code, NEXT_STEP.get(code, ""))
                 return
             delay = RECONNECT_S[min(attempt, len(RECONNECT_S) - 1)]
             attempt += 1
@@ -256,8 +264,9 @@ class Follower:
                     elif kind is protocol.Close:
                         # The code decides what happens next; the message is
                         # what an operator reading this node's log needs.
-                        log.warning("replication from %s:%d closed: %s: %s", self.host, self.port, action.code,
-                                    action.message)
+                        log.warning("replication from %s:%d closed: %s: %s%s", self.host, self.port, action.code,
+                                    action.message, " (an HTTP port? --follow takes the primary's --replication-port)"
+                                    if action.code == "bad_magic" and data.startswith(b"HTTP") else "")
                         return action.code
                 if proto.primary_last_seq:
                     self.primary_last_seq = max(self.primary_last_seq, proto.primary_last_seq)
