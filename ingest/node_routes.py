@@ -125,7 +125,8 @@ class NodeRoutes:
         if self.role == "fenced":
             return (f"this node is a former primary, fenced at epoch {self.store.fenced_at}: a node of that epoch "
                     "took writes after it")
-        if self.follower is not None and self.follower.stopped_because:
+        # stale_primary: the primary is the older one; self: there was none.
+        if self.follower is not None and self.follower.stopped_because not in ("", "self", "stale_primary"):
             return (f"this standby stopped following {self.follower.host}:{self.follower.port} "
                     f"({self.follower.stopped_because}) at seq {self.store.last_seq}, and that primary went on")
         return None

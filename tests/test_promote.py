@@ -91,3 +91,20 @@ def test_two_promotions_at_once_are_both_answered_and_raise_the_epoch_once(tmp_p
         assert app.role == "primary" and app.follower is None
     finally:
         store.close()
+
+
+def test_only_a_standby_its_primary_went_on_without_is_refused_promotion(tmp_path):
+    # stale_primary: this node knows a newer epoch than the primary it
+    # followed (the primary is the older history); self: it followed itself.
+    store = Store(str(tmp_path / "d"), map_bytes_initial=1 << 20)
+    try:
+        app = App(config.load(), store, None, Metrics("test"))
+        app.role, app.follower = "standby", StoppedFollower()
+        for code, refused in (("", False), ("self", False), ("stale_primary", False), ("refused", True),
+                              ("ahead", True), ("diverged", True), ("gap", True)):
+            app.follower.stopped_because = code
+            assert (app._behind_another() is not None) is refused, code
+        app.follower, app.role = None, "fenced"
+        assert "fenced at epoch" in app._behind_another()
+    finally:
+        store.close()
