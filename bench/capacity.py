@@ -296,6 +296,17 @@ def markdown(report: dict, compare: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _map_size_for(used: float) -> int:
+    """The LMDB map a store of `used` bytes has grown to: the shipped
+    store.map_bytes_initial, doubled until it holds them (Store's growth)."""
+    from ingest import config
+
+    size = config.load().store.map_bytes_initial
+    while size < used:
+        size *= 2
+    return size
+
+
 def _disk(report: dict) -> list[str]:
     """The store a node needs for the campaign's bindings, from the
     single-event scenario's store (none in a report from before it)."""
@@ -313,7 +324,7 @@ def _disk(report: dict) -> list[str]:
         f"{c['people']:,} bindings: **{total / 2**30:,.1f} GiB on each node** (primary and standby), before the "
         "lifecycle's records (seals, boxes, results) and with the whole change log kept (`log_keep_entries = 0`). "
         "The map doubles when full and is allocated on disk up front (operations.md), so leave the disk "
-        f"room for the next power of two above that: {2 ** max(26, math.ceil(math.log2(total))) / 2**30:,.0f} GiB.",
+        f"room for the map size it doubles to past that: {_map_size_for(total) / 2**30:,.0f} GiB.",
         "",
     ]
 

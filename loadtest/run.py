@@ -332,7 +332,8 @@ def write_summary(out: Path, summary: dict) -> None:
               f"standby {logs.get('standby', 0)} (see primary.log, standby.log)"
               + (":" if any(summary.get("server_logged", {}).values()) else "."), ""]
     for name, kinds in summary.get("server_logged", {}).items():
-        lines += [f"- {name}, {n}×: `{message[:300]}`" for message, n in kinds[:10]]
+        # Double backticks: a logged line may hold single ones.
+        lines += [f"- {name}, {n}×: `` {message[:300]} ``" for message, n in kinds[:10]]
         if len(kinds) > 10:
             lines.append(f"- {name}: {len(kinds) - 10} more kinds of line")
     if any(summary.get("server_logged", {}).values()):

@@ -32,7 +32,6 @@ READ_TIMEOUT_S = 5.0
 # A connect to a host that drops SYNs would otherwise wait for the kernel's
 # own timeout (minutes), with the status saying nothing.
 CONNECT_TIMEOUT_S = 5.0
-# Refusals after which trying again cannot help: an operator must act.
 # What an operator does next, after the standby's log line of a final refusal.
 NEXT_STEP = {
     "ahead": ": this store holds entries the primary never had (a former primary's unreplicated tail): write "
@@ -41,6 +40,7 @@ NEXT_STEP = {
     "diverged": ": this store's history forked from the primary's (a former primary's unreplicated tail): write "
                 "it out with `ingest tail`, then start this node with an empty data directory",
 }
+# Refusals after which trying again cannot help: an operator must act.
 FATAL = {"self", "stale_primary", "ahead", "diverged", "unverifiable", "gap", "epoch_changed", "refused",
          "store_closed", "time_zone"}
 
@@ -88,9 +88,9 @@ def _knows_epoch(answer: bytes, epoch: int) -> bool:
 # as long as it is the primary and that one has not answered (see
 # keep_telling_promoted): a former primary restarted with its usual command
 # line waits longer than this before it takes writes (FORMER_PRIMARY_WAIT_S),
-# so that it hears of the epoch first. At one try every 2 s after the first
-# minute, it acknowledged 1380 writes in 0.85 s (a reviewer's measurement)
-# that the new primary never had. A try at a dead address costs a refused
+# so that it hears of the epoch first. When the tries slowed to one every
+# 2 s after the first minute, such a primary acknowledged 1380 writes in
+# 0.85 s (a reviewer's measurement) that the new primary never had. A try at a dead address costs a refused
 # connection or a timeout: nothing.
 TELL_PROMOTED_EVERY_S = 0.1
 # How long a node that starts as a primary, with a history and a replication
