@@ -6,12 +6,19 @@ answer that is not a JSON object (a proxy's error page, a cut body), or
 `503 not_primary` tries the next address with the same event_id: the server's
 dedup makes a retry safe, so an event is either answered once or not at all.
 The address that answered last is tried first.
+
+An address is `HOST:PORT` (plain HTTP) or `https://HOST:PORT`: a server with
+`[http] tls_cert_file` (docs/operations.md). Its certificate is checked, host
+name included, against the system's CAs (or `SSL_CERT_FILE`), or against the
+`tls` context given.
 """
 from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import time
+from urllib.parse import urlsplit
 
 
 class NoPrimary(Exception):
@@ -20,12 +27,19 @@ class NoPrimary(Exception):
 
 class Client:
     def __init__(self, addresses: list[str], timeout_s: float = 5.0, deadline_s: float = 60.0,
-                 retry_pause_s: float = 0.05, token: str | None = None):
+                 retry_pause_s: float = 0.05, token: str | None = None, tls: ssl.SSLContext | None = None):
         """`token`: a bearer token with the `scan` role, for servers with
-        access control (docs/operations.md)."""
+        access control (docs/operations.md). `tls`: the context for the
+        `https://` addresses (a private CA's, say); by default the system's."""
         if not addresses:
             raise ValueError("at least one server address")
         self.addresses = list(addresses)
+        # Checked here, not at the first post: a typo would otherwise read as
+        # an unreachable server and be retried until the deadline.
+        self._targets = {address: _target(address) for address in self.addresses}
+        if tls is None and any(secure for secure, _, _ in self._targets.values()):
+            tls = ssl.create_default_context()
+        self._tls = tls
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -64,8 +78,12 @@ class Client:
     def _send(self, address: str, path: str, data: bytes) -> tuple[int, dict]:
         conn = self._conns.get(address)
         if conn is None:
-            host, _, port = address.rpartition(":")
-            conn = self._conns[address] = http.client.HTTPConnection(host, int(port), timeout=self.timeout_s)
+            secure, host, port = self._targets[address]
+            if secure:
+                conn = http.client.HTTPSConnection(host, port, timeout=self.timeout_s, context=self._tls)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=self.timeout_s)
+            self._conns[address] = conn
         conn.request("POST", path, data, self._headers)
         resp = conn.getresponse()
         raw = resp.read()
@@ -79,6 +97,20 @@ class Client:
     def close(self) -> None:
         for address in list(self._conns):
             self._drop(address)
+
+
+def _target(address: str) -> tuple[bool, str, int]:
+    """(https?, host, port) of `HOST:PORT`, `http://HOST:PORT` or
+    `https://HOST:PORT`; ValueError for anything else."""
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    try:
+        port = parts.port
+    except ValueError:  # out of range, not a number
+        port = None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None \
+            or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"server address {address!r}: expected HOST:PORT or https://HOST:PORT")
+    return parts.scheme == "https", parts.hostname, port
 
 
 def _answer(raw: bytes) -> dict:

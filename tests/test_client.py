@@ -89,3 +89,24 @@ def test_an_ingest_error_answer_is_returned_as_before(canned):
         assert status == 507 and body["error"]["code"] == "insufficient_storage"
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.0.0.1:", "127.0.0.1:http", "127.0.0.1:70000", "ftp://127.0.0.1:21",
+    "https://127.0.0.1:8443/v1", "https://user@127.0.0.1:8443", ":8080",
+])
+def test_a_malformed_address_is_refused_at_construction(address):
+    with pytest.raises(ValueError, match="expected HOST:PORT or https://HOST:PORT"):
+        Client([address])
+
+
+def test_plain_addresses_with_or_without_scheme_reach_the_same_server(canned):
+    good = canned(201, b'{"result":"bound","seq":1}')
+    for address in (good.address, f"http://{good.address}"):
+        client = Client([address], timeout_s=2, deadline_s=2)
+        try:
+            assert client.bind({"event_id": "e-4"})[0] == 201
+            assert client.answered_by == address
+        finally:
+            client.close()
+    assert len(good.posts) == 2

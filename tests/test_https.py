@@ -11,6 +11,7 @@ import trustme
 
 from helpers import LABS_TOML, event, stderr_lines
 from ingest.access import new_token, token_sha256
+from ingest.client import Client, NoPrimary
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,50 @@ def test_a_client_that_closes_its_tls_side_leaves_no_warning(server_factory, tmp
         status, _, body = srv.post(ev)
         assert status == 200 and body["result"] == "duplicate", body
     assert "eof_received" not in srv.stderr_text()
+
+
+def test_the_failover_client_speaks_https_and_checks_the_certificate(server_factory, tmp_path, ca, client_tls):
+    srv = server_factory(config=https_config(tmp_path, ca), tls=client_tls)
+    address = f"https://127.0.0.1:{srv.port}"
+    trusting = Client([address], timeout_s=5, deadline_s=10, tls=client_tls)
+    try:
+        ev = event()
+        status, body = trusting.bind(ev)
+        assert status == 201 and body["result"] == "bound"
+        assert trusting.answered_by == address
+    finally:
+        trusting.close()
+    # The default context (the system's CAs) does not know the test CA: the
+    # event is never sent, and the client ends at its deadline, as for a
+    # server it cannot reach.
+    stranger = Client([address], timeout_s=5, deadline_s=0.5)
+    unsent = event()
+    try:
+        with pytest.raises(NoPrimary):
+            stranger.bind(unsent)
+    finally:
+        stranger.close()
+    assert srv.tube(unsent["tube"])[0] == 404
+    status, _, tube = srv.tube(ev["tube"])
+    assert status == 200 and len(tube["persons"]) == 1
+
+
+def test_the_failover_client_checks_the_host_name(server_factory, tmp_path, ca, client_tls):
+    srv = server_factory(config=https_config(tmp_path, ca), tls=client_tls)  # a certificate for 127.0.0.1
+    address = f"https://localhost:{srv.port}"
+    client = Client([address], timeout_s=5, deadline_s=0.5, tls=client_tls)
+    try:
+        with pytest.raises(NoPrimary):
+            client.bind(event())
+    finally:
+        client.close()
+    # the same address and CA without the name check: reachable, so the
+    # refusal above was the name
+    lax = ssl.create_default_context()
+    ca.configure_trust(lax)
+    lax.check_hostname = False
+    client = Client([address], timeout_s=5, deadline_s=10, tls=lax)
+    try:
+        assert client.bind(event())[0] == 201
+    finally:
+        client.close()
