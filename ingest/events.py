@@ -193,6 +193,14 @@ def _malformed(exc: Exception) -> Malformed:
     return Malformed(f"{field}: {text}" if field else text, field)
 
 
+def _malformed_body(exc: Exception, body: bytes) -> Malformed:
+    """As _malformed, for a whole body: an empty one is said to be empty
+    (msgspec's "Input data was truncated" reads as a cut connection)."""
+    if not body:
+        return Malformed("the body is empty; expected an object")
+    return _malformed(exc)
+
+
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 
@@ -212,7 +220,7 @@ def decode_event(body: bytes, media: str = JSON) -> BindingEvent:
     try:
         return _decoders[media][0].decode(body)
     except _BAD_INPUT as exc:
-        raise _malformed(exc) from None
+        raise _malformed_body(exc, body) from None
 
 
 _lifecycle_decoders = {
@@ -228,7 +236,7 @@ def decode_lifecycle(kind: type, body: bytes, media: str = JSON):
     try:
         return _lifecycle_decoders[kind, media].decode(body)
     except _BAD_INPUT as exc:
-        raise _malformed(exc) from None
+        raise _malformed_body(exc, body) from None
 
 
 def decode_results(body: bytes, media: str = JSON) -> list[ResultEvent | Malformed]:
@@ -254,7 +262,7 @@ def _decode_items(body: bytes, item_decoder, batch_decoder, raw_decoder, name: s
     try:
         batch = raw_decoder.decode(body)
     except _BAD_INPUT as exc:
-        raise _malformed(exc) from None
+        raise _malformed_body(exc, body) from None
     items: list = []
     for raw in getattr(batch, name):
         try:

@@ -9,6 +9,7 @@ does not take, or one given twice, is malformed too.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from urllib.parse import parse_qs
 
 from ingest.events import Malformed
@@ -55,3 +56,17 @@ def number(query: dict[str, list[str]], name: str, default: int, low: int, high:
     if not low <= value <= high:
         raise Malformed(f"{name} must be {what}", name)
     return value
+
+
+def hour(query: dict[str, list[str]], name: str) -> str | None:
+    """A stats hour label, `YYYY-MM-DDTHH`, of a real date and hour: a
+    2026-02-30 or a hour 24 matches no bucket, and an answer with no hours
+    would read as a quiet day."""
+    what = "an hour label, YYYY-MM-DDTHH, of a real date and hour 00-23"
+    text = param(query, name, HOUR, what)
+    if text is not None:
+        try:
+            datetime.strptime(text, "%Y-%m-%dT%H")
+        except ValueError:
+            raise Malformed(f"{name} must be {what}", name) from None
+    return text

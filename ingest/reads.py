@@ -128,8 +128,10 @@ class Reads:
         """Counters kept as events are applied: no scan of the store."""
         try:
             q = query.parse(req.query, ("from", "to"))
-            start = query.param(q, "from", query.HOUR, "an hour label, YYYY-MM-DDTHH") or ""
-            end = query.param(q, "to", query.HOUR, "an hour label, YYYY-MM-DDTHH") or "~"
+            start = query.hour(q, "from") or ""
+            end = query.hour(q, "to") or "~"
+            if start > end:
+                raise Malformed(f"to ({end}) is before from ({start})", "to")
         except Malformed as m:
             self._error(slot, errors.MALFORMED, m.message, m.field)
             return

@@ -93,6 +93,19 @@ def test_truncated_batch(server, cut):
     assert_malformed(status, body)
 
 
+@pytest.mark.parametrize("ctype", ["application/json", "application/msgpack"])
+@pytest.mark.parametrize("path", [
+    "/v1/bindings", "/v1/bindings/batch", "/v1/boxes", "/v1/results", "/v1/tubes/100000000016/seal",
+    "/v1/bindings/e-1/void", "/v1/boxes/B-1/handover", "/v1/boxes/B-1/receive", "/v1/tubes/100000000016/receive",
+])
+def test_an_empty_body_is_said_to_be_empty(server, path, ctype):
+    before = server.last_seq()
+    status, _, body = post_raw(server, b"", path, ctype)
+    assert_malformed(status, body)
+    assert body["error"]["message"] == "the body is empty; expected an object", body
+    assert server.last_seq() == before
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"[]", b"[1,2]", b"null", b"true", b"0", b"-1.5", b'"a string"', b"{} {}", VALID + b"x", VALID + b",{}",

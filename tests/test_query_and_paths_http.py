@@ -110,6 +110,10 @@ def test_plain_numbers_are_accepted(server):
     "2026-11-22T08%0A",    # a trailing newline
     "%EF%BC%92026-11-22T08",  # a fullwidth digit
     "~",
+    "2026-02-30T10",       # no such day: matched no bucket, answered as a quiet day
+    "2026-13-01T10",       # no such month
+    "2026-11-22T24",       # no such hour
+    "0000-01-01T00",       # no year 0
 ])
 def test_an_hour_bound_not_an_hour_label_is_malformed(server, path, name, raw):
     assert_malformed(server.request("GET", f"{path}?{name}={raw}"), name)
@@ -126,6 +130,15 @@ def test_hour_bounds_narrow_the_hours(server):
     assert sum(h["people"] for h in body["hours"]) == 1
     status, _, body = server.request("GET", f"/v1/sites/{site}/stats?from=9999-12-31T23")
     assert status == 200 and body["hours"] == [] and body["total"]["people"] == 1, body
+
+
+@pytest.mark.parametrize("path", ["/v1/stats", "/v1/sites/S-Q/stats"])
+def test_a_to_before_from_is_malformed(server, path):
+    status, _, body = server.request("GET", f"{path}?from=2026-11-22T09&to=2026-11-22T08")
+    assert_malformed((status, _, body), "to")
+    assert "before from" in body["error"]["message"], body
+    status, _, body = server.request("GET", f"{path}?from=2026-11-22T08&to=2026-11-22T08")  # one hour: fine
+    assert status == 200, body
 
 
 # -- path parameters that are not UTF-8 -------------------------------------------------
