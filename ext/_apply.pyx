@@ -159,7 +159,8 @@ cdef object _refusal(events, ev, str tube_code, str site_id, long long pool_size
                 errors.POOL_SIZE_MISMATCH, f"tube was opened with pool_size {tube.pool_size}", "pool_size"
             )
         if tube.count >= tube.pool_size:
-            return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
+            people = "person" if tube.pool_size == 1 else "people"
+            return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} {people}", "tube")
         if tube.slots >= _POSITION_MAX:
             return Rejected(errors.TUBE_FULL, f"tube has used all {_POSITION_MAX} positions, voided ones included",
                             "tube")

@@ -120,7 +120,8 @@ def _refusal(tx: WriteTx, ev: BindingEvent, tube: Tube | None, history: list[Per
                 errors.POOL_SIZE_MISMATCH, f"tube was opened with pool_size {tube.pool_size}", "pool_size"
             )
         if tube.count >= tube.pool_size:
-            return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} people", "tube")
+            people = "person" if tube.pool_size == 1 else "people"
+            return Rejected(errors.TUBE_FULL, f"tube already holds {tube.pool_size} {people}", "tube")
         if tube.slots >= MEMBER_POSITION_MAX:
             return Rejected(errors.TUBE_FULL, f"tube has used all {MEMBER_POSITION_MAX} positions, voided ones included",
                             "tube")

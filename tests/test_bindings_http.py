@@ -146,6 +146,7 @@ def test_pool_size_bounds_the_tube(server, pool_size):
     before = snapshot(server, tube, extra["person"])
     status, body = post(server, extra)
     assert_error(status, body, 409, "tube_full", "tube")
+    assert body["error"]["message"] == {1: "tube already holds 1 person", 20: "tube already holds 20 people"}[pool_size]
     assert snapshot(server, tube, extra["person"]) == before
     assert server.tube(tube)[2]["count"] == pool_size
 
