@@ -272,6 +272,8 @@ cdef class RequestParser:
                 self._host_ok = value
             self._has_host = True
         elif n == 12 and _is_lower(s, b"content-type", 12):
+            if self._content_type is not None:
+                self._fail(_BAD_REQUEST, "more than one Content-Type header")
             self._content_type = _media_type(value)
         elif n == 13 and _is_lower(s, b"authorization", 13):
             if self._authorization is not None:

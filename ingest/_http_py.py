@@ -166,6 +166,9 @@ class RequestParser:
                 self._host_ok = value
             self._has_host = True
         elif n == 12 and name.lower() == b"content-type":
+            # Two would leave open which one the body was decoded as.
+            if self._content_type is not None:
+                self._fail(errors.BAD_REQUEST, "more than one Content-Type header")
             self._content_type = value.split(b";", 1)[0].strip().lower()
         elif n == 13 and name.lower() == b"authorization":
             # Two would leave open which one the access check read.

@@ -378,6 +378,22 @@ def test_garbage_request_is_400_and_closed(server, data):
     assert_serving(server)
 
 
+@pytest.mark.parametrize("second", [b"application/json", b"application/msgpack"])
+def test_two_content_types_are_400_and_nothing_is_bound(server, second):
+    """Which one the body was decoded as would be a guess."""
+    ev = event()
+    body = json.dumps(ev).encode()
+    data = (b"POST /v1/bindings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Type: " + second
+            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with exchange(server, data) as conn:
+        resp = conn.read_response()
+        assert resp.status == 400, resp
+        assert resp.json()["error"] == {"code": "bad_request", "message": "more than one Content-Type header"}
+        assert conn.at_eof()
+    assert server.tube(ev["tube"])[0] == 404
+    assert_serving(server)
+
+
 @pytest.mark.parametrize(
     "data",
     [
