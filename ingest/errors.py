@@ -33,6 +33,7 @@ PERSON_IN_OTHER_TUBE = ErrorCode("person_in_other_tube", 409, "person was bound 
 # The tube lifecycle (lifecycle.py).
 UNKNOWN_TUBE = ErrorCode("unknown_tube", 404, "no binding names this tube")
 TUBE_EMPTY = ErrorCode("tube_empty", 409, "an empty tube cannot be sealed")
+COUNT_MISMATCH = ErrorCode("count_mismatch", 409, "the tube does not hold the people the seal expects")
 UNKNOWN_BINDING = ErrorCode("unknown_binding", 404, "no binding has this event id")
 BINDING_VOIDED = ErrorCode("binding_voided", 409, "the binding was voided already")
 BOX_EXISTS = ErrorCode("box_exists", 409, "a box with this barcode was packed already")

@@ -49,7 +49,13 @@ class BindingEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_default
 
 class SealEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """The site closes a tube: no binding enters it afterwards. The tube comes
-    from the path (`POST /v1/tubes/{tube}/seal`); a body naming another is refused."""
+    from the path (`POST /v1/tubes/{tube}/seal`); a body naming another is refused.
+
+    `expected_count`: the people whose swabs the sealer put in the tube. The
+    seal is irreversible, so a scan that never reached the server (refused
+    offline, or still on another phone) must be caught before it, while the
+    person can still be bound. Appended last, as the change log requires.
+    """
 
     event_id: EventId
     site_id: Ident
@@ -57,6 +63,7 @@ class SealEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=T
     sealed_at: Millis
     tube: Code = ""
     operator_id: Ident | None = None
+    expected_count: Annotated[int, Meta(ge=1, le=20)] | None = None
 
 
 class VoidEvent(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):

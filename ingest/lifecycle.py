@@ -66,7 +66,11 @@ def claim(tx: WriteTx, kind: str, ev, result: str, *extra) -> tuple[list, Outcom
     seen = tx.claim_event(ev.event_id, EventRecord(tx.seq + 1, 0, payload, kind))
     if seen is None:
         return payload, None
-    if seen.kind != kind or seen.payload[:len(sent)] != sent:
+    stored = seen.payload[:len(sent)]
+    # Stored by a release before a field was appended to the event (a seal's
+    # expected_count): its retry sends that field's default, None.
+    stored += [None] * (len(sent) - len(stored))
+    if seen.kind != kind or stored != sent:
         return payload, Rejected(
             errors.EVENT_ID_CONFLICT, "event_id was used before with a different payload", "event_id")
     return payload, Repeat(ev.event_id, result, seen.seq)
@@ -108,6 +112,12 @@ def apply_seal(tx: WriteTx, ev: SealEvent) -> Outcome:
             REFUSED["seal"], f"tube is {STATE_NAMES[tube.state]}, only an open tube can be sealed", "tube"))
     if tube.count == 0:
         return refuse(tx, ev.event_id, Rejected(errors.TUBE_EMPTY, "an empty tube cannot be sealed", "tube"))
+    if ev.expected_count is not None and tube.count != ev.expected_count:
+        people = "person" if tube.count == 1 else "people"
+        return refuse(tx, ev.event_id, Rejected(
+            errors.COUNT_MISMATCH, f"tube holds {tube.count} {people}, the seal expects {ev.expected_count}; "
+            "bind the missing scans (or void the extra ones) and seal again", "expected_count",
+            {"count": tube.count}))
     seq = tx.append(LogEntry("seal", tube.lab, payload))
     tube.state = after
     tube.sealed_seq = seq

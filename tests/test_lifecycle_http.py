@@ -54,6 +54,57 @@ def test_seal_a_short_tube_then_nothing_enters(server):
     assert status == 409 and code(body) == "tube_closed"
 
 
+def test_a_seal_expecting_more_people_is_refused_until_the_missing_scan_arrives(server):
+    """The offline phone's scan reaches the server after the sealer's first
+    try: the tube stays open for it, and the same seal then succeeds."""
+    tube = fresh_tube()
+    evs = fill(server, tube, 4)
+    missing = event(tube, pool_size=5)
+    before = server.last_seq()
+    status, got, req = seal(server, tube, expected_count=5)
+    assert status == 409, got
+    assert got["error"] == {
+        "code": "count_mismatch", "field": "expected_count", "count": 4,
+        "message": "tube holds 4 people, the seal expects 5; bind the missing scans (or void the extra ones) "
+                   "and seal again",
+    }
+    assert server.last_seq() == before
+    assert server.tube(tube)[2]["state"] == "open"
+    assert server.post(missing)[0] == 201
+    status, _, got = server.request("POST", f"/v1/tubes/{tube}/seal", req)  # the same event, retried
+    assert status == 201, got
+    assert (got["result"], got["count"]) == ("sealed", 5)
+    status, _, again = server.request("POST", f"/v1/tubes/{tube}/seal", req)
+    assert status == 200 and again["result"] == "duplicate" and again["original"]["seq"] == got["seq"]
+    status, got, _ = seal(server, tube, event_id=req["event_id"], expected_count=4)
+    assert status == 409 and code(got) == "event_id_conflict"
+    assert [p["person"] for p in server.tube(tube)[2]["persons"]] == [e["person"] for e in evs + [missing]]
+
+
+def test_a_seal_expecting_fewer_people_names_the_count(server):
+    tube = fresh_tube()
+    evs = fill(server, tube, 2)
+    status, got, req = seal(server, tube, expected_count=1)
+    assert status == 409 and code(got) == "count_mismatch" and got["error"]["count"] == 2, got
+    assert got["error"]["message"].startswith("tube holds 2 people, the seal expects 1;")
+    assert void(server, evs[1]["event_id"])[0] == 201
+    status, _, got = server.request("POST", f"/v1/tubes/{tube}/seal", req)
+    assert status == 201 and got["count"] == 1, got
+
+
+@pytest.mark.parametrize("value", [0, 21, -1, "5", 5.0, True, None])
+def test_an_expected_count_out_of_range_or_not_an_integer_is_malformed(server, value):
+    tube = fresh_tube()
+    fill(server, tube, 1)
+    before = server.last_seq()
+    status, got, _ = seal(server, tube, expected_count=value)
+    if value is None:  # JSON null: as if absent
+        assert status == 201, got
+        return
+    assert status == 400 and code(got) == "malformed" and got["error"]["field"] == "expected_count", got
+    assert server.last_seq() == before
+
+
 def test_seal_is_idempotent_and_conflicts_are_refused(server):
     tube = fresh_tube()
     fill(server, tube, 1)

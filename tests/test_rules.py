@@ -168,7 +168,8 @@ def test_replay_with_seals_and_voids(tmp_path):
         out = primary.write(lambda tx: lifecycle.apply_void(tx, VoidEvent("v1", "D1", "wrong", NOW, "b1")))
         assert out.result == "voided"
         assert type(apply(primary, ev("b9", tube="T1", person="P9"))) is Bound
-        out = primary.write(lambda tx: lifecycle.apply_seal(tx, SealEvent("s1", "S1", "D1", NOW, "T1")))
+        out = primary.write(lambda tx: lifecycle.apply_seal(tx, SealEvent("s1", "S1", "D1", NOW, "T1",
+                                                                          expected_count=4)))
         assert out.result == "sealed"
         for seq, entry in primary.iter_log():
             replica.write(lambda tx: changelog.apply_entry(tx, entry, WINDOW))
@@ -179,3 +180,28 @@ def test_replay_with_seals_and_voids(tmp_path):
     finally:
         primary.close()
         replica.close()
+
+
+def test_a_seal_stored_before_expected_count_is_answered_as_a_duplicate_on_retry(store):
+    """A seal logged by the release before expected_count has one payload
+    member less; its retry through this release sends expected_count None."""
+    from ingest.events import SealEvent
+    from ingest.records import EventRecord
+    from ingest.rules import Repeat
+
+    apply(store, ev("b1"))
+    seal = SealEvent("s-old", "S1", "D1", NOW, "T1")
+    out = store.write(lambda tx: lifecycle.apply_seal(tx, seal))
+    assert out.result == "sealed"
+
+    def as_older_release(tx):
+        record = tx.event("s-old")
+        assert record.payload[-1] is None  # expected_count
+        tx.put_event("s-old", EventRecord(record.seq, record.count, record.payload[:-1], record.kind))
+
+    store.write(as_older_release)
+    again = store.write(lambda tx: lifecycle.apply_seal(tx, seal))
+    assert type(again) is Repeat and again.seq == out.seq
+    other = store.write(lambda tx: lifecycle.apply_seal(tx, SealEvent("s-old", "S1", "D1", NOW, "T1",
+                                                                      expected_count=1)))
+    assert type(other) is Rejected and other.error is errors.EVENT_ID_CONFLICT
