@@ -313,6 +313,16 @@ class SiteUser(FastHttpUser):
     def _seal(self, tube: str):
         ev = {"event_id": f"seal-{self.site}-{tube}", "site_id": self.site, "device_id": self.device,
               "sealed_at": self._now()}
+        count = self.model.tubes[tube].count if tube in self.model.tubes else 0
+        if count and self.rng.random() < 0.03:
+            # A miscount (or a swab whose scan never reached the server):
+            # refused, the tube left open, the server's count in the answer;
+            # the same seal then goes with that count.
+            wrong = {**ev, "expected_count": count + 1 if count < 20 else count - 1}
+            self.http.post("seal: miscounted", f"/v1/tubes/{tube}/seal", wrong, self.model.seal(wrong, tube))
+            yield
+        if count:
+            ev["expected_count"] = count
         if self.http.post("seal", f"/v1/tubes/{tube}/seal", ev, self.model.seal(ev, tube)):
             ACKS.write("seal", tube)
             self.sealed.append(tube)

@@ -233,6 +233,8 @@ class SiteModel:
             return error(409, "tube_closed")
         if tube.count == 0:
             return error(409, "tube_empty")
+        if ev.get("expected_count") not in (None, tube.count):
+            return error(409, "count_mismatch", "expected_count", count=tube.count)
         tube.state = SEALED
         return self._accepted(ev, "sealed", {"tube": tube_code, "count": tube.count, "state": SEALED})
 

@@ -212,6 +212,11 @@ def test_the_model_agrees_with_the_server_on_the_lifecycle(server):
 
     for tube in tubes:
         seal = {"event_id": f"seal-{tube}", "site_id": s.site, "device_id": "d", "sealed_at": _now()}
+        miscounted = {**seal, "expected_count": 4}  # every tube holds 3 (the first after its void and late bind)
+        assert s.send("POST", f"/v1/tubes/{tube}/seal", miscounted,
+                      s.model.seal(miscounted, tube))["error"]["code"] == "count_mismatch"
+        if tube == tubes[1]:
+            seal["expected_count"] = 3
         s.send("POST", f"/v1/tubes/{tube}/seal", seal, s.model.seal(seal, tube))
         s.send("POST", f"/v1/tubes/{tube}/seal", seal, s.model.seal(seal, tube))  # retry: duplicate
     assert s.bind(s.event(tubes[0], s.codes.person(s.rng), pool=10))["error"]["code"] == "tube_closed"
