@@ -27,6 +27,10 @@ def apply_box(tx: WriteTx, ev: BoxEvent) -> Outcome:
     tubes = list(dict.fromkeys(ev.tubes))  # a tube scanned twice goes in once
     problems: dict[str, list[str]] = {}
     heads = []
+    # Received at the lab on its own before this packing reached the server
+    # (the site's phone was offline): the tube is in the box on the site's
+    # papers, and keeps its state, as a late hand-over leaves it.
+    at_lab = []
     for code in tubes:
         tube = tx.tube(code)
         if tube is None:
@@ -38,8 +42,11 @@ def apply_box(tx: WriteTx, ev: BoxEvent) -> Outcome:
             continue
         elif tube.state < SEALED:
             why = "not_sealed"
-        else:
+        elif tube.box:
             why = "already_boxed"
+        else:
+            at_lab.append((code, tube))
+            continue
         problems.setdefault(why, []).append(code)
     if problems:
         return refuse(tx, ev.event_id, Rejected(
@@ -51,9 +58,15 @@ def apply_box(tx: WriteTx, ev: BoxEvent) -> Outcome:
         tube.state = after
         tube.box = ev.box
         tx.put_tube(code, tube)
+    for code, tube in at_lab:
+        tube.box = ev.box
+        tx.put_tube(code, tube)
     tx.put_box(ev.box, Box(ev.site_id, tubes, PACKED, seq))
-    tx.count(ev.site_id, TUBES_BOXED, len(heads))
-    return Done("packed", ev.event_id, seq, {"box": ev.box, "tubes": len(tubes)})
+    tx.count(ev.site_id, TUBES_BOXED, len(tubes))
+    done = {"box": ev.box, "tubes": len(tubes)}
+    if at_lab:
+        done["received_already"] = [code for code, _ in at_lab]
+    return Done("packed", ev.event_id, seq, done)
 
 
 def apply_handover(tx: WriteTx, ev: HandoverEvent) -> Outcome:

@@ -744,6 +744,49 @@ def test_a_tube_the_lab_holds_is_received_on_its_own_before_its_papers_arrive(se
     assert (stats["tubes_received"], stats["sealed_not_received"]) == (2, 0), stats
 
 
+def test_a_packing_that_reaches_the_server_after_the_lab_received_a_tube_boxes_the_rest(server):
+    # The site's phone packed three tubes offline; the lab received one of
+    # them on its own (and even posted its result) before the packing
+    # synced. The packing was refused whole, as already_boxed, and the box
+    # never existed for the courier or the lab.
+    site = fresh_site()
+    tubes = [luhn() for _ in range(3)]
+    for t in tubes:
+        bind_all(server, t, 1, site_id=site, pool_size=5)
+        seal(server, t, site_id=site)
+    early, resulted = tubes[0], tubes[1]
+    for t in (early, resulted):
+        assert post_tube_receive(server, t, tube_receive_req())[0] == 201
+    [item] = post_results(server, [result_item(resulted, "negative")])
+    assert item["status"] == 201, item
+    box = fresh_box()
+    status, got = post_box(server, box_req(box, tubes, site_id=site))
+    assert status == 201, got
+    assert (got["tubes"], got["received_already"]) == (3, [early, resulted]), got
+    assert [tube_view(server, t)["state"] for t in tubes] == ["received", "resulted", "boxed"]
+    assert all(tube_view(server, t)["box"] == box for t in tubes)
+    assert post_handover(server, box, handover_req())[0] == 201
+    assert [tube_view(server, t)["state"] for t in tubes] == ["received", "resulted", "in_transit"]
+    status, got = post_receive(server, box, receive_req(tubes))
+    assert status == 201 and got["received"] == 1 and got["missing"] == [] and got["extra"] == [], got
+    stats = server.request("GET", f"/v1/sites/{site}/stats")[2]["total"]
+    assert (stats["tubes_boxed"], stats["tubes_received"], stats["sealed_not_received"]) == (3, 3, 0), stats
+    # A tube in a box already is still refused, and so is the whole packing.
+    before = server.last_seq()
+    status, got = post_box(server, box_req(fresh_box(), [early], site_id=site))
+    assert status == 409 and got["error"]["already_boxed"] == [early], got
+    assert server.last_seq() == before
+
+
+def test_a_packing_of_sealed_tubes_only_says_nothing_of_received_ones(server):
+    site = fresh_site()
+    tube = luhn()
+    bind_all(server, tube, 1, site_id=site, pool_size=5)
+    seal(server, tube, site_id=site)
+    status, got = post_box(server, box_req(fresh_box(), [tube], site_id=site))
+    assert status == 201 and "received_already" not in got, got
+
+
 def test_the_latest_test_decides_a_tubes_result_whatever_order_they_arrive_in(server):
     # A lab system uploaded the retest (negative, tested later) before the
     # first test (positive): the older positive became the tube's result.
