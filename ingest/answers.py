@@ -40,7 +40,8 @@ def outcome_body(outcome: Bound | Duplicate | Rejected) -> tuple[int, object]:
     if kind is Repeat:
         return 200, {
             "result": "duplicate", "event_id": outcome.event_id,
-            "original": {"result": outcome.original_result, "event_id": outcome.event_id, "seq": outcome.seq},
+            "original": {"result": outcome.original_result, "event_id": outcome.event_id, "seq": outcome.seq,
+                         **(outcome.original or {})},
         }
     return outcome.error.status, error_body(outcome.error, outcome.message, outcome.field, outcome.extra)
 

@@ -99,6 +99,9 @@ def lab_tube(tx: WriteTx, ev, kind: str, own_lab_may: str, not_now: str) -> tupl
 
 def apply_seal(tx: WriteTx, ev: SealEvent) -> Outcome:
     payload, repeated = claim(tx, "seal", ev, "sealed")
+    if type(repeated) is Repeat:
+        tube = tx.tube(ev.tube)
+        return repeated._replace(original={"tube": ev.tube, "count": tube.count, "state": STATE_NAMES[SEALED]})
     if repeated is not None:
         return repeated
     tube = tx.tube(ev.tube)

@@ -47,6 +47,10 @@ class Repeat(NamedTuple):
     event_id: str
     original_result: str
     seq: int
+    # More of the original answer that is still true: a seal's count (a
+    # sealed tube's people do not change), which the phone whose first
+    # answer was lost compares with the people it saw.
+    original: dict | None = None
 
 
 class Rejected(NamedTuple):

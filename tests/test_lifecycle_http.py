@@ -113,7 +113,9 @@ def test_seal_is_idempotent_and_conflicts_are_refused(server):
     before = server.last_seq()
     status, _, again = server.request("POST", f"/v1/tubes/{tube}/seal", req)
     assert status == 200 and again["result"] == "duplicate"
-    assert again["original"] == {"result": "sealed", "event_id": req["event_id"], "seq": first["seq"]}
+    # the count too: the phone whose first answer was lost compares it with the people it saw
+    assert again["original"] == {"result": "sealed", "event_id": req["event_id"], "seq": first["seq"],
+                                 "tube": tube, "count": 1, "state": "sealed"}
     status, got, _ = seal(server, tube, event_id=req["event_id"], site_id="SITE-1", operator_id="OP-9")
     assert status == 409 and code(got) == "event_id_conflict"
     status, got, _ = seal(server, tube)  # another seal event for a sealed tube
