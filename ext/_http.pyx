@@ -41,6 +41,7 @@ _BAD_REQUEST = errors.BAD_REQUEST
 _HEADERS_TOO_LARGE = errors.HEADERS_TOO_LARGE
 _BODY_TOO_LARGE = errors.BODY_TOO_LARGE
 _NOT_IMPLEMENTED = errors.NOT_IMPLEMENTED
+_UNSUPPORTED_MEDIA_TYPE = errors.UNSUPPORTED_MEDIA_TYPE
 _HTTP_VERSION_NOT_SUPPORTED = errors.HTTP_VERSION_NOT_SUPPORTED
 _new = object.__new__
 
@@ -297,6 +298,8 @@ cdef class RequestParser:
             self._connection = True
         elif n == 6 and _is_lower(s, b"expect", 6) and m == 12 and _is_lower(PyBytes_AS_STRING(value), b"100-continue", 12):
             self._expect_continue = True
+        elif n == 16 and _is_lower(s, b"content-encoding", 16) and value.strip().lower() != b"identity":
+            self._fail(_UNSUPPORTED_MEDIA_TYPE, "Content-Encoding is not supported: send the body uncompressed")
         elif n == 17 and _is_lower(s, b"transfer-encoding", 17) and not only_chunked(value):
             # RFC 9112 6.1: a coding we do not decode (llhttp refuses some itself)
             self._fail(_NOT_IMPLEMENTED, "only the chunked transfer coding is supported")

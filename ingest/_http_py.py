@@ -182,6 +182,10 @@ class RequestParser:
             self._connection = True
         elif n == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        elif n == 16 and name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
+            # A phone's gzipped body would otherwise be decoded as JSON and
+            # answered "malformed"; RFC 9110 15.5.16: 415.
+            self._fail(errors.UNSUPPORTED_MEDIA_TYPE, "Content-Encoding is not supported: send the body uncompressed")
         elif n == 17 and name.lower() == b"transfer-encoding" and not only_chunked(value):
             # RFC 9112 6.1: a coding we do not decode (llhttp refuses some itself)
             self._fail(errors.NOT_IMPLEMENTED, "only the chunked transfer coding is supported")

@@ -378,6 +378,30 @@ def test_garbage_request_is_400_and_closed(server, data):
     assert_serving(server)
 
 
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate", b"br", b"gzip, identity"])
+def test_a_compressed_body_is_415_naming_the_content_encoding(server, coding):
+    import gzip
+
+    ev = event()
+    body = gzip.compress(json.dumps(ev).encode())
+    data = (b"POST /v1/bindings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: " + coding
+            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with exchange(server, data) as conn:
+        resp = conn.read_response()
+        assert resp.status == 415, resp
+        assert resp.json()["error"] == {"code": "unsupported_media_type",
+                                        "message": "Content-Encoding is not supported: send the body uncompressed"}
+    assert server.tube(ev["tube"])[0] == 404
+    assert_serving(server)
+
+
+def test_content_encoding_identity_is_a_plain_body(server, ledger):
+    ev = event()
+    status, _, body = server.request("POST", "/v1/bindings", ev, {"Content-Encoding": "Identity"})
+    assert status == 201, body
+    ledger["accepted"] += 1
+
+
 @pytest.mark.parametrize("second", [b"application/json", b"application/msgpack"])
 def test_two_content_types_are_400_and_nothing_is_bound(server, second):
     """Which one the body was decoded as would be a guess."""
