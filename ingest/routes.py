@@ -42,6 +42,14 @@ WITH_PARAM: dict[tuple[str, str], dict[bytes, str]] = {
 }
 
 
+# handler -> its route as api.md writes it ("POST /v1/tubes/{…}/seal"): for
+# answers that name the route without echoing the request's path.
+ROUTE_OF: dict[str, str] = {
+    **{handler: f"{method.decode()} {path}" for path, by in EXACT.items() for method, handler in by.items()},
+    **{handler: f"{method.decode()} {prefix}{{…}}{suffix}"
+       for (prefix, suffix), by in WITH_PARAM.items() for method, handler in by.items()},
+}
+
 # handler -> the role its caller's token must carry (access.py), or None:
 # open to every client. Open are only the routes that show no person data
 # and that load balancers, monitoring and the drill call without a token.
