@@ -235,7 +235,8 @@ class App(Reads, NodeRoutes):
             return False
         if need not in roles:
             self.metrics.access_refused.labels(name, errors.FORBIDDEN.code).inc()
-            self._error(slot, errors.FORBIDDEN, f"this token may not call {routes.ROUTE_OF[name]}: that needs the {need} role")
+            self._error(slot, errors.FORBIDDEN,
+                        f"this token may not call {routes.ROUTE_OF[name]}: that needs the {need} role")
             return False
         return True
 

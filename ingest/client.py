@@ -63,8 +63,7 @@ class Client:
 
         NoPrimary once `deadline_s` has passed (no attempt waits past it),
         saying what each address last answered."""
-        if not path.startswith("/") or _NOT_IN_PATH.search(path):
-            # http.client would refuse it at every attempt, until the deadline.
+        if not path.startswith("/") or _NOT_PRINTABLE_ASCII.search(path):
             raise ValueError(f"path {path!r}: expected /..., percent-encoded ASCII")
         data = json.dumps(body).encode()
         deadline = time.monotonic() + self.deadline_s
@@ -128,7 +127,7 @@ class Client:
 def _target(address: str) -> tuple[bool, str, int]:
     """(https?, host, port) of `HOST:PORT`, `http://HOST:PORT` or
     `https://HOST:PORT`; ValueError for anything else."""
-    if _NOT_IN_PATH.search(address):  # a space, a control character: no host has one
+    if _NOT_PRINTABLE_ASCII.search(address):
         raise ValueError(f"server address {address!r}: expected HOST:PORT or https://HOST:PORT")
     parts = urlsplit(address if "://" in address else f"http://{address}")
     try:
@@ -141,7 +140,9 @@ def _target(address: str) -> tuple[bool, str, int]:
     return parts.scheme == "https", parts.hostname, port
 
 
-_NOT_IN_PATH = re.compile(r"[^\x21-\x7e]")  # what http.client refuses in a request target, and non-ASCII
+# A space, a control character, non-ASCII: in a path http.client refuses
+# them at every attempt, and no host name has one.
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x21-\x7e]")
 _MOVED_ON = ("not_primary", "shutting_down")  # this node takes no writes now; another may
 
 

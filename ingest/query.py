@@ -60,7 +60,7 @@ def number(query: dict[str, list[str]], name: str, default: int, low: int, high:
 
 def hour(query: dict[str, list[str]], name: str) -> str | None:
     """A stats hour label, `YYYY-MM-DDTHH`, of a real date and hour: a
-    2026-02-30 or a hour 24 matches no bucket, and an answer with no hours
+    2026-02-30 or an hour 24 matches no bucket, and an answer with no hours
     would read as a quiet day."""
     what = "an hour label, YYYY-MM-DDTHH, of a real date and hour 00-23"
     text = param(query, name, HOUR, what)
